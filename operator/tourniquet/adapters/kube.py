@@ -1,0 +1,243 @@
+"""The Kubernetes API, as plain dicts.
+
+Built on the official client's asyncio transport (`kubernetes.aio`): it brings kubeconfig,
+in-cluster and exec-plugin authentication and TLS. Requests and responses stay plain JSON dicts,
+because the generated pydantic models validate every response strictly and cost ~10x on lists.
+The mapping from API errors to "retry" or "permanent" lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
+
+import aiohttp
+from kubernetes.aio import client as aio_client
+from kubernetes.aio import config as aio_config
+
+FIELD_MANAGER = "tourniquet"
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CONTENT_TYPES = {
+    "merge": "application/merge-patch+json",
+    "strategic": "application/strategic-merge-patch+json",
+    "json": "application/json-patch+json",
+}
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{quote(namespace)}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{quote(name)}"
+        if subresource:
+            base += f"/{subresource}"
+        return base
+
+
+CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
+PODS = Resource("", "v1", "pods", "Pod")
+EVENTS = Resource("", "v1", "events", "Event")
+NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
+DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
+STATEFULSETS = Resource("apps", "v1", "statefulsets", "StatefulSet")
+NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
+AGENTDEPLOYMENTS = Resource("tourniquet.dev", "v1alpha1", "agentdeployments", "AgentDeployment")
+AGENTINCIDENTS = Resource("tourniquet.dev", "v1alpha1", "agentincidents", "AgentIncident")
+CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False)
+
+WORKLOADS = {"Deployment": DEPLOYMENTS, "StatefulSet": STATEFULSETS}
+
+
+class ApiError(Exception):
+    """An API error answer (or a failure to get one), classified once for everyone."""
+
+    def __init__(self, status: int, reason: str, message: str, body: dict[str, Any] | None = None):
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.body = body or {}
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def already_exists(self) -> bool:
+        return self.status == 409 and self.reason == "AlreadyExists"
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409 and self.reason != "AlreadyExists"
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying: the same request may succeed later (conflicts after a fresh read)."""
+        return self.status in (0, 408, 425, 429) or self.status >= 500 or self.conflict
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]], *, attempts: int = 5, first_delay: float = 0.05, max_delay: float = 1.0
+) -> T:
+    """Retry a call on transient errors with jittered exponential backoff; permanent errors pass through."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call()
+        except ApiError as error:
+            if not error.transient or attempt == attempts:
+                raise
+            log.debug("Retrying after %s (attempt %d of %d)", error, attempt, attempts)
+        await asyncio.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, max_delay)
+    raise AssertionError("unreachable")
+
+
+class KubeApi:
+    """A small async client over `kubernetes.aio`'s transport. Create once per event loop."""
+
+    def __init__(self, api_client: aio_client.ApiClient, *, timeout: float = 30.0):
+        self._client = api_client
+        self._timeout = timeout
+        self.requests = 0  # for tests and benchmarks: how many requests this client made
+
+    @classmethod
+    async def from_config(cls, kubeconfig: str | None = None, context: str | None = None) -> KubeApi:
+        """Kubeconfig (explicit, $KUBECONFIG, ~/.kube/config) or, failing that, the in-cluster account."""
+        configuration = aio_client.Configuration()
+        try:
+            await aio_config.load_kube_config(
+                config_file=kubeconfig, context=context, client_configuration=configuration
+            )
+        except Exception:
+            if kubeconfig or context:
+                raise
+            aio_config.load_incluster_config(client_configuration=configuration)
+        return cls(aio_client.ApiClient(configuration))
+
+    @property
+    def host(self) -> str:
+        return str(self._client.configuration.host)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: dict[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        params = {k: v for k, v in (query or {}).items() if v is not None}
+        url = self._client.configuration.host + path + (f"?{urlencode(params)}" if params else "")
+        headers = {**self._client.default_headers, "Content-Type": content_type, "Accept": "application/json"}
+        await self._client.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)
+        self.requests += 1
+        try:
+            response = await self._client.rest_client.request(
+                method, url, headers=headers, body=body, _request_timeout=self._timeout
+            )
+            raw = await response.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
+            raise ApiError(0, "Unreachable", f"{method} {path}: {error!r}") from error
+        status = response.status
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            data = {"message": raw.decode(errors="replace")[:500]}
+        if status >= 400:
+            data = data if isinstance(data, dict) else {}
+            raise ApiError(status, str(data.get("reason") or status), str(data.get("message") or ""), data)
+        return data if isinstance(data, dict) else {"items": data}
+
+    # ------------------------------------------------------------ verbs
+
+    async def get(self, res: Resource, namespace: str | None, name: str, *, subresource: str | None = None) -> dict[str, Any]:
+        return await self.request("GET", res.path(namespace, name, subresource))
+
+    async def get_or_none(self, res: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.get(res, namespace, name)
+        except ApiError as error:
+            if error.not_found:
+                return None
+            raise
+
+    async def list(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[dict[str, Any]]:
+        data = await self.request(
+            "GET",
+            res.path(namespace),
+            query={"labelSelector": label_selector, "fieldSelector": field_selector},
+        )
+        return list(data.get("items") or [])
+
+    async def create(self, res: Resource, namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.request(
+            "POST", res.path(namespace), body=body, query={"fieldManager": FIELD_MANAGER}
+        )
+
+    async def patch(
+        self,
+        res: Resource,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        *,
+        patch_type: str = "merge",
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        return await self.request(
+            "PATCH",
+            res.path(namespace, name, subresource),
+            body=body,
+            query={"fieldManager": FIELD_MANAGER},
+            content_type=CONTENT_TYPES[patch_type],
+        )
+
+    async def replace(self, res: Resource, namespace: str | None, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.request(
+            "PUT", res.path(namespace, name), body=body, query={"fieldManager": FIELD_MANAGER}
+        )
+
+    async def delete(self, res: Resource, namespace: str | None, name: str) -> bool:
+        """Delete; False when it was already gone."""
+        try:
+            await self.request("DELETE", res.path(namespace, name))
+        except ApiError as error:
+            if error.not_found:
+                return False
+            raise
+        return True

@@ -1,0 +1,49 @@
+"""Deterministic names, labels and annotations of everything Tourniquet creates or marks."""
+
+from __future__ import annotations
+
+PREFIX = "tourniquet.dev"
+FIELD_MANAGER = "tourniquet"
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "tourniquet"
+LABEL_AGENT = f"{PREFIX}/agent"
+LABEL_COMPONENT = f"{PREFIX}/component"  # bundle | control | evidence
+LABEL_REVISION = f"{PREFIX}/revision"
+LABEL_HASH = f"{PREFIX}/bundle-hash"
+LABEL_VERDICT = f"{PREFIX}/verdict"  # good | bad; absent means not yet proven either way
+
+ANNOTATION_SHA256 = f"{PREFIX}/bundle-sha256"
+ANNOTATION_VERDICT_REASON = f"{PREFIX}/verdict-reason"
+ANNOTATION_BUNDLE = f"{PREFIX}/bundle"  # on a consumer's pod template: the bundle ConfigMap it mounts
+ANNOTATION_BUNDLE_REVISION = f"{PREFIX}/bundle-revision"
+
+COMPONENT_BUNDLE = "bundle"
+COMPONENT_CONTROL = "control"
+
+
+def bundle_configmap(agent: str, revision: int) -> str:
+    return f"{agent}-bundle-{revision}"
+
+
+def control_configmap(agent: str) -> str:
+    return f"{agent}-control"
+
+
+def network_policy(agent: str) -> str:
+    return f"{agent}-egress"
+
+
+def bundle_selector(agent: str) -> str:
+    return f"{LABEL_AGENT}={agent},{LABEL_COMPONENT}={COMPONENT_BUNDLE}"
+
+
+def owner_reference(kind: str, name: str, uid: str, api_version: str = "tourniquet.dev/v1alpha1") -> dict[str, object]:
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }

@@ -1,0 +1,62 @@
+"""The agent's NetworkPolicy and control ConfigMap, as desired state (pure)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tourniquet.domain import names
+from tourniquet.models import AgentDeploymentSpec
+from tourniquet.models.agentdeployment import EgressRule
+
+# DNS is always allowed: an agent that cannot resolve names fails in confusing ways.
+DNS_RULE: dict[str, Any] = {
+    "to": [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ],
+    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+}
+
+
+def _rule(egress: EgressRule) -> dict[str, Any]:
+    rule: dict[str, Any] = {"to": [{"ipBlock": {"cidr": egress.cidr}}]}
+    if egress.ports:
+        rule["ports"] = [{"protocol": egress.protocol, "port": port} for port in egress.ports]
+    return rule
+
+
+def desired_egress(spec: AgentDeploymentSpec, revoked_tools: set[str]) -> list[dict[str, Any]]:
+    """DNS, the model endpoint, then each tool's endpoints, minus the revoked tools'."""
+    rules = [DNS_RULE]
+    rules += [_rule(e) for e in spec.bundle.model.egress]
+    for tool in spec.bundle.tools:
+        if tool.name not in revoked_tools:
+            rules += [_rule(e) for e in tool.egress]
+    return rules
+
+
+def desired_network_policy_spec(spec: AgentDeploymentSpec, revoked_tools: set[str]) -> dict[str, Any]:
+    return {
+        "podSelector": spec.pod_selector.to_api(),
+        "policyTypes": ["Egress"],
+        "egress": desired_egress(spec, revoked_tools),
+    }
+
+
+def tool_rules_present(policy: dict[str, Any], spec: AgentDeploymentSpec, tool: str) -> bool:
+    """Whether the observed policy still allows any of a tool's endpoints."""
+    observed = (policy.get("spec") or {}).get("egress") or []
+    wanted = [_rule(e) for t in spec.bundle.tools if t.name == tool for e in t.egress]
+    return any(rule in observed for rule in wanted)
+
+
+def desired_control_data(mode: str, revoked_tools: set[str]) -> dict[str, str]:
+    """The control ConfigMap the agent runtime honours before every tool call."""
+    return {"mode": mode, "revokedTools": json.dumps(sorted(revoked_tools))}
+
+
+def labels_for(agent: str, component: str) -> dict[str, str]:
+    return {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_AGENT: agent, names.LABEL_COMPONENT: component}

@@ -1,0 +1,134 @@
+"""Wiring the active bundle into a consumer's pod template, touching nothing else on the workload.
+
+The patch is a strategic merge: volumes merge by name, volumeMounts by mountPath, containers by
+name, so the user's own volumes, mounts, env and annotations stay as they are. A patch is planned
+only when the observed template differs from the desired one; a converged consumer gets no write.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tourniquet.domain import names
+
+BUNDLE_VOLUME = "tourniquet-bundle"
+CONTROL_VOLUME = "tourniquet-control"
+BUNDLE_MOUNT = "/etc/tourniquet/bundle"
+CONTROL_MOUNT = "/etc/tourniquet/control"
+
+
+def _template(workload: dict[str, Any]) -> dict[str, Any]:
+    return ((workload.get("spec") or {}).get("template")) or {}
+
+
+def wired_revision(workload: dict[str, Any]) -> int | None:
+    """The bundle revision a consumer's pod template names, if any."""
+    annotations = (_template(workload).get("metadata") or {}).get("annotations") or {}
+    try:
+        return int(annotations[names.ANNOTATION_BUNDLE_REVISION])
+    except (KeyError, ValueError):
+        return None
+
+
+def _desired_volumes(bundle_cm: str, control_cm: str) -> list[dict[str, Any]]:
+    return [
+        {"name": BUNDLE_VOLUME, "configMap": {"name": bundle_cm}},
+        # The control flag reaches pods through the API within seconds; this mount is the fallback.
+        {"name": CONTROL_VOLUME, "configMap": {"name": control_cm, "optional": True}},
+    ]
+
+
+def _desired_mounts() -> list[dict[str, Any]]:
+    return [
+        {"name": BUNDLE_VOLUME, "mountPath": BUNDLE_MOUNT, "readOnly": True},
+        {"name": CONTROL_VOLUME, "mountPath": CONTROL_MOUNT, "readOnly": True},
+    ]
+
+
+def _contains(observed: dict[str, Any], desired: dict[str, Any]) -> bool:
+    """Every desired key is present with the desired value (the observed side may have more)."""
+    for key, value in desired.items():
+        if isinstance(value, dict):
+            if not isinstance(observed.get(key), dict) or not _contains(observed[key], value):
+                return False
+        elif observed.get(key) != value:
+            return False
+    return True
+
+
+def plan_wiring_patch(
+    workload: dict[str, Any], *, agent: str, revision: int, bundle_cm: str, control_cm: str
+) -> dict[str, Any] | None:
+    """A strategic-merge patch that wires the bundle in, or None when it already is."""
+    template = _template(workload)
+    pod_spec = template.get("spec") or {}
+    annotations = (template.get("metadata") or {}).get("annotations") or {}
+    desired_annotations = {
+        names.ANNOTATION_BUNDLE: bundle_cm,
+        names.ANNOTATION_BUNDLE_REVISION: str(revision),
+        names.LABEL_AGENT: agent,
+    }
+    volumes = {v.get("name"): v for v in pod_spec.get("volumes") or []}
+    desired_volumes = _desired_volumes(bundle_cm, control_cm)
+    containers = pod_spec.get("containers") or []
+    desired_mounts = _desired_mounts()
+
+    annotations_ok = all(annotations.get(k) == v for k, v in desired_annotations.items())
+    volumes_ok = all(v["name"] in volumes and _contains(volumes[v["name"]], v) for v in desired_volumes)
+    mounts_ok = all(
+        any(_contains(m, want) for m in container.get("volumeMounts") or [])
+        for container in containers
+        for want in desired_mounts
+    )
+    if annotations_ok and volumes_ok and mounts_ok:
+        return None
+    return {
+        "spec": {
+            "template": {
+                "metadata": {"annotations": desired_annotations},
+                "spec": {
+                    "volumes": desired_volumes,
+                    "containers": [
+                        {"name": c["name"], "volumeMounts": desired_mounts} for c in containers if c.get("name")
+                    ],
+                },
+            }
+        }
+    }
+
+
+def plan_unwiring_patch(workload: dict[str, Any]) -> dict[str, Any] | None:
+    """A strategic-merge patch that removes everything wiring added, or None when nothing is left."""
+    template = _template(workload)
+    pod_spec = template.get("spec") or {}
+    annotations = (template.get("metadata") or {}).get("annotations") or {}
+    ours = [names.ANNOTATION_BUNDLE, names.ANNOTATION_BUNDLE_REVISION, names.LABEL_AGENT]
+    our_volumes = [v["name"] for v in pod_spec.get("volumes") or [] if v.get("name") in (BUNDLE_VOLUME, CONTROL_VOLUME)]
+    containers = [
+        {
+            "name": c["name"],
+            "volumeMounts": [
+                {"mountPath": m["mountPath"], "$patch": "delete"}
+                for m in c.get("volumeMounts") or []
+                if m.get("mountPath") in (BUNDLE_MOUNT, CONTROL_MOUNT)
+            ],
+        }
+        for c in pod_spec.get("containers") or []
+        if any(m.get("mountPath") in (BUNDLE_MOUNT, CONTROL_MOUNT) for m in c.get("volumeMounts") or [])
+    ]
+    present = [a for a in ours if a in annotations]
+    if not (present or our_volumes or containers):
+        return None
+    spec: dict[str, Any] = {}
+    if our_volumes:
+        spec["volumes"] = [{"name": v, "$patch": "delete"} for v in our_volumes]
+    if containers:
+        spec["containers"] = containers
+    return {
+        "spec": {
+            "template": {
+                "metadata": {"annotations": dict.fromkeys(present)},
+                "spec": spec,
+            }
+        }
+    }

@@ -1,0 +1,5 @@
+"""Kopf handlers: the only code that imports kopf decorators. Importing this package registers them."""
+
+from tourniquet.handlers import agentdeployments, startup
+
+__all__ = ["agentdeployments", "startup"]

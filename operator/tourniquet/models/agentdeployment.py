@@ -1,0 +1,414 @@
+"""AgentDeployment: one AI-agent workload, its pinned bundle, its playbook and its detection rules."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from typing import Any
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from tourniquet.models.common import (
+    DNS_SUBDOMAIN,
+    PRESERVE_UNKNOWN,
+    TOOL_NAME,
+    ApiModel,
+    Condition,
+    Lever,
+    RollbackTarget,
+    RollbackTo,
+    Severity,
+    cel,
+    validations,
+)
+
+# A version that moves by itself cannot be rolled back to: refuse it.
+FLOATING_VERSIONS = ("latest", "stable", "current", "default", "newest", "*")
+FLOATING_VERSION_MESSAGE = "pin an exact model version; a floating version makes rollback impossible"
+# RE2 and Python agree on this pattern, so CEL and pydantic refuse exactly the same values. The
+# whitespace classes mirror the `.strip()` pydantic applies, which CEL cannot; the escapes are ones both CEL
+# string literals and both regex dialects understand.
+FLOATING_VERSION_PATTERN = (
+    r"(?i)^[ \t\n\r\f\v]*(latest|stable|current|default|newest|[*]|.*-latest)[ \t\n\r\f\v]*$"
+)
+_FLOATING_RE = re.compile(FLOATING_VERSION_PATTERN)
+
+
+class ConsumerKind(str, enum.Enum):
+    DEPLOYMENT = "Deployment"
+    STATEFUL_SET = "StatefulSet"
+
+
+class ConsumerRef(ApiModel):
+    """A workload that pulls the agent's work. Drain scales it to zero; the bundle is mounted into it."""
+
+    kind: ConsumerKind = ConsumerKind.DEPLOYMENT
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+
+
+class LabelSelectorRequirement(ApiModel):
+    key: str
+    operator: str = Field(pattern=r"^(In|NotIn|Exists|DoesNotExist)$")
+    values: list[str] | None = None
+
+
+class LabelSelector(ApiModel):
+    """A standard Kubernetes label selector."""
+
+    match_labels: dict[str, str] | None = Field(default=None, alias="matchLabels")
+    match_expressions: list[LabelSelectorRequirement] | None = Field(default=None, alias="matchExpressions")
+
+
+class EgressRule(ApiModel):
+    """An endpoint a tool (or the model) may reach: a CIDR and its ports."""
+
+    cidr: str = Field(description="IPv4 or IPv6 CIDR, e.g. 10.20.0.0/16.")
+    ports: list[int] = Field(default_factory=list, description="TCP/UDP ports; empty means every port.")
+    protocol: str = Field(default="TCP", pattern=r"^(TCP|UDP|SCTP)$")
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a CIDR such as 10.20.0.0/16") from None
+        return value
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: list[int]) -> list[int]:
+        for port in value:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {port} is out of range 1-65535")
+        return value
+
+
+class ModelRef(ApiModel):
+    """The language model the agent runs, pinned to an exact version."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(f"!self.version.matches('{FLOATING_VERSION_PATTERN}')", FLOATING_VERSION_MESSAGE, ".version")
+        )
+    )
+
+    provider: str = Field(min_length=1, max_length=63)
+    name: str = Field(min_length=1, max_length=253)
+    version: str = Field(min_length=1, max_length=128, description="An exact version; 'latest' is refused.")
+    egress: list[EgressRule] = Field(
+        default_factory=list, description="Where the model endpoint lives (allowed in the NetworkPolicy)."
+    )
+
+    @field_validator("version")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        if _FLOATING_RE.search(value.strip()):
+            raise ValueError(FLOATING_VERSION_MESSAGE)
+        return value
+
+
+class Prompt(ApiModel):
+    template: str = Field(min_length=1, description="The system prompt template.")
+
+
+class SideEffects(str, enum.Enum):
+    WRITE = "write"
+    READ = "read"
+
+
+class CompensationType(str, enum.Enum):
+    REVERSAL = "reversal"
+    MITIGATION = "mitigation"
+    NONE = "none"
+
+
+class Compensation(ApiModel):
+    """How to undo a tool's action: reverse it, mitigate it, or nothing can be done."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            # `type` may be absent (the CRD sets no defaults): absent means none.
+            cel(
+                "!has(self.type) || self.type != 'reversal' || has(self.tool)",
+                "a reversal names the tool that undoes the action",
+            )
+        )
+    )
+
+    type: CompensationType = CompensationType.NONE
+    tool: str | None = Field(default=None, pattern=TOOL_NAME, description="The tool that reverses or mitigates.")
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _reversal_has_tool(self) -> Compensation:
+        if self.type == CompensationType.REVERSAL and not self.tool:
+            raise ValueError("a reversal names the tool that undoes the action")
+        return self
+
+
+class Tool(ApiModel):
+    name: str = Field(min_length=1, max_length=63, pattern=TOOL_NAME)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(
+        default_factory=dict,
+        alias="schema",
+        description="JSON schema of the tool's arguments.",
+        json_schema_extra=PRESERVE_UNKNOWN,
+    )
+    egress: list[EgressRule] = Field(default_factory=list, description="What revoking this tool cuts.")
+    side_effects: SideEffects = Field(
+        default=SideEffects.WRITE,
+        alias="sideEffects",
+        description="write (the default, the safe assumption) or read. Revocation defaults to write tools.",
+    )
+    compensation: Compensation | None = None
+
+
+class Bundle(ApiModel):
+    """Model, prompt and tool schemas: one versioned, immutable unit."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.tools) || self.tools.all(t, self.tools.exists_one(u, u.name == t.name))",
+                "tool names must be unique",
+                ".tools",
+            )
+        )
+    )
+
+    model: ModelRef
+    prompt: Prompt
+    # Bounded so the API server can cost the uniqueness rule above (n² name comparisons).
+    tools: list[Tool] = Field(default_factory=list, max_length=64)
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_tools(cls, tools: list[Tool]) -> list[Tool]:
+        seen: set[str] = set()
+        for tool in tools:
+            if tool.name in seen:
+                raise ValueError("tool names must be unique")
+            seen.add(tool.name)
+        return tools
+
+
+class AgentRef(ApiModel):
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+
+
+class CascadePlaybook(ApiModel):
+    """What agents downstream (those that `dependsOn` this one) get when this one is contained."""
+
+    contain: list[Lever] = Field(default_factory=lambda: [Lever.SHADOW])
+
+
+class Playbook(ApiModel):
+    """What happens automatically for an incident of one severity."""
+
+    contain: list[Lever] = Field(default_factory=list)
+    revoke_tools: list[str] | None = Field(
+        default=None, alias="revokeTools", description="Tools to revoke; default: every write tool."
+    )
+    rollback: RollbackTo | None = None
+    cascade: CascadePlaybook | None = None
+
+
+def default_playbooks() -> dict[Severity, Playbook]:
+    return {
+        Severity.SEV1: Playbook(contain=[Lever.REVOKE_TOOLS, Lever.DRAIN]),
+        Severity.SEV2: Playbook(contain=[Lever.SHADOW]),
+        Severity.SEV3: Playbook(contain=[]),
+    }
+
+
+class Response(ApiModel):
+    """The severity playbook. A missing severity takes the default: SEV1 revoke + drain, SEV2 shadow."""
+
+    sev1: Playbook | None = Field(default=None, alias="SEV1")
+    sev2: Playbook | None = Field(default=None, alias="SEV2")
+    sev3: Playbook | None = Field(default=None, alias="SEV3")
+
+    def for_severity(self, severity: Severity) -> Playbook:
+        chosen = {Severity.SEV1: self.sev1, Severity.SEV2: self.sev2, Severity.SEV3: self.sev3}[severity]
+        return chosen if chosen is not None else default_playbooks()[severity]
+
+
+class DetectionTemplate(str, enum.Enum):
+    RETRY_STORM = "retryStorm"
+    LOOP = "loop"
+    TOKEN_SURGE = "tokenSurge"
+    BUDGET_EXCEEDED = "budgetExceeded"
+    POLICY_DENIAL = "policyDenial"
+    CONTEXT_GROWTH = "contextGrowth"
+
+
+class DetectionRule(ApiModel):
+    """A signal: raw PromQL (`expr`) or a built-in template with parameters."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("has(self.expr) != has(self.template)", "set exactly one of expr or template")
+        )
+    )
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    expr: str | None = Field(default=None, min_length=1, description="PromQL; any sample returned fires.")
+    template: DetectionTemplate | None = None
+    params: dict[str, Any] = Field(default_factory=dict, json_schema_extra=PRESERVE_UNKNOWN)
+    for_: str = Field(default="0s", alias="for", pattern=r"^([0-9]+(ms|s|m|h))+$")
+    severity: Severity = Severity.SEV2
+    incident_class: str = Field(default="other", alias="class")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DetectionRule:
+        if (self.expr is None) == (self.template is None):
+            raise ValueError("set exactly one of expr or template")
+        return self
+
+
+class Detection(ApiModel):
+    interval_seconds: int = Field(default=15, ge=5, le=3600, alias="intervalSeconds")
+    rules: list[DetectionRule] = Field(default_factory=list)
+
+
+class Promotion(ApiModel):
+    """When a revision becomes last-known-good: after it ran this long with no incident."""
+
+    soak_seconds: int = Field(default=3600, ge=0, alias="soakSeconds")
+
+
+class AgentDeploymentSpec(ApiModel):
+    """The desired state: what the agent runs, what contains it, and what happens when it misbehaves."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                # `kind` may be absent (the CRD sets no defaults): absent means Deployment, as in pydantic.
+                "!has(self.consumers) || self.consumers.all(c, self.consumers.exists_one(d, d.name == c.name"
+                " && (has(d.kind) ? d.kind : 'Deployment') == (has(c.kind) ? c.kind : 'Deployment')))",
+                "consumers must be unique",
+                ".consumers",
+            )
+        )
+    )
+
+    # Bounded so the API server can cost the uniqueness rule above (n² name comparisons).
+    consumers: list[ConsumerRef] = Field(
+        default_factory=list, max_length=32, description="Workloads that pull the agent's work."
+    )
+    pod_selector: LabelSelector = Field(alias="podSelector", description="The agent's pods (NetworkPolicy target).")
+    bundle: Bundle
+    depends_on: list[AgentRef] = Field(default_factory=list, alias="dependsOn")
+    detection: Detection | None = None
+    response: Response | None = None
+    rollback: RollbackTarget | None = Field(
+        default=None,
+        description="Run this revision instead of the one spec.bundle describes. Remove it to roll forward.",
+    )
+    promotion: Promotion | None = None
+    revision_history_limit: int = Field(default=10, ge=1, le=100, alias="revisionHistoryLimit")
+
+    @field_validator("consumers")
+    @classmethod
+    def _unique_consumers(cls, consumers: list[ConsumerRef]) -> list[ConsumerRef]:
+        if len({(c.kind, c.name) for c in consumers}) != len(consumers):
+            raise ValueError("consumers must be unique")
+        return consumers
+
+    def playbook(self, severity: Severity) -> Playbook:
+        return (self.response or Response()).for_severity(severity)
+
+
+# ---------------------------------------------------------------- status
+
+
+class RevisionVerdict(str, enum.Enum):
+    UNKNOWN = "Unknown"
+    GOOD = "Good"
+    BAD = "Bad"
+
+
+class RevisionRecord(ApiModel):
+    revision: int
+    hash: str
+    config_map: str = Field(alias="configMap")
+    created_at: str | None = Field(default=None, alias="createdAt")
+    verdict: RevisionVerdict = RevisionVerdict.UNKNOWN
+
+
+class BundleStatus(ApiModel):
+    revision: int | None = Field(default=None, description="The active revision.")
+    hash: str | None = None
+    config_map: str | None = Field(default=None, alias="configMap")
+    spec_revision: int | None = Field(
+        default=None, alias="specRevision", description="The revision spec.bundle describes."
+    )
+    active_since: str | None = Field(default=None, alias="activeSince")
+    last_known_good: int | None = Field(default=None, alias="lastKnownGood")
+    history: list[RevisionRecord] = Field(default_factory=list)
+
+
+class ConsumerStatus(ApiModel):
+    kind: ConsumerKind
+    name: str
+    revision: int | None = Field(default=None, description="The bundle revision its pod template names.")
+
+
+class LeverState(str, enum.Enum):
+    PENDING = "Pending"
+    APPLIED = "Applied"
+    RELEASED = "Released"
+    FAILED = "Failed"
+
+
+class LeverStatus(ApiModel):
+    name: Lever
+    agent: str | None = None
+    state: LeverState
+    observed_at: str | None = Field(default=None, alias="observedAt")
+    detail: str = ""
+    incidents: list[str] = Field(default_factory=list, description="The open incidents that hold this lever.")
+
+
+class ContainmentStatus(ApiModel):
+    levers: list[LeverStatus] = Field(default_factory=list)
+    incidents: list[str] = Field(default_factory=list, description="Open incidents on this agent.")
+
+
+class RuleStatus(ApiModel):
+    name: str
+    expr: str | None = Field(default=None, description="The PromQL evaluated, ready to paste into Grafana.")
+    state: str = Field(default="Inactive", description="Inactive | Pending | Firing | Invalid")
+    error: str | None = None
+
+
+class DetectionStatus(ApiModel):
+    rules: list[RuleStatus] = Field(default_factory=list)
+    last_evaluated_at: str | None = Field(default=None, alias="lastEvaluatedAt")
+
+
+class AgentDeploymentStatus(ApiModel):
+    """What the operator observed. Written by the operator only."""
+
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    bundle: BundleStatus | None = None
+    consumers: list[ConsumerStatus] = Field(default_factory=list)
+    containment: ContainmentStatus | None = None
+    detection: DetectionStatus | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class AgentDeployment(ApiModel):
+    """An AI-agent workload: its pinned bundle (model, prompt, tools), its severity playbook and its detection
+    rules."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: str = Field(default="tourniquet.dev/v1alpha1", alias="apiVersion")
+    kind: str = "AgentDeployment"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: AgentDeploymentSpec
+    status: AgentDeploymentStatus | None = None

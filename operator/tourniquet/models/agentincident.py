@@ -1,0 +1,200 @@
+"""AgentIncident: an incident on one or more agents, its containment, and the way back."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, field_validator
+
+from tourniquet.models.agentdeployment import LeverStatus
+from tourniquet.models.common import (
+    DNS_SUBDOMAIN,
+    TOOL_NAME,
+    ApiModel,
+    Condition,
+    Lever,
+    RollbackTarget,
+    Severity,
+    cel,
+    validations,
+)
+
+
+class IncidentClass(str, enum.Enum):
+    INTENT_MISCLASSIFICATION = "intent-misclassification"
+    TOOL_MISUSE = "tool-misuse"
+    CONTEXT_DRIFT = "context-drift"
+    POLICY_BYPASS = "policy-bypass"
+    COST_RUNAWAY = "cost-runaway"
+    CASCADE = "cascade"
+    OTHER = "other"
+
+
+class IncidentWindow(ApiModel):
+    """The incident window: the scope of blast radius and compensation."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("!has(self.end) || self.end >= self.start", "window.end must not be before window.start")
+        )
+    )
+
+    start: str = Field(description="RFC 3339 time.", json_schema_extra={"format": "date-time"})
+    end: str | None = Field(default=None, description="RFC 3339 time; open-ended when unset.",
+                            json_schema_extra={"format": "date-time"})
+
+
+class CompensateSpec(ApiModel):
+    approved: bool = Field(default=False, description="A human approves running compensation.")
+
+
+class FixSpec(ApiModel):
+    """A bundle revision marked as this incident's fix: it may roll out while the bundle is frozen."""
+
+    revision: int = Field(ge=1)
+
+
+class AgentIncidentSpec(ApiModel):
+    """The incident as on-call sees it: which agents, how severe, what to hold, and the way back."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("self.agents.all(a, self.agents.exists_one(b, b == a))", "agents must be unique", ".agents")
+        )
+    )
+
+    # Names are bounded so the API server can cost the uniqueness rule above (n² comparisons); the pattern is
+    # for the CRD only, so pydantic keeps the precise message of `_agents` below.
+    agents: list[Annotated[str, Field(max_length=253, json_schema_extra={"pattern": DNS_SUBDOMAIN})]] = Field(
+        min_length=1, max_length=100, description="AgentDeployment names, same namespace."
+    )
+    severity: Severity
+    incident_class: IncidentClass = Field(default=IncidentClass.OTHER, alias="class")
+    summary: str = Field(default="", max_length=1024)
+    contain: list[Lever] | None = Field(
+        default=None, description="Levers to hold; unset takes the agent's playbook for the severity."
+    )
+    # The pattern is for the CRD only, so pydantic keeps the precise message of `_tools` below.
+    revoke_tools: list[Annotated[str, Field(json_schema_extra={"pattern": TOOL_NAME})]] | None = Field(
+        default=None, alias="revokeTools", description="Tools to revoke; default: every tool with sideEffects: write."
+    )
+    rollback: RollbackTarget | None = None
+    cascade: bool = Field(default=False, description="Contain agents that dependsOn these ones too.")
+    fix: FixSpec | None = None
+    window: IncidentWindow | None = None
+    compensate: CompensateSpec | None = None
+    resolved: bool = Field(default=False, description="Set true to release the levers and write the postmortem.")
+
+    @field_validator("agents")
+    @classmethod
+    def _agents(cls, agents: list[str]) -> list[str]:
+        import re
+
+        for agent in agents:
+            if not re.match(DNS_SUBDOMAIN, agent):
+                raise ValueError(f"{agent!r} is not a valid AgentDeployment name")
+        if len(set(agents)) != len(agents):
+            raise ValueError("agents must be unique")
+        return agents
+
+    @field_validator("revoke_tools")
+    @classmethod
+    def _tools(cls, tools: list[str] | None) -> list[str] | None:
+        import re
+
+        for tool in tools or []:
+            if not re.match(TOOL_NAME, tool):
+                raise ValueError(f"{tool!r} is not a valid tool name")
+        return tools
+
+
+# ---------------------------------------------------------------- status
+
+
+class TimelineEvent(str, enum.Enum):
+    DETECTED = "Detected"
+    OPENED = "Opened"
+    LEVER_APPLIED = "LeverApplied"
+    EVIDENCE_CAPTURED = "EvidenceCaptured"
+    CONTAINED = "Contained"
+    DRIFT_REPAIRED = "DriftRepaired"
+    ROLLED_BACK = "RolledBack"
+    COMPENSATED = "Compensated"
+    LEVER_RELEASED = "LeverReleased"
+    RELEASED = "Released"
+    RESOLVED = "Resolved"
+    FAILED = "Failed"
+
+
+class TimelineEntry(ApiModel):
+    time: str
+    event: TimelineEvent
+    message: str = ""
+    agent: str | None = None
+
+
+class Timings(ApiModel):
+    detected_seconds: float | None = Field(default=None, alias="detectedSeconds")
+    contained_seconds: float | None = Field(default=None, alias="containedSeconds")
+    resolved_seconds: float | None = Field(default=None, alias="resolvedSeconds")
+    levers: dict[str, float] = Field(default_factory=dict, description="Seconds from creation to each lever applied.")
+
+
+class EvidenceStatus(ApiModel):
+    config_map: str | None = Field(default=None, alias="configMap")
+    captured_at: str | None = Field(default=None, alias="capturedAt")
+    bytes: int | None = None
+    truncated: bool = False
+
+
+class BlastRadius(ApiModel):
+    actions: int = 0
+    by_tool: dict[str, int] = Field(default_factory=dict, alias="byTool")
+    subjects: int = 0
+
+
+class CompensationStatus(ApiModel):
+    planned: int = 0
+    done: int = 0
+    failed: int = 0
+    irreversible: int = 0
+
+
+class DetectionRecord(ApiModel):
+    """Where an auto-opened incident came from; repeats update it instead of opening another incident."""
+
+    fingerprint: str
+    rule: str | None = None
+    source: str = Field(default="prometheus", description="prometheus | alertmanager")
+    count: int = 1
+    first_seen: str | None = Field(default=None, alias="firstSeen")
+    last_seen: str | None = Field(default=None, alias="lastSeen")
+
+
+class AgentIncidentStatus(ApiModel):
+    """What the operator observed. Written by the operator only."""
+
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    phase: str | None = Field(default=None, description="Derived from conditions, for printer columns only.")
+    agents: list[str] = Field(default_factory=list, description="Every agent contained, cascade included.")
+    levers: list[LeverStatus] = Field(default_factory=list)
+    timeline: list[TimelineEntry] = Field(default_factory=list)
+    timings: Timings | None = None
+    evidence: EvidenceStatus | None = None
+    blast_radius: BlastRadius | None = Field(default=None, alias="blastRadius")
+    compensation: CompensationStatus | None = None
+    detection: DetectionRecord | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class AgentIncident(ApiModel):
+    """An incident on one or more agents: its containment, its evidence, and the way back."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: str = Field(default="tourniquet.dev/v1alpha1", alias="apiVersion")
+    kind: str = "AgentIncident"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: AgentIncidentSpec
+    status: AgentIncidentStatus | None = None
