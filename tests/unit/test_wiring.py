@@ -57,7 +57,11 @@ def apply_strategic(obj: dict, patch: dict) -> dict:
 
 def test_wiring_names_the_revision_and_mounts_the_bundle_in_every_container():
     patch = wiring.plan_wiring_patch(
-        deployment(), agent="refund-agent", revision=2, bundle_cm="refund-agent-bundle-2", control_cm="refund-agent-control"
+        deployment(),
+        agent="refund-agent",
+        revision=2,
+        bundle_cm="refund-agent-bundle-2",
+        control_cm="refund-agent-control",
     )
     wired = apply_strategic(deployment(), patch)
     template = wired["spec"]["template"]
@@ -83,12 +87,16 @@ def test_a_wired_consumer_needs_no_patch_and_a_new_revision_does():
 
 def test_unwiring_restores_the_users_template():
     original = deployment()
-    wired = apply_strategic(original, wiring.plan_wiring_patch(original, agent="a", revision=1, bundle_cm="b", control_cm="c"))
+    wired = apply_strategic(
+        original, wiring.plan_wiring_patch(original, agent="a", revision=1, bundle_cm="b", control_cm="c")
+    )
     unwired = apply_strategic(wired, wiring.plan_unwiring_patch(wired))
     before, after = original["spec"]["template"], unwired["spec"]["template"]
     assert after["metadata"] == before["metadata"]
     assert after["spec"]["volumes"] == before["spec"]["volumes"]
     for old, new in zip(before["spec"]["containers"], after["spec"]["containers"], strict=True):
         assert (new.get("volumeMounts") or []) == (old.get("volumeMounts") or [])
-        assert {k: v for k, v in new.items() if k != "volumeMounts"} == {k: v for k, v in old.items() if k != "volumeMounts"}
+        assert {k: v for k, v in new.items() if k != "volumeMounts"} == {
+            k: v for k, v in old.items() if k != "volumeMounts"
+        }
     assert wiring.plan_unwiring_patch(unwired) is None

@@ -66,6 +66,7 @@ STATEFULSETS = Resource("apps", "v1", "statefulsets", "StatefulSet")
 NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
 AGENTDEPLOYMENTS = Resource("tourniquet.dev", "v1alpha1", "agentdeployments", "AgentDeployment")
 AGENTINCIDENTS = Resource("tourniquet.dev", "v1alpha1", "agentincidents", "AgentIncident")
+SCALEDOBJECTS = Resource("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject")
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False)
 
 WORKLOADS = {"Deployment": DEPLOYMENTS, "StatefulSet": STATEFULSETS}
@@ -145,6 +146,29 @@ class KubeApi:
     async def close(self) -> None:
         await self._client.close()
 
+    async def request_text(self, path: str, query: dict[str, Any] | None = None) -> str:
+        """A GET whose answer is text (pod logs)."""
+        params = {k: v for k, v in (query or {}).items() if v is not None}
+        url = self._client.configuration.host + path + (f"?{urlencode(params)}" if params else "")
+        headers = {**self._client.default_headers, "Accept": "text/plain, */*"}
+        await self._client.update_params_for_auth(headers, [], ["BearerToken"], path, "GET", None)
+        self.requests += 1
+        try:
+            response = await self._client.rest_client.request(
+                "GET", url, headers=headers, _request_timeout=self._timeout
+            )
+            raw = await response.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
+            raise ApiError(0, "Unreachable", f"GET {path}: {error!r}") from error
+        if response.status >= 400:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                data = {}
+            data = data if isinstance(data, dict) else {}
+            raise ApiError(response.status, str(data.get("reason") or response.status), str(data.get("message") or ""))
+        return raw.decode(errors="replace")
+
     async def request(
         self,
         method: str,
@@ -178,7 +202,9 @@ class KubeApi:
 
     # ------------------------------------------------------------ verbs
 
-    async def get(self, res: Resource, namespace: str | None, name: str, *, subresource: str | None = None) -> dict[str, Any]:
+    async def get(
+        self, res: Resource, namespace: str | None, name: str, *, subresource: str | None = None
+    ) -> dict[str, Any]:
         return await self.request("GET", res.path(namespace, name, subresource))
 
     async def get_or_none(self, res: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
@@ -205,9 +231,7 @@ class KubeApi:
         return list(data.get("items") or [])
 
     async def create(self, res: Resource, namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
-        return await self.request(
-            "POST", res.path(namespace), body=body, query={"fieldManager": FIELD_MANAGER}
-        )
+        return await self.request("POST", res.path(namespace), body=body, query={"fieldManager": FIELD_MANAGER})
 
     async def patch(
         self,
@@ -228,9 +252,7 @@ class KubeApi:
         )
 
     async def replace(self, res: Resource, namespace: str | None, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await self.request(
-            "PUT", res.path(namespace, name), body=body, query={"fieldManager": FIELD_MANAGER}
-        )
+        return await self.request("PUT", res.path(namespace, name), body=body, query={"fieldManager": FIELD_MANAGER})
 
     async def delete(self, res: Resource, namespace: str | None, name: str) -> bool:
         """Delete; False when it was already gone."""

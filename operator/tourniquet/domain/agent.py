@@ -10,19 +10,9 @@ from pydantic import ValidationError
 
 from tourniquet.domain import bundles
 from tourniquet.domain.conditions import rfc3339, set_condition
+from tourniquet.domain.containment import Containment
+from tourniquet.domain.errors import describe_validation_error
 from tourniquet.models import AgentDeploymentSpec, RevisionVerdict, Severity
-
-
-def describe_validation_error(error: ValidationError, prefix: str = "spec") -> str:
-    """One line per problem, each naming the field: 'spec.bundle.model.version: pin an exact ...'."""
-    lines = []
-    for problem in error.errors():
-        path = ".".join([prefix, *(str(p) for p in problem["loc"])])
-        message = problem["msg"].removeprefix("Value error, ")
-        if problem["type"] == "extra_forbidden":
-            message = "unknown field"
-        lines.append(f"{path}: {message}")
-    return "; ".join(lines)
 
 
 def parse_spec(raw: dict[str, Any] | None) -> tuple[AgentDeploymentSpec | None, str | None]:
@@ -39,10 +29,10 @@ def spec_problems(spec: AgentDeploymentSpec, missing_consumers: list[str], names
     known = ", ".join(sorted(tools)) or "none"
     for severity in Severity:
         playbook = spec.playbook(severity)
-        for tool in playbook.revoke_tools or []:
-            if tool not in tools:
+        for name in playbook.revoke_tools or []:
+            if name not in tools:
                 problems.append(
-                    f"response.{severity.value}.revokeTools names unknown tool {tool!r} (tools in the bundle: {known})"
+                    f"response.{severity.value}.revokeTools names unknown tool {name!r} (tools in the bundle: {known})"
                 )
     for tool in spec.bundle.tools:
         if tool.compensation and tool.compensation.tool and tool.compensation.tool not in tools:
@@ -55,62 +45,94 @@ def spec_problems(spec: AgentDeploymentSpec, missing_consumers: list[str], names
 
 @dataclass
 class BundlePlan:
+    """The bundle decision: what to pin, what runs, what is marked bad, and why."""
+
     data: dict[str, str]
     sha256: str
     spec_revision: int
-    create: bool
-    active: bundles.StoredRevision | None  # None: the spec revision, about to be created
-    active_revision: int
-    reason: str  # Pinned | RolledBack
+    create: bool  # pin spec.bundle as a new revision
+    active_revision: int | None  # what consumers run; None when nothing can run yet
+    reason: str  # BundlePinned reason: Pinned | RolledBack | BundleTooLarge | RollbackRefused | RevisionBad
     message: str
-    prune: list[bundles.StoredRevision] = field(default_factory=list)
-
-
-class BundleRefused(Exception):
-    """The bundle decision cannot go ahead; `reason` is the condition reason."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+    pinned: bool = True  # BundlePinned status
+    mark_bad: list[int] = field(default_factory=list)
+    frozen: str | None = None  # why a new revision is held back while incidents are open
 
 
 def plan_bundle(
-    spec: AgentDeploymentSpec, stored: list[bundles.StoredRevision], highest_seen: int
+    spec: AgentDeploymentSpec,
+    stored: list[bundles.StoredRevision],
+    highest_seen: int,
+    *,
+    current: int | None = None,
+    containment: Containment | None = None,
 ) -> BundlePlan:
+    """Decide the revisions. Never raises: a refused bundle keeps the agent on what it runs now."""
+    containment = containment or Containment()
     data = bundles.bundle_data(spec.bundle)
+    sha = bundles.bundle_sha256(spec.bundle)
+    by_revision = {r.revision: r for r in stored}
+    if current not in by_revision:
+        current = None
     too_large = bundles.size_problem(data)
     if too_large:
-        raise BundleRefused("BundleTooLarge", too_large)
-    sha = bundles.bundle_sha256(spec.bundle)
-    revision = bundles.plan_revision(sha, stored, highest_seen)
+        return BundlePlan(data, sha, 0, False, current, "BundleTooLarge", too_large, pinned=False)
+    planned = bundles.plan_revision(sha, stored, highest_seen)
+    spec_rev = planned.revision
+    plan = BundlePlan(data, sha, spec_rev, planned.create, spec_rev, "Pinned", f"revision {spec_rev} pinned")
+    known = dict(by_revision)
+    if planned.create:
+        known[spec_rev] = bundles.StoredRevision(spec_rev, sha, "", None)
+
+    def verdict(revision: int) -> RevisionVerdict:
+        return known[revision].verdict if revision in known else RevisionVerdict.UNKNOWN
+
+    # 1. An open incident's rollback wins: it is how containment takes a bad revision out.
+    for incident, target in containment.rollbacks:
+        try:
+            chosen = bundles.resolve_rollback(target, list(known.values()))
+        except bundles.RollbackRefused as refused:
+            plan.active_revision, plan.reason, plan.pinned = current, "RollbackRefused", False
+            plan.message = f"incident {incident} asked for a rollback that is refused: {refused}"
+            return plan
+        plan.active_revision, plan.reason = chosen.revision, "RolledBack"
+        plan.message = f"running revision {chosen.revision}, rolled back by incident {incident}"
+        if current is not None and current != chosen.revision and verdict(current) != RevisionVerdict.GOOD:
+            plan.mark_bad.append(current)
+        return plan
+
+    # 2. An explicit rollback in the spec.
     if spec.rollback is not None:
         try:
-            target = bundles.resolve_rollback(spec.rollback, stored)
+            chosen = bundles.resolve_rollback(spec.rollback, list(known.values()))
         except bundles.RollbackRefused as refused:
-            raise BundleRefused("RollbackRefused", f"rollback refused: {refused}") from None
-        active, active_revision, reason = target, target.revision, "RolledBack"
-        message = f"running revision {target.revision} by spec.rollback; spec.bundle is revision {revision.revision}"
+            plan.active_revision, plan.reason, plan.pinned = current, "RollbackRefused", False
+            plan.message = f"rollback refused: {refused}"
+            return plan
+        wanted, plan.reason = chosen.revision, "RolledBack"
+        plan.message = f"running revision {chosen.revision} by spec.rollback; spec.bundle is revision {spec_rev}"
     else:
-        spec_stored = next((r for r in stored if r.revision == revision.revision and not revision.create), None)
-        active, active_revision, reason = spec_stored, revision.revision, "Pinned"
-        message = ""  # agent_status words it once the ConfigMap exists
-    after_create = list(stored)
-    if revision.create:
-        after_create.append(bundles.StoredRevision(revision.revision, sha, "", None))
-    good = bundles.last_known_good(after_create)
-    keep = {active_revision} | ({good.revision} if good else set())
-    return BundlePlan(
-        data=data,
-        sha256=sha,
-        spec_revision=revision.revision,
-        create=revision.create,
-        active=active,
-        active_revision=active_revision,
-        reason=reason,
-        message=message,
-        prune=[r for r in bundles.plan_prune(after_create, spec.revision_history_limit, keep) if r.name],
-    )
+        wanted = spec_rev
+        if verdict(spec_rev) == RevisionVerdict.BAD and wanted != current:
+            plan.active_revision, plan.reason, plan.pinned = current, "RevisionBad", False
+            plan.message = (
+                f"spec.bundle is revision {spec_rev}, which is marked bad; change the bundle (a fix gets a new "
+                "revision) or roll back to a good revision"
+            )
+            return plan
+
+    # 3. The freeze: while incidents are open, only a fix or a known-good revision rolls out.
+    exempt = wanted in containment.fixes or verdict(wanted) == RevisionVerdict.GOOD
+    if containment.incidents and current is not None and wanted != current and not exempt:
+        open_ = ", ".join(containment.incidents)
+        plan.frozen = (
+            f"revision {wanted} is pinned but not rolled out while incident(s) {open_} are open; mark it as "
+            f"the fix (spec.fix.revision: {wanted} on the incident) or roll back to a known-good revision"
+        )
+        plan.active_revision = current
+        return plan
+    plan.active_revision = wanted
+    return plan
 
 
 def history(stored: list[bundles.StoredRevision]) -> list[dict[str, Any]]:
@@ -146,45 +168,66 @@ def agent_status(
     plan: BundlePlan,
     stored_after: list[bundles.StoredRevision],
     consumers: list[dict[str, Any]],
-    extra_conditions: list[tuple[str, bool, str, str]],
+    containment: dict[str, Any] | None,
+    contained: tuple[bool, str, str],
     now: datetime,
     generation: int | None,
 ) -> dict[str, Any]:
-    """The whole new status of a reconciled agent."""
+    """The whole new status of a reconciled agent; conditions keep their transition times."""
     previous = status.get("bundle") or {}
-    active = next(r for r in stored_after if r.revision == plan.active_revision)
-    active_since = previous.get("activeSince") if previous.get("revision") == active.revision else None
+    active = next((r for r in stored_after if r.revision == plan.active_revision), None)
     good = bundles.last_known_good(stored_after)
-    bundle_status = {
-        "revision": active.revision,
-        "hash": bundles.short_hash(active.hash),
-        "configMap": active.name,
-        "specRevision": plan.spec_revision,
-        "activeSince": active_since or rfc3339(now),
-        **({"lastKnownGood": good.revision} if good else {}),
-        "history": history(stored_after),
-    }
+    bundle_status: dict[str, Any] = {"specRevision": plan.spec_revision} if plan.spec_revision else {}
+    if active is not None:
+        since = previous.get("activeSince") if previous.get("revision") == active.revision else None
+        bundle_status.update(
+            revision=active.revision,
+            hash=bundles.short_hash(active.hash),
+            configMap=active.name,
+            activeSince=since or rfc3339(now),
+        )
+    if good is not None:
+        bundle_status["lastKnownGood"] = good.revision
+    bundle_status["history"] = history(stored_after)
+
+    def cond(conditions: list[dict[str, Any]], type_: str, ok: bool, reason: str, message: str) -> list[dict[str, Any]]:
+        return set_condition(conditions, type_, ok, reason, message, now=now, generation=generation)
+
     conditions = list(status.get("conditions") or [])
-    message = (
-        f"revision {active.revision} (hash {bundles.short_hash(active.hash)}) pinned as ConfigMap {active.name}"
-        if plan.reason == "Pinned"
-        else plan.message
-    )
-    conditions = set_condition(conditions, "BundlePinned", True, plan.reason, message, now=now, generation=generation)
-    ready, ready_reason, ready_message = True, "Reconciled", (
-        f"revision {active.revision} wired into {len(consumers)} consumer(s); egress policy and control in place"
-    )
-    for type_, ok, reason, text in extra_conditions:
-        conditions = set_condition(conditions, type_, ok, reason, text, now=now, generation=generation)
+    if plan.pinned and active is not None:
+        message = (
+            plan.message
+            if plan.reason == "RolledBack"
+            else (
+                f"revision {active.revision} (hash {bundles.short_hash(active.hash)}) pinned as ConfigMap {active.name}"
+            )
+        )
+        conditions = cond(conditions, "BundlePinned", True, plan.reason, message)
+    else:
+        conditions = cond(conditions, "BundlePinned", False, plan.reason, plan.message)
+    if plan.frozen:
+        conditions = cond(conditions, "BundleFrozen", True, "IncidentOpen", plan.frozen)
+    else:
+        conditions = cond(conditions, "BundleFrozen", False, "NotFrozen", "no open incident holds the bundle")
+    conditions = cond(conditions, "Contained", *contained)
+    if not plan.pinned:
+        ready = (False, plan.reason, plan.message)
+    elif active is None:
+        ready = (False, "NoRevision", "no bundle revision can run yet")
+    else:
+        ready = (
+            True,
+            "Reconciled",
+            f"revision {active.revision} wired into {len(consumers)} consumer(s); "
+            "egress policy and control ConfigMap in place",
+        )
     new = dict(status)
-    new.update(
-        observedGeneration=generation,
-        bundle=bundle_status,
-        consumers=consumers,
-    )
-    new["conditions"] = set_condition(
-        conditions, "Ready", ready, ready_reason, ready_message, now=now, generation=generation
-    )
+    new.update(observedGeneration=generation, bundle=bundle_status, consumers=consumers)
+    if containment is not None:
+        new["containment"] = containment
+    else:
+        new.pop("containment", None)
+    new["conditions"] = cond(conditions, "Ready", *ready)
     return new
 
 

@@ -34,6 +34,20 @@ def network_policy(agent: str) -> str:
     return f"{agent}-egress"
 
 
+def evidence_configmap(incident: str) -> str:
+    return _bounded(f"{incident}-evidence")
+
+
+def _bounded(name: str, limit: int = 253) -> str:
+    """Deterministic and within the name limit: a long name keeps a hash of the whole."""
+    if len(name) <= limit:
+        return name
+    import hashlib
+
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    return f"{name[: limit - 11].rstrip('-.')}-{digest}"
+
+
 def bundle_selector(agent: str) -> str:
     return f"{LABEL_AGENT}={agent},{LABEL_COMPONENT}={COMPONENT_BUNDLE}"
 

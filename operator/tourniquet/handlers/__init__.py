@@ -1,5 +1,5 @@
 """Kopf handlers: the only code that imports kopf decorators. Importing this package registers them."""
 
-from tourniquet.handlers import agentdeployments, startup
+from tourniquet.handlers import agentdeployments, agentincidents, startup
 
-__all__ = ["agentdeployments", "startup"]
+__all__ = ["agentdeployments", "agentincidents", "startup"]

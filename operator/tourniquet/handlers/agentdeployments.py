@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Any
 
 import kopf
 
-from tourniquet.adapters.kube import ApiError
+from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError
 from tourniquet.reconcilers import agentdeployment as reconciler
+from tourniquet.reconcilers.agentincident import reconcile_agent_locked, reconcile_incident
+from tourniquet.reconcilers.locks import lock_for
 
 RESOURCE = ("tourniquet.dev", "v1alpha1", "agentdeployments")
 # How often every agent is re-reconciled (drift repair, promotion). Read once, at import.
@@ -23,31 +24,51 @@ def plain(body: kopf.Body) -> dict[str, Any]:
     return result
 
 
-async def _reconcile(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger) -> None:
+async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger) -> None:
+    meta = body["metadata"]
     try:
-        outcome = await reconciler.reconcile_agent_deployment(memo.api, plain(body))
+        views = await reconciler.list_incidents(memo.api, meta["namespace"])
+        outcome = await reconcile_agent_locked(memo.api, meta["namespace"], meta["name"], views)
     except ApiError as error:
         delay = 1 if error.transient else 30
         raise kopf.TemporaryError(f"Kubernetes API: {error}", delay=delay) from error
+    if outcome is None:
+        return
     if not outcome.ready:
         logger.warning("Not ready: %s: %s", outcome.reason, outcome.message)
+    if outcome.drift:
+        await _record_drift(outcome, memo)
+
+
+async def _record_drift(outcome: reconciler.AgentReport, memo: kopf.Memo) -> None:
+    """A timer pass put a lever back: say so in the timeline of every incident holding it."""
+    from tourniquet.models import Lever
+
+    drained = outcome.levers.get(Lever.DRAIN)
+    notes: list[tuple[str, str, str | None]] = [("DriftRepaired", m, outcome.agent) for m in outcome.drift]
+    namespace = outcome.namespace
+    for incident in drained.holders if drained else []:
+        async with lock_for("AgentIncident", namespace, incident):
+            fresh = await memo.api.get_or_none(AGENTINCIDENTS, namespace, incident)
+            if fresh is not None:
+                await reconcile_incident(memo.api, fresh, notes=notes)
 
 
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
-async def agent_changed(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def agent_changed(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     await _reconcile(body, memo, logger)
 
 
 @kopf.timer(*RESOURCE, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-async def agent_resync(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def agent_resync(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Drift repair and promotion: the same reconcile, on a timer."""
     await _reconcile(body, memo, logger)
 
 
 @kopf.on.delete(*RESOURCE)
-async def agent_deleted(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def agent_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Unwire the consumers, so their pods do not reference a bundle ConfigMap that is going away."""
     try:
         await reconciler.unwire_agent_deployment(memo.api, plain(body))

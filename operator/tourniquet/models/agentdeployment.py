@@ -29,9 +29,7 @@ FLOATING_VERSION_MESSAGE = "pin an exact model version; a floating version makes
 # RE2 and Python agree on this pattern, so CEL and pydantic refuse exactly the same values. The
 # whitespace classes mirror the `.strip()` pydantic applies, which CEL cannot; the escapes are ones both CEL
 # string literals and both regex dialects understand.
-FLOATING_VERSION_PATTERN = (
-    r"(?i)^[ \t\n\r\f\v]*(latest|stable|current|default|newest|[*]|.*-latest)[ \t\n\r\f\v]*$"
-)
+FLOATING_VERSION_PATTERN = r"(?i)^[ \t\n\r\f\v]*(latest|stable|current|default|newest|[*]|.*-latest)[ \t\n\r\f\v]*$"
 _FLOATING_RE = re.compile(FLOATING_VERSION_PATTERN)
 
 

@@ -41,8 +41,9 @@ class IncidentWindow(ApiModel):
     )
 
     start: str = Field(description="RFC 3339 time.", json_schema_extra={"format": "date-time"})
-    end: str | None = Field(default=None, description="RFC 3339 time; open-ended when unset.",
-                            json_schema_extra={"format": "date-time"})
+    end: str | None = Field(
+        default=None, description="RFC 3339 time; open-ended when unset.", json_schema_extra={"format": "date-time"}
+    )
 
 
 class CompensateSpec(ApiModel):

@@ -1,0 +1,309 @@
+"""`tourniquet` (also `kubectl tourniquet`): run the operator, the sandbox, and the on-call commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+T = TypeVar("T")
+
+
+def _fail(message: str) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(1)
+
+
+def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+def _kube_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--kubeconfig", envvar="KUBECONFIG", default=None, help="Path to a kubeconfig file.")(fn)
+    fn = click.option("--context", "kube_context", default=None, help="The kubeconfig context to use.")(fn)
+    fn = click.option("-n", "--namespace", default=None, help="Namespace (default: the context's, else default).")(fn)
+    return fn
+
+
+def _namespace(namespace: str | None, kubeconfig: str | None, kube_context: str | None) -> str:
+    if namespace:
+        return namespace
+    try:
+        import yaml
+
+        path = Path(kubeconfig or os.path.expanduser("~/.kube/config")).expanduser()
+        config = yaml.safe_load(path.read_text()) or {}
+        current = kube_context or config.get("current-context")
+        for entry in config.get("contexts") or []:
+            if entry.get("name") == current:
+                return str((entry.get("context") or {}).get("namespace") or "default")
+    except (OSError, ValueError):
+        pass
+    return "default"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tourniquet-operator")
+def main() -> None:
+    """Tourniquet: stop a misbehaving AI agent in seconds, pin its bundles, and roll back cleanly."""
+
+
+# ---------------------------------------------------------------- operator
+
+
+@main.command()
+@click.option("-n", "--namespace", "namespaces", multiple=True, help="Watch only these namespaces (repeatable).")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Watch every namespace (the default without -n).")
+@click.option("--liveness", default="http://0.0.0.0:8080/healthz", show_default=True, help="Kopf probe endpoint.")
+@click.option("--priority", type=int, default=0, help="Kopf peering priority (when running several replicas).")
+@click.option("--peering", default=None, help="Kopf peering object name; standalone when unset.")
+@click.option("-v", "--verbose", is_flag=True)
+def run(
+    namespaces: tuple[str, ...],
+    all_namespaces: bool,
+    liveness: str,
+    priority: int,
+    peering: str | None,
+    verbose: bool,
+) -> None:
+    """Run the operator against the cluster in $KUBECONFIG (or in-cluster)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    _run(lambda: run_operator(list(namespaces), liveness=liveness, priority=priority, peering=peering))
+
+
+async def run_operator(
+    namespaces: list[str],
+    *,
+    liveness: str | None = None,
+    priority: int = 0,
+    peering: str | None = None,
+    stop_flag: Any = None,
+    ready_flag: Any = None,
+) -> None:
+    import kopf
+
+    import tourniquet.handlers  # noqa: F401  (registers the handlers)
+
+    await kopf.operator(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        standalone=peering is None,
+        peering_name=peering,
+        priority=priority,
+        liveness_endpoint=liveness,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )
+
+
+# ---------------------------------------------------------------- CRDs
+
+
+@main.command()
+@click.option("--check", is_flag=True, help="Fail if the committed CRDs differ from the models.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
+def crds(check: bool, root: Path) -> None:
+    """Generate crds/ (and the chart's copy) from the pydantic models."""
+    from tourniquet import crdgen
+
+    if check:
+        problems = crdgen.check_crds(root)
+        for problem in problems:
+            click.secho(problem, fg="red", err=True)
+        if problems:
+            sys.exit(1)
+        click.echo("CRDs are up to date.")
+        return
+    for path in crdgen.write_crds(root):
+        click.echo(f"wrote {path}")
+
+
+# ---------------------------------------------------------------- sandbox
+
+
+@main.command()
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".sandbox"),
+    show_default=True,
+    help="Where the kubeconfig is written.",
+)
+@click.option("--port", type=int, default=0, help="API server port (default: a free one).")
+@click.option("--examples/--no-examples", default=True, show_default=True, help="Apply examples/ at start.")
+def sandbox(workdir: Path, port: int, examples: bool) -> None:
+    """Run an embedded Kubernetes API server with the CRDs and the operator: no cluster needed."""
+    from tourniquet.sandbox.run import run_sandbox
+
+    run_sandbox(workdir=workdir, port=port, examples=examples)
+
+
+# ---------------------------------------------------------------- on-call
+
+
+@main.command()
+@click.argument("agent")
+@click.option("--to", "target", required=False, help="A revision number, or lastKnownGood.")
+@click.option("--clear", is_flag=True, help="Remove the rollback: run what spec.bundle describes again.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the rollback is observed.")
+@click.option("--timeout", type=float, default=60, show_default=True)
+@_kube_options
+def rollback(
+    agent: str,
+    target: str | None,
+    clear: bool,
+    wait: bool,
+    timeout: float,
+    kubeconfig: str | None,
+    kube_context: str | None,
+    namespace: str | None,
+) -> None:
+    """Roll AGENT's bundle back to a revision (sets spec.rollback; GitOps users commit that field instead)."""
+    if clear == bool(target):
+        _fail("give exactly one of --to REVISION|lastKnownGood or --clear")
+    ns = _namespace(namespace, kubeconfig, kube_context)
+    _run(lambda: _rollback(agent, ns, target, wait, timeout, kubeconfig, kube_context))
+
+
+async def _rollback(
+    agent: str,
+    namespace: str,
+    target: str | None,
+    wait: bool,
+    timeout: float,
+    kubeconfig: str | None,
+    kube_context: str | None,
+) -> None:
+    from tourniquet.adapters.kube import AGENTDEPLOYMENTS, CONFIGMAPS, ApiError, KubeApi
+    from tourniquet.domain import bundles, names
+    from tourniquet.models import RollbackTarget
+
+    api = await KubeApi.from_config(kubeconfig, kube_context)
+    try:
+        body = await api.get_or_none(AGENTDEPLOYMENTS, namespace, agent)
+        if body is None:
+            _fail(f"AgentDeployment {agent} not found in namespace {namespace}")
+            return
+        if target is None:
+            await api.patch(AGENTDEPLOYMENTS, namespace, agent, {"spec": {"rollback": None}})
+            click.echo(f"Cleared the rollback of {agent}: it runs spec.bundle again.")
+            return
+        wanted = RollbackTarget(to="lastKnownGood") if target in ("lastKnownGood", "lkg") else None
+        if wanted is None:
+            try:
+                wanted = RollbackTarget(revision=int(target))
+            except ValueError:
+                _fail(f"--to takes a revision number or lastKnownGood, not {target!r}")
+                return
+        cms = await api.list(CONFIGMAPS, namespace, label_selector=names.bundle_selector(agent))
+        stored = [s for s in map(bundles.stored_revision_from_configmap, cms) if s]
+        try:
+            chosen = bundles.resolve_rollback(wanted, stored)
+        except bundles.RollbackRefused as refused:
+            _fail(f"rollback refused: {refused}")
+            return
+        # A merge patch: null the other key, so switching between revision and lastKnownGood works.
+        await api.patch(
+            AGENTDEPLOYMENTS,
+            namespace,
+            agent,
+            {"spec": {"rollback": {"revision": None, "to": None, **wanted.to_api()}}},
+        )
+        click.echo(f"Asked {agent} to run revision {chosen.revision} (ConfigMap {chosen.name}).")
+        if not wait:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = (await api.get(AGENTDEPLOYMENTS, namespace, agent)).get("status") or {}
+            if (status.get("bundle") or {}).get("revision") == chosen.revision:
+                click.echo(f"{agent} runs revision {chosen.revision}; its consumers' pod templates name it.")
+                return
+            await asyncio.sleep(0.5)
+        _fail(
+            f"timed out after {timeout:.0f}s waiting for {agent} to report revision {chosen.revision}; "
+            f"is the operator running? (kubectl get agentdeployment {agent} -n {namespace} -o yaml)"
+        )
+    except ApiError as error:
+        _fail(f"Kubernetes API: {error}")
+    finally:
+        await api.close()
+
+
+@main.command()
+@click.argument("agent", required=False)
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@_kube_options
+def status(
+    agent: str | None, output: str, kubeconfig: str | None, kube_context: str | None, namespace: str | None
+) -> None:
+    """What each agent runs, whether it is ready, and what is contained since when."""
+    ns = _namespace(namespace, kubeconfig, kube_context)
+    _run(lambda: _status(agent, ns, output, kubeconfig, kube_context))
+
+
+async def _status(
+    agent: str | None, namespace: str, output: str, kubeconfig: str | None, kube_context: str | None
+) -> None:
+    from tourniquet.adapters.kube import AGENTDEPLOYMENTS, ApiError, KubeApi
+
+    api = await KubeApi.from_config(kubeconfig, kube_context)
+    try:
+        if agent:
+            found = await api.get_or_none(AGENTDEPLOYMENTS, namespace, agent)
+            if found is None:
+                _fail(f"AgentDeployment {agent} not found in namespace {namespace}")
+            agents = [found] if found else []
+        else:
+            agents = await api.list(AGENTDEPLOYMENTS, namespace)
+    except ApiError as error:
+        _fail(f"Kubernetes API: {error}")
+        return
+    finally:
+        await api.close()
+    rows = [_status_row(a) for a in agents]
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"No AgentDeployments in namespace {namespace}.")
+        return
+    header = ("AGENT", "REVISION", "LKG", "READY", "CONTAINED", "DETAIL")
+    table = [header] + [
+        (r["agent"], str(r["revision"] or "-"), str(r["lastKnownGood"] or "-"), r["ready"], r["contained"], r["detail"])
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+def _status_row(body: dict[str, Any]) -> dict[str, Any]:
+    status = body.get("status") or {}
+    conditions = {c["type"]: c for c in status.get("conditions") or []}
+    ready = conditions.get("Ready") or {}
+    contained = conditions.get("Contained") or {}
+    bundle = status.get("bundle") or {}
+    return {
+        "agent": body["metadata"]["name"],
+        "revision": bundle.get("revision"),
+        "lastKnownGood": bundle.get("lastKnownGood"),
+        "ready": ready.get("status", "Unknown"),
+        "contained": contained.get("status", "False"),
+        "detail": ready.get("message", "") if ready.get("status") != "True" else contained.get("message", ""),
+        "since": contained.get("lastTransitionTime") if contained.get("status") == "True" else None,
+    }
+
+
+if __name__ == "__main__":
+    main()

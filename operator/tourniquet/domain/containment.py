@@ -1,0 +1,179 @@
+"""Containment as a union: what all open incidents on one agent ask of it (pure).
+
+An agent's desired containment is derived from the incidents that are open now, never from a
+history of applies and releases. Releasing one incident therefore cannot release a lever another
+open incident still holds, and a restart at any point converges to the same answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from tourniquet.domain.errors import describe_validation_error
+from tourniquet.models import AgentDeploymentSpec, AgentIncidentSpec, Lever, RollbackTarget, SideEffects
+
+
+@dataclass(frozen=True)
+class IncidentView:
+    """One incident as containment sees it."""
+
+    name: str
+    spec: AgentIncidentSpec
+    evidence_captured: bool = False
+    deleting: bool = False
+    valid: bool = True
+
+    @property
+    def open(self) -> bool:
+        return self.valid and not self.spec.resolved and not self.deleting
+
+
+def incident_view(body: dict[str, Any], *, valid: bool | None = None) -> IncidentView | None:
+    """Parse an AgentIncident body; None when its spec is not even well-formed."""
+    try:
+        spec = AgentIncidentSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        return None
+    status = body.get("status") or {}
+    accepted = next((c for c in status.get("conditions") or [] if c.get("type") == "Accepted"), None)
+    return IncidentView(
+        name=body["metadata"]["name"],
+        spec=spec,
+        evidence_captured=bool((status.get("evidence") or {}).get("capturedAt")),
+        deleting=bool(body["metadata"].get("deletionTimestamp")),
+        valid=valid if valid is not None else (accepted is None or accepted.get("status") != "False"),
+    )
+
+
+def parse_incident_spec(raw: dict[str, Any] | None) -> tuple[AgentIncidentSpec | None, str | None]:
+    try:
+        return AgentIncidentSpec.model_validate(raw or {}), None
+    except ValidationError as error:
+        return None, describe_validation_error(error)
+
+
+def write_tools(spec: AgentDeploymentSpec) -> list[str]:
+    return [t.name for t in spec.bundle.tools if t.side_effects == SideEffects.WRITE]
+
+
+@dataclass(frozen=True)
+class AgentClaim:
+    """What one incident asks of one agent."""
+
+    incident: str
+    levers: tuple[Lever, ...]
+    tools: tuple[str, ...]
+    rollback: RollbackTarget | None
+    cascaded_from: str | None = None
+
+
+def claim(
+    agent: str,
+    spec: AgentDeploymentSpec,
+    incident: IncidentView,
+    upstream: dict[str, AgentDeploymentSpec],
+) -> AgentClaim | None:
+    """The levers `incident` holds on `agent`, or None when it holds nothing there."""
+    if not incident.open:
+        return None
+    severity = incident.spec.severity
+    if agent in incident.spec.agents:
+        playbook = spec.playbook(severity)
+        levers = incident.spec.contain if incident.spec.contain is not None else playbook.contain
+        tools = incident.spec.revoke_tools or playbook.revoke_tools or write_tools(spec)
+        rollback = incident.spec.rollback
+        if rollback is None and playbook.rollback is not None:
+            rollback = RollbackTarget(to=playbook.rollback)
+        return AgentClaim(incident.name, tuple(levers), tuple(tools), rollback)
+    if incident.spec.cascade:
+        for dependency in spec.depends_on:
+            if dependency.name in incident.spec.agents:
+                source = upstream.get(dependency.name)
+                cascade = source.playbook(severity).cascade if source else None
+                levers = cascade.contain if cascade is not None else [Lever.SHADOW]
+                return AgentClaim(incident.name, tuple(levers), tuple(write_tools(spec)), None, dependency.name)
+    return None
+
+
+@dataclass
+class Containment:
+    """The union of every open incident's claim on one agent."""
+
+    shadow: set[str] = field(default_factory=set)  # incidents holding shadow
+    revoked: dict[str, set[str]] = field(default_factory=dict)  # tool -> incidents revoking it
+    drain: set[str] = field(default_factory=set)  # incidents whose drain may go ahead
+    drain_waiting: set[str] = field(default_factory=set)  # incidents whose drain waits for evidence
+    rollbacks: list[tuple[str, RollbackTarget]] = field(default_factory=list)
+    incidents: list[str] = field(default_factory=list)  # open incidents on this agent
+    fixes: set[int] = field(default_factory=set)
+
+    @property
+    def mode(self) -> str:
+        return "shadow" if self.shadow else "active"
+
+    @property
+    def revoked_tools(self) -> set[str]:
+        return set(self.revoked)
+
+    @property
+    def drained(self) -> bool:
+        return bool(self.drain)
+
+    def holders(self, lever: Lever) -> list[str]:
+        if lever == Lever.SHADOW:
+            return sorted(self.shadow)
+        if lever == Lever.DRAIN:
+            return sorted(self.drain)
+        return sorted({i for holders in self.revoked.values() for i in holders})
+
+
+def plan_containment(
+    agent: str,
+    spec: AgentDeploymentSpec,
+    incidents: list[IncidentView],
+    upstream: dict[str, AgentDeploymentSpec] | None = None,
+) -> Containment:
+    """Union of the claims of every open incident on `agent`; drain waits for the evidence."""
+    result = Containment()
+    for incident in sorted(incidents, key=lambda i: i.name):
+        held = claim(agent, spec, incident, upstream or {})
+        if held is None:
+            continue
+        result.incidents.append(incident.name)
+        if incident.spec.fix is not None:
+            result.fixes.add(incident.spec.fix.revision)
+        if Lever.SHADOW in held.levers:
+            result.shadow.add(incident.name)
+        if Lever.REVOKE_TOOLS in held.levers:
+            for tool in held.tools:
+                result.revoked.setdefault(tool, set()).add(incident.name)
+        if Lever.DRAIN in held.levers:
+            (result.drain if incident.evidence_captured else result.drain_waiting).add(incident.name)
+        if held.rollback is not None:
+            result.rollbacks.append((incident.name, held.rollback))
+    return result
+
+
+def incident_problems(
+    spec: AgentIncidentSpec, agents: dict[str, AgentDeploymentSpec | None], namespace: str
+) -> list[str]:
+    """What makes an incident impossible to act on; an incident with problems touches nothing."""
+    problems = []
+    for name in spec.agents:
+        agent = agents.get(name)
+        if agent is None:
+            problems.append(f"AgentDeployment {name} not found in namespace {namespace}")
+            continue
+        playbook = agent.playbook(spec.severity)
+        levers = spec.contain if spec.contain is not None else playbook.contain
+        tools = {t.name for t in agent.bundle.tools}
+        for tool in spec.revoke_tools or []:
+            if tool not in tools:
+                known = ", ".join(sorted(tools)) or "none"
+                problems.append(f"agent {name} has no tool {tool!r} to revoke (its tools: {known})")
+        if Lever.DRAIN in levers and not agent.consumers:
+            problems.append(f"agent {name} has no consumers to drain; remove drain or add spec.consumers")
+    return problems

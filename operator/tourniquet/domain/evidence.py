@@ -1,0 +1,129 @@
+"""Evidence: redacted, size-bounded, captured before the drain kills the pods (pure part)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+# Stay well under the 1 MiB ConfigMap limit, with room for keys and metadata.
+EVIDENCE_LIMIT = 900 * 1024
+LOG_LINES = 200
+REDACTED = "[REDACTED]"
+
+_SECRET_WORDS = (
+    r"(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|credentials?|auth)"
+)
+_PATTERNS = [
+    # key=value, key: value, "key": "value"
+    re.compile(rf"(?i)(\"?[\w.-]*{_SECRET_WORDS}[\w.-]*\"?\s*[:=]\s*\"?)([^\s\",;]+)"),
+    re.compile(r"(?i)(authorization:\s*(?:bearer|basic)\s+)(\S+)"),
+    re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/-]{16,}=*)"),
+    re.compile(r"()(sk-[A-Za-z0-9_-]{16,})"),  # API keys in the style of LLM providers
+    re.compile(r"()(AKIA[0-9A-Z]{16})"),  # AWS access key ids
+    re.compile(r"()(eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"),  # JWTs
+    re.compile(r"(-----BEGIN [A-Z ]*PRIVATE KEY-----)[\s\S]*?(?=-----END)"),
+]
+_SECRET_NAME = re.compile(rf"(?i){_SECRET_WORDS}")
+
+
+def redact_text(text: str) -> str:
+    for pattern in _PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+    return text
+
+
+def redact(value: Any) -> Any:
+    """Redact a JSON-like value: secret-looking keys lose their values, strings are scrubbed."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        # An env entry {"name": "API_TOKEN", "value": "..."} hides its value.
+        secret_env = isinstance(value.get("name"), str) and _SECRET_NAME.search(value["name"]) and "value" in value
+        for key, item in value.items():
+            if (secret_env and key == "value") or (_SECRET_NAME.search(str(key)) and isinstance(item, str)):
+                out[key] = REDACTED
+            else:
+                out[key] = redact(item)
+        return out
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        return redact_text(value)
+    return value
+
+
+@dataclass
+class EvidenceParts:
+    """What was gathered; logs are per pod, newest lines last."""
+
+    agent: dict[str, Any]
+    bundle: dict[str, str]
+    consumers: list[dict[str, Any]]
+    pods: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    logs: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def _slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    status = pod.get("status") or {}
+    return {
+        "name": (pod.get("metadata") or {}).get("name"),
+        "phase": status.get("phase"),
+        "node": (pod.get("spec") or {}).get("nodeName"),
+        "conditions": status.get("conditions"),
+        "containerStatuses": status.get("containerStatuses"),
+    }
+
+
+def _slim_event(event: dict[str, Any]) -> dict[str, Any]:
+    involved = event.get("involvedObject") or {}
+    return {
+        "time": event.get("lastTimestamp")
+        or event.get("eventTime")
+        or (event.get("metadata") or {}).get("creationTimestamp"),
+        "type": event.get("type"),
+        "reason": event.get("reason"),
+        "object": f"{involved.get('kind')}/{involved.get('name')}",
+        "message": event.get("message"),
+    }
+
+
+def build_evidence(
+    parts: EvidenceParts, *, captured_at: str, limit: int = EVIDENCE_LIMIT
+) -> tuple[dict[str, str], bool]:
+    """ConfigMap data for the evidence, redacted and bounded; True when something was cut to fit."""
+    truncated = False
+    data = {
+        "agent.json": json.dumps(redact(parts.agent), indent=1, sort_keys=True),
+        "bundle.json": redact_text(parts.bundle.get("bundle.json", "")),
+        "consumers.json": json.dumps(redact(parts.consumers), indent=1, sort_keys=True),
+        "pods.json": json.dumps([_slim_pod(p) for p in parts.pods], indent=1, sort_keys=True),
+    }
+    events = [_slim_event(e) for e in parts.events][-100:]
+    logs = {pod: redact_text(text).splitlines()[-LOG_LINES:] for pod, text in sorted(parts.logs.items())}
+
+    def size() -> int:
+        body = sum(len(k) + len(v.encode()) for k, v in data.items())
+        return body + len(json.dumps(events)) + sum(len("\n".join(lines)) + len(pod) + 8 for pod, lines in logs.items())
+
+    # Cut the oldest log lines first, then the oldest events, until it fits.
+    while size() > limit and any(logs.values()):
+        longest = max(logs, key=lambda p: len(logs[p]))
+        logs[longest] = logs[longest][len(logs[longest]) // 2 + 1 :]
+        truncated = True
+    while size() > limit and events:
+        events = events[len(events) // 2 + 1 :]
+        truncated = True
+    data["events.json"] = json.dumps(redact(events), indent=1)
+    data["logs.txt"] = "".join(f"==> {pod} <==\n" + "\n".join(lines) + "\n" for pod, lines in logs.items())
+    data["manifest.json"] = json.dumps(
+        {"capturedAt": captured_at, "truncated": truncated, "errors": parts.errors, "logLines": LOG_LINES},
+        indent=1,
+    )
+    for key, value in list(data.items()):  # last resort: a single huge document
+        if size() > limit:
+            data[key] = value[: max(0, len(value) - (size() - limit))]
+            truncated = True
+    return data, truncated

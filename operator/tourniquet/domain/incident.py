@@ -1,0 +1,163 @@
+"""An incident's status, computed whole from what was observed (pure).
+
+The timeline only grows; an entry is added when something is first observed (a lever applied, the
+evidence captured, containment complete, a release), so re-running over a converged world adds
+nothing. `phase` is derived from the conditions, for printer columns only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tourniquet.domain.conditions import condition_is, parse_time, rfc3339, set_condition
+
+
+def micro_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class LeverSeen:
+    """One lever this incident holds (or held) on one agent, as observed."""
+
+    agent: str
+    lever: str
+    applied: bool
+    detail: str
+    other_holders: tuple[str, ...] = ()
+    pending: bool = False
+
+
+def derive_phase(conditions: list[dict[str, Any]]) -> str:
+    if condition_is(conditions, "Accepted", "False"):
+        return "Invalid"
+    if condition_is(conditions, "Resolved"):
+        return "Resolved"
+    if condition_is(conditions, "Contained"):
+        return "Contained"
+    return "Containing"
+
+
+def _seconds(start: datetime | None, end: datetime) -> float | None:
+    return None if start is None else round(max(0.0, (end - start).total_seconds()), 3)
+
+
+def incident_status(
+    status: dict[str, Any],
+    *,
+    created: str | None,
+    generation: int | None,
+    agents: list[str],
+    levers: list[LeverSeen],
+    resolved: bool,
+    evidence: dict[str, Any] | None,
+    notes: list[tuple[str, str, str | None]],  # (event, message, agent) to add to the timeline
+    now: datetime,
+) -> dict[str, Any]:
+    previous_levers = {(lv.get("agent"), lv.get("name")): lv for lv in status.get("levers") or []}
+    timeline = list(status.get("timeline") or [])
+    stamp = micro_time(now)
+    created_at = parse_time(created)
+
+    def note(event: str, message: str, agent: str | None = None) -> None:
+        entry = {"time": stamp, "event": event, "message": message}
+        if agent:
+            entry["agent"] = agent
+        timeline.append(entry)
+
+    if not timeline:
+        note("Opened", f"opened on {', '.join(agents)}")
+    new_levers = []
+    timings = dict(status.get("timings") or {})
+    lever_timings = dict(timings.get("levers") or {})
+    for seen in levers:
+        before = previous_levers.get((seen.agent, seen.lever)) or {}
+        if resolved:
+            state = "Released"
+            detail = (
+                f"released by this incident; still held by {', '.join(seen.other_holders)}"
+                if seen.other_holders
+                else f"released: {seen.detail}"
+            )
+        else:
+            state = "Applied" if seen.applied else "Pending"
+            detail = seen.detail
+        observed_at = before.get("observedAt") if before.get("state") == state else stamp
+        if state == "Applied" and before.get("state") != "Applied":
+            note("LeverApplied", f"{seen.lever}: {seen.detail}", seen.agent)
+            seconds = _seconds(created_at, now)
+            if seconds is not None:
+                lever_timings.setdefault(f"{seen.agent}/{seen.lever}", seconds)
+        if state == "Released" and before.get("state") != "Released":
+            note("LeverReleased", f"{seen.lever}: {detail}", seen.agent)
+        new_levers.append(
+            {"name": seen.lever, "agent": seen.agent, "state": state, "observedAt": observed_at, "detail": detail}
+        )
+    for event, message, agent in notes:
+        note(event, message, agent)
+
+    conditions = list(status.get("conditions") or [])
+
+    def cond(type_: str, ok: bool, reason: str, message: str) -> None:
+        nonlocal conditions
+        conditions = set_condition(conditions, type_, ok, reason, message, now=now, generation=generation)
+
+    cond("Accepted", True, "Valid", f"acting on {', '.join(agents)}")
+    if evidence:
+        if not condition_is(conditions, "EvidenceCaptured"):
+            note(
+                "EvidenceCaptured",
+                f"ConfigMap {evidence.get('configMap')} ({evidence.get('bytes')} bytes"
+                + (", truncated to fit" if evidence.get("truncated") else "")
+                + ")",
+            )
+        cond("EvidenceCaptured", True, "Captured", f"ConfigMap {evidence.get('configMap')}")
+    elif not condition_is(conditions, "EvidenceCaptured"):
+        cond("EvidenceCaptured", False, "Pending", "evidence is captured after shadow and revoke, before drain")
+    held = [lv for lv in new_levers if lv["state"] != "Released"]
+    if resolved:
+        cond("Contained", False, "Released", "the incident is resolved; its levers are released")
+        if not condition_is(conditions, "Resolved"):
+            note("Resolved", "resolved; levers released unless another open incident holds them")
+            timings["resolvedSeconds"] = _seconds(created_at, now)
+        cond("Resolved", True, "Resolved", "resolved by spec.resolved")
+    else:
+        pending = [f"{lv['agent']}/{lv['name']}" for lv in held if lv["state"] != "Applied"]
+        if not held:
+            cond("Contained", False, "NoLeverHeld", "this incident holds no lever (its playbook contains nothing)")
+        elif pending:
+            cond("Contained", False, "LeversPending", f"not yet observed applied: {', '.join(pending)}")
+        else:
+            if not condition_is(conditions, "Contained"):
+                note("Contained", "every lever observed applied")
+                timings.setdefault("containedSeconds", _seconds(created_at, now))
+            cond("Contained", True, "LeversApplied", f"{len(held)} lever(s) observed applied")
+        cond("Resolved", False, "Open", "set spec.resolved: true to release")
+    if lever_timings:
+        timings["levers"] = lever_timings
+    timings = {k: v for k, v in timings.items() if v is not None}
+    new = dict(status)
+    new.update(observedGeneration=generation, agents=agents, levers=new_levers, timeline=timeline)
+    if timings:
+        new["timings"] = timings
+    if evidence:
+        new["evidence"] = evidence
+    new["conditions"] = conditions
+    new["phase"] = derive_phase(conditions)
+    return new
+
+
+def invalid_incident_status(
+    status: dict[str, Any], message: str, *, now: datetime, generation: int | None
+) -> dict[str, Any]:
+    conditions = set_condition(
+        list(status.get("conditions") or []), "Accepted", False, "InvalidSpec", message, now=now, generation=generation
+    )
+    new = dict(status)
+    new.update(observedGeneration=generation, conditions=conditions, phase=derive_phase(conditions))
+    return new
+
+
+__all__ = ["LeverSeen", "derive_phase", "incident_status", "invalid_incident_status", "micro_time", "rfc3339"]

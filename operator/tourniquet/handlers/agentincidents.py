@@ -1,0 +1,61 @@
+"""AgentIncident handlers: every cause calls the same reconcile; deletion releases through a finalizer."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import kopf
+
+from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError
+from tourniquet.handlers.agentdeployments import plain
+from tourniquet.reconcilers import agentincident as reconciler
+from tourniquet.reconcilers.locks import lock_for
+
+RESOURCE = ("tourniquet.dev", "v1alpha1", "agentincidents")
+# Drift repair: how often an open incident's levers are re-asserted. Read once, at import.
+REASSERT_SECONDS = float(os.environ.get("TOURNIQUET_REASSERT_SECONDS", "10"))
+
+
+def _is_open(spec: kopf.Spec, **_: Any) -> bool:
+    return not spec.get("resolved", False)
+
+
+async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger) -> None:
+    meta = body["metadata"]
+    try:
+        async with lock_for("AgentIncident", meta["namespace"], meta["name"]):
+            fresh = await memo.api.get_or_none(AGENTINCIDENTS, meta["namespace"], meta["name"])
+            if fresh is None:
+                return
+            report = await reconciler.reconcile_incident(memo.api, fresh)
+    except ApiError as error:
+        raise kopf.TemporaryError(f"Kubernetes API: {error}", delay=1 if error.transient else 15) from error
+    if not report.accepted:
+        logger.warning("Refused: %s", report.message)
+    elif report.status:
+        phase = report.status.get("phase")
+        logger.info("Reconciled incident: phase %s", phase)
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE, field="spec")
+async def incident_changed(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    await _reconcile(body, memo, logger)
+
+
+@kopf.timer(*RESOURCE, interval=REASSERT_SECONDS, initial_delay=REASSERT_SECONDS, when=_is_open)
+async def incident_reassert(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """Drift repair: re-assert every lever this incident holds, and record what was overridden."""
+    await _reconcile(body, memo, logger)
+
+
+@kopf.on.delete(*RESOURCE)
+async def incident_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """Release what this incident held (levers another open incident holds stay in force)."""
+    try:
+        await reconciler.release_deleted_incident(memo.api, plain(body))
+    except ApiError as error:
+        raise kopf.TemporaryError(f"Kubernetes API: {error}", delay=1 if error.transient else 15) from error
+    logger.info("Released the levers of deleted incident %s", body["metadata"]["name"])

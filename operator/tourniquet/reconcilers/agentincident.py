@@ -1,0 +1,196 @@
+"""Reconcile one AgentIncident: validate, contain its agents in order, capture evidence, report.
+
+Containment itself is done by each agent's reconcile (the union of its open incidents); this
+reconcile drives those in the right order — shadow and revoke, then evidence, then drain — and
+turns what they observed into the incident's status and timeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, KubeApi
+from tourniquet.domain import agent as agent_domain
+from tourniquet.domain.containment import IncidentView, incident_problems, parse_incident_spec
+from tourniquet.domain.incident import LeverSeen, incident_status, invalid_incident_status, micro_time
+from tourniquet.models import AgentDeploymentSpec, AgentIncidentSpec, Lever
+from tourniquet.reconcilers.agentdeployment import AgentReport, list_incidents, reconcile_agent_deployment
+from tourniquet.reconcilers.evidence import capture_evidence
+from tourniquet.reconcilers.locks import lock_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IncidentReport:
+    name: str
+    accepted: bool
+    message: str = ""
+    status: dict[str, Any] = field(default_factory=dict)
+    agents: dict[str, AgentReport] = field(default_factory=dict)
+
+
+async def reconcile_agent_locked(
+    api: KubeApi,
+    namespace: str,
+    name: str,
+    views: list[IncidentView],
+    upstream: dict[str, AgentDeploymentSpec] | None = None,
+) -> AgentReport | None:
+    """Reconcile one agent from a fresh read, one pass at a time per agent."""
+    async with lock_for("AgentDeployment", namespace, name):
+        body = await api.get_or_none(AGENTDEPLOYMENTS, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        return await reconcile_agent_deployment(api, body, incidents=views, upstream=upstream)
+
+
+async def write_incident_status(api: KubeApi, body: dict[str, Any], new_status: dict[str, Any]) -> bool:
+    if new_status == (body.get("status") or {}):
+        return False
+    meta = body["metadata"]
+    await api.patch(AGENTINCIDENTS, meta["namespace"], meta["name"], {"status": new_status}, subresource="status")
+    return True
+
+
+async def reconcile_incident(
+    api: KubeApi,
+    body: dict[str, Any],
+    *,
+    now: datetime | None = None,
+    notes: list[tuple[str, str, str | None]] | None = None,
+) -> IncidentReport:
+    meta = body["metadata"]
+    name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
+    status = body.get("status") or {}
+    deleting = bool(meta.get("deletionTimestamp"))
+
+    spec, invalid = parse_incident_spec(body.get("spec"))
+    if spec is None:
+        return await _refuse(api, body, invalid or "invalid spec")
+    agent_bodies = dict(
+        zip(
+            spec.agents,
+            await asyncio.gather(*(api.get_or_none(AGENTDEPLOYMENTS, namespace, a) for a in spec.agents)),
+            strict=True,
+        )
+    )
+    agent_specs = {n: (agent_domain.parse_spec(b.get("spec"))[0] if b else None) for n, b in agent_bodies.items()}
+    problems = incident_problems(spec, agent_specs, namespace)
+    problems += [
+        f"AgentDeployment {n} has an invalid spec; see its Ready condition"
+        for n, b in agent_bodies.items()
+        if b is not None and agent_specs[n] is None
+    ]
+    if problems:
+        return await _refuse(api, body, "; ".join(problems))
+
+    evidence = status.get("evidence") if (status.get("evidence") or {}).get("capturedAt") else None
+    me = IncidentView(name, spec, evidence_captured=evidence is not None, deleting=deleting, valid=True)
+    views = [v for v in await list_incidents(api, namespace) if v.name != name] + [me]
+    upstream = {n: s for n, s in agent_specs.items() if s is not None}
+    targets = list(spec.agents) + (await _cascade_targets(api, namespace, spec) if spec.cascade else [])
+
+    async def contain_all(current: list[IncidentView], only: list[str]) -> dict[str, AgentReport]:
+        results = await asyncio.gather(*(reconcile_agent_locked(api, namespace, a, current, upstream) for a in only))
+        return {a: r for a, r in zip(only, results, strict=True) if r is not None}
+
+    # Shadow and revoke first (drain waits for the evidence), then evidence, then drain.
+    reports = await contain_all(views, targets)
+    if me.open and evidence is None:
+        agents_for_evidence = {a: (agent_bodies[a], agent_specs[a]) for a in spec.agents if agent_bodies[a]}
+        evidence = await capture_evidence(api, body, agents_for_evidence, captured_at=micro_time(_now()))  # type: ignore[arg-type]
+        me = dataclasses.replace(me, evidence_captured=True)
+        views = [*views[:-1], me]
+        waiting = [a for a, r in reports.items() if r.levers.get(Lever.DRAIN) and r.levers[Lever.DRAIN].pending]
+        if waiting:
+            reports.update(await contain_all(views, waiting))
+
+    report = IncidentReport(name, True, agents=reports)
+    if deleting:
+        return report
+    levers = _levers_seen(name, spec, status, reports)
+    extra = list(notes or [])
+    for agent, agent_report in reports.items():
+        drain_seen = agent_report.levers.get(Lever.DRAIN)
+        if drain_seen and name in drain_seen.holders:
+            extra += [("DriftRepaired", message, agent) for message in agent_report.drift]
+        if agent_report.rollback:
+            extra.append(("RolledBack", agent_report.rollback, agent))
+    new_status = incident_status(
+        status,
+        created=meta.get("creationTimestamp"),
+        generation=generation,
+        agents=targets,
+        levers=levers,
+        resolved=spec.resolved,
+        evidence=evidence,
+        notes=extra,
+        now=now or _now(),
+    )
+    await write_incident_status(api, body, new_status)
+    report.status = new_status
+    return report
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _levers_seen(
+    name: str, spec: AgentIncidentSpec, status: dict[str, Any], reports: dict[str, AgentReport]
+) -> list[LeverSeen]:
+    """The levers this incident holds (or, once resolved, held) on each agent, as observed."""
+    seen: list[LeverSeen] = []
+    held_before = {(lv.get("agent"), lv.get("name")) for lv in status.get("levers") or []}
+    for agent, report in reports.items():
+        for lever, observation in report.levers.items():
+            holds = name in observation.holders
+            if not holds and (agent, lever.value) not in held_before:
+                continue
+            others = tuple(h for h in observation.holders if h != name)
+            seen.append(
+                LeverSeen(
+                    agent, lever.value, observation.applied and holds, observation.detail, others, observation.pending
+                )
+            )
+    return seen
+
+
+async def _cascade_targets(api: KubeApi, namespace: str, spec: AgentIncidentSpec) -> list[str]:
+    """Agents that depend on an incident agent: they get the (lighter) cascade containment."""
+    named = set(spec.agents)
+    result = []
+    for body in await api.list(AGENTDEPLOYMENTS, namespace):
+        depends = {d.get("name") for d in (body.get("spec") or {}).get("dependsOn") or []}
+        if depends & named and body["metadata"]["name"] not in named:
+            result.append(body["metadata"]["name"])
+    return sorted(result)
+
+
+async def _refuse(api: KubeApi, body: dict[str, Any], message: str) -> IncidentReport:
+    """An incident that cannot be acted on touches nothing; its status says why."""
+    meta = body["metadata"]
+    new_status = invalid_incident_status(
+        body.get("status") or {}, message, now=_now(), generation=meta.get("generation")
+    )
+    if await write_incident_status(api, body, new_status):
+        log.warning("Refused AgentIncident %s/%s: %s", meta["namespace"], meta["name"], message)
+    return IncidentReport(meta["name"], False, message, new_status)
+
+
+async def release_deleted_incident(api: KubeApi, body: dict[str, Any]) -> IncidentReport:
+    """The incident is being deleted: recompute its agents without it (a no-op if it held nothing)."""
+    deleting = {
+        **body,
+        "metadata": {
+            **body["metadata"],
+            "deletionTimestamp": body["metadata"].get("deletionTimestamp") or micro_time(_now()),
+        },
+    }
+    return await reconcile_incident(api, deleting)

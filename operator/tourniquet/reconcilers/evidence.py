@@ -1,0 +1,135 @@
+"""Capture an incident's evidence into an immutable ConfigMap, once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from tourniquet.adapters.kube import CONFIGMAPS, EVENTS, PODS, WORKLOADS, ApiError, KubeApi
+from tourniquet.domain import names
+from tourniquet.domain.evidence import EvidenceParts, build_evidence
+from tourniquet.domain.network import labels_for
+from tourniquet.models import AgentDeploymentSpec
+
+MAX_PODS_WITH_LOGS = 10
+
+
+def _selector(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+async def _gather_agent(
+    api: KubeApi, namespace: str, agent: dict[str, Any], spec: AgentDeploymentSpec, parts: EvidenceParts
+) -> None:
+    name = agent["metadata"]["name"]
+    parts.agent[name] = {"spec": agent.get("spec"), "status": agent.get("status")}
+    active = ((agent.get("status") or {}).get("bundle") or {}).get("configMap")
+    if active:
+        cm = await api.get_or_none(CONFIGMAPS, namespace, active)
+        parts.bundle[name] = ((cm or {}).get("data") or {}).get("bundle.json", "")
+    for ref in spec.consumers:
+        workload = await api.get_or_none(WORKLOADS[ref.kind.value], namespace, ref.name)
+        if workload is not None:
+            parts.consumers.append(
+                {
+                    "kind": ref.kind.value,
+                    "name": ref.name,
+                    "spec": workload.get("spec"),
+                    "status": workload.get("status"),
+                }
+            )
+    labels = spec.pod_selector.match_labels or {}
+    pods = await api.list(PODS, namespace, label_selector=_selector(labels)) if labels else []
+    parts.pods += pods
+
+    async def logs(pod: dict[str, Any]) -> None:
+        pod_name = pod["metadata"]["name"]
+        try:
+            parts.logs[pod_name] = await api.request_text(
+                PODS.path(namespace, pod_name, "log"), {"tailLines": 200, "allContainers": "true"}
+            )
+        except ApiError as error:
+            parts.errors.append(f"logs of pod {pod_name}: {error}")
+
+    await asyncio.gather(*(logs(p) for p in pods[:MAX_PODS_WITH_LOGS]))
+
+
+async def capture_evidence(
+    api: KubeApi,
+    incident: dict[str, Any],
+    agents: dict[str, tuple[dict[str, Any], AgentDeploymentSpec]],
+    *,
+    captured_at: str,
+) -> dict[str, Any]:
+    """Create `<incident>-evidence` (or find the one a previous pass made); returns status.evidence."""
+    meta = incident["metadata"]
+    namespace, cm_name = meta["namespace"], names.evidence_configmap(meta["name"])
+    existing = await api.get_or_none(CONFIGMAPS, namespace, cm_name)
+    if existing is not None:
+        return _evidence_status(existing)
+    parts = EvidenceParts(agent={}, bundle={}, consumers=[], pods=[], events=[])
+    for body, spec in agents.values():
+        try:
+            await _gather_agent(api, namespace, body, spec, parts)
+        except ApiError as error:
+            parts.errors.append(f"agent {body['metadata']['name']}: {error}")
+    try:
+        events = await api.list(EVENTS, namespace)
+        interesting = (
+            {n for n in parts.agent}
+            | {c["name"] for c in parts.consumers}
+            | {p["metadata"]["name"] for p in parts.pods}
+        )
+        parts.events = [e for e in events if (e.get("involvedObject") or {}).get("name") in interesting]
+    except ApiError as error:
+        parts.errors.append(f"events: {error}")
+    data, truncated = build_evidence(
+        EvidenceParts(
+            agent=parts.agent,
+            bundle={"bundle.json": json.dumps(parts.bundle)},
+            consumers=parts.consumers,
+            pods=parts.pods,
+            events=parts.events,
+            logs=parts.logs,
+            errors=parts.errors,
+        ),
+        captured_at=captured_at,
+    )
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": cm_name,
+            "namespace": namespace,
+            "labels": {
+                **labels_for(",".join(sorted(agents))[:63].rstrip(",-."), "evidence"),
+                f"{names.PREFIX}/incident": meta["name"][:63],
+            },
+            "annotations": {
+                f"{names.PREFIX}/captured-at": captured_at,
+                f"{names.PREFIX}/truncated": str(truncated).lower(),
+            },
+            "ownerReferences": [names.owner_reference("AgentIncident", meta["name"], meta["uid"])],
+        },
+        "immutable": True,
+        "data": data,
+    }
+    try:
+        created = await api.create(CONFIGMAPS, namespace, body)
+    except ApiError as error:
+        if not error.already_exists:
+            raise
+        created = await api.get(CONFIGMAPS, namespace, cm_name)
+    return _evidence_status(created)
+
+
+def _evidence_status(cm: dict[str, Any]) -> dict[str, Any]:
+    annotations = (cm.get("metadata") or {}).get("annotations") or {}
+    data = cm.get("data") or {}
+    return {
+        "configMap": cm["metadata"]["name"],
+        "capturedAt": annotations.get(f"{names.PREFIX}/captured-at") or cm["metadata"].get("creationTimestamp"),
+        "bytes": sum(len(k) + len(v.encode()) for k, v in data.items()),
+        "truncated": annotations.get(f"{names.PREFIX}/truncated") == "true",
+    }
