@@ -58,5 +58,14 @@ def desired_control_data(mode: str, revoked_tools: set[str]) -> dict[str, str]:
     return {"mode": mode, "revokedTools": json.dumps(sorted(revoked_tools))}
 
 
+def revoked_tools_listed(control_data: dict[str, str]) -> set[str]:
+    """The tools a control ConfigMap lists as revoked (nothing when unreadable)."""
+    try:
+        parsed = json.loads(control_data.get("revokedTools") or "[]")
+    except ValueError:
+        return set()
+    return {str(v) for v in parsed} if isinstance(parsed, list) else set()
+
+
 def labels_for(agent: str, component: str) -> dict[str, str]:
     return {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_AGENT: agent, names.LABEL_COMPONENT: component}

@@ -514,7 +514,7 @@ def _observe_levers(
         else "mode: active",
         containment.holders(Lever.SHADOW),
     )
-    listed = set(_json_list(data.get("revokedTools")))
+    listed = network.revoked_tools_listed(data)
     revoked = sorted(containment.revoked_tools)
     cut = [t for t in revoked if not network.tool_rules_present(policy, spec, t) and t in listed]
     observed[Lever.REVOKE_TOOLS] = LeverObservation(
@@ -549,16 +549,6 @@ def _observe_levers(
         pending=bool(containment.drain_waiting) and not containment.drained,
     )
     return observed
-
-
-def _json_list(value: str | None) -> list[str]:
-    import json
-
-    try:
-        parsed = json.loads(value or "[]")
-    except ValueError:
-        return []
-    return [str(v) for v in parsed] if isinstance(parsed, list) else []
 
 
 def _containment_status(report: AgentReport, containment: Containment, now: datetime) -> dict[str, Any]:

@@ -122,7 +122,8 @@ class FieldError:
             case 'Unknown':
                 text = 'field not declared in schema'
             case 'Duplicate':
-                text = f'Duplicate value: {value}'
+                shown = json.dumps(self.value, separators=(',', ':')) if isinstance(self.value, Mapping) else value
+                text = f'Duplicate value: {shown}'
             case _:
                 text = f'Invalid value: {value}'
         return f'{text}: {self.detail}' if self.detail else text
@@ -430,6 +431,23 @@ def _to_cel(value: Any, schema: Schema | None) -> Any:
             return celpy.json_to_cel(value)
 
 
+def _parse_error(error: Exception) -> str:
+    column = getattr(error, 'column', None)
+    return f'syntax error at column {column}' if column else 'syntax error'
+
+
+def _cel_error(error: Exception) -> str:
+    """A CEL evaluation error in the words of the Kubernetes CEL runtime, where recognisable."""
+    detail = str(error.args[0]) if error.args else str(error)
+    if match := re.search(r"no such member in mapping: '([^']*)'", detail):
+        return f'no such key: {match.group(1)}'
+    if re.search(r'no matching overload for _(\|\||&&)_', detail) and 'CELEvalError' in detail:
+        return 'no such key (a field the rule reads is absent: guard it with has())'
+    if match := re.search(r"undeclared reference to '([^']*)'", detail):
+        return f"undeclared reference to '{match.group(1)}' (not emulated: a Kubernetes CEL library?)"
+    return detail
+
+
 def _uses_old_self(rule: str) -> bool:
     return re.search(r'\boldSelf\b', rule) is not None
 
@@ -453,7 +471,7 @@ def _evaluate_rules(
         try:
             program = _programs.get(rule)
         except celpy.CELParseError as e:
-            errors.append(FieldError(path, 'Invalid', value, f'compilation failed: {e}'.splitlines()[0]))
+            errors.append(FieldError(path, 'Invalid', value, f'compilation failed: {_parse_error(e)}'))
             continue
         if 'self' not in activation:
             activation['self'] = _to_cel(value, schema)
@@ -464,8 +482,7 @@ def _evaluate_rules(
         except Exception as e:  # CELEvalError and anything from the extension functions
             result = e
         if isinstance(result, Exception):
-            detail = str(result.args[0]) if result.args else str(result)
-            errors.append(FieldError(path, 'Invalid', value, f'{detail} evaluating rule: {rule}'))
+            errors.append(FieldError(path, 'Invalid', value, f'{_cel_error(result)} evaluating rule: {rule}'))
             continue
         if isinstance(result, celtypes.BoolType | bool) and bool(result):
             continue
@@ -807,7 +824,7 @@ def check_schema(schema: Schema, path: str = 'openAPIV3Schema') -> list[str]:
                 try:
                     _programs.get(expr)
                 except celpy.CELParseError as e:
-                    reason = str(e).splitlines()[0] if str(e) else 'syntax error'
+                    reason = _parse_error(e)
                     errors.append(str(FieldError(f'{node_path}.x-kubernetes-validations[{index}].{field}',
                                                  'Invalid', expr, f'compilation failed: {reason}')))
     return errors
