@@ -88,21 +88,25 @@ def widget_crd() -> dict[str, Any]:
 
 def widget(name: str, **spec: Any) -> dict[str, Any]:
     return {
-        'apiVersion': 'example.dev/v1', 'kind': 'Widget',
-        'metadata': {'name': name},
-        'spec': {'model': {'name': 'gpt', 'version': '2025-01-01'}, **spec},
+        "apiVersion": "example.dev/v1",
+        "kind": "Widget",
+        "metadata": {"name": name},
+        "spec": {"model": {"name": "gpt", "version": "2025-01-01"}, **spec},
     }
 
 
 def deployment(name: str, replicas: int = 3, **labels: str) -> dict[str, Any]:
     return {
-        'apiVersion': 'apps/v1', 'kind': 'Deployment',
-        'metadata': {'name': name, 'labels': labels or {'app': name}},
-        'spec': {
-            'replicas': replicas,
-            'selector': {'matchLabels': {'app': name}},
-            'template': {'metadata': {'labels': {'app': name}},
-                         'spec': {'containers': [{'name': 'main', 'image': 'example/agent:1.0'}]}},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels or {"app": name}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "main", "image": "example/agent:1.0"}]},
+            },
         },
     }
 
@@ -125,11 +129,19 @@ class Http:
     def __init__(self, base: str) -> None:
         self.base = base
 
-    def request(self, method: str, path: str, body: Any = None, *, content_type: str = 'application/json',
-                query: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, Any, dict[str, str]]:
-        url = self.base + path + ('?' + urllib.parse.urlencode(query) if query else '')
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        query: dict[str, str] | None = None,
+        timeout: float = 10,
+    ) -> tuple[int, Any, dict[str, str]]:
+        url = self.base + path + ("?" + urllib.parse.urlencode(query) if query else "")
         data = (body if isinstance(body, bytes) else json.dumps(body).encode()) if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method, headers={'Content-Type': content_type})
+        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": content_type})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 raw, status, headers = resp.read(), resp.status, dict(resp.headers)
@@ -142,29 +154,33 @@ class Http:
         return status, parsed, headers
 
     def get(self, path: str, **kw: Any) -> tuple[int, Any, dict[str, str]]:
-        return self.request('GET', path, **kw)
+        return self.request("GET", path, **kw)
 
     def post(self, path: str, body: Any, **kw: Any) -> tuple[int, Any, dict[str, str]]:
-        return self.request('POST', path, body, **kw)
+        return self.request("POST", path, body, **kw)
 
     def put(self, path: str, body: Any, **kw: Any) -> tuple[int, Any, dict[str, str]]:
-        return self.request('PUT', path, body, **kw)
+        return self.request("PUT", path, body, **kw)
 
-    def patch(self, path: str, body: Any, kind: str = 'merge', **kw: Any) -> tuple[int, Any, dict[str, str]]:
+    def patch(self, path: str, body: Any, kind: str = "merge", **kw: Any) -> tuple[int, Any, dict[str, str]]:
         content_type = {
-            'merge': 'application/merge-patch+json', 'json': 'application/json-patch+json',
-            'strategic': 'application/strategic-merge-patch+json', 'apply': 'application/apply-patch+yaml',
+            "merge": "application/merge-patch+json",
+            "json": "application/json-patch+json",
+            "strategic": "application/strategic-merge-patch+json",
+            "apply": "application/apply-patch+yaml",
         }[kind]
-        return self.request('PATCH', path, body, content_type=content_type, **kw)
+        return self.request("PATCH", path, body, content_type=content_type, **kw)
 
     def delete(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any, dict[str, str]]:
-        return self.request('DELETE', path, body, **kw)
+        return self.request("DELETE", path, body, **kw)
 
-    def watch(self, path: str, query: dict[str, str], *, timeout: float = 10) -> tuple[str, list[dict[str, Any]]]:
+    def watch(
+        self, path: str, query: dict[str, str], *, timeout: float = 10
+    ) -> tuple[str, list[dict[str, Any]]]:
         """Read a watch stream until the server closes it; returns (content type, events)."""
-        url = f'{self.base}{path}?{urllib.parse.urlencode({"watch": "true", **query})}'
+        url = f"{self.base}{path}?{urllib.parse.urlencode({'watch': 'true', **query})}"
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            content_type = resp.headers.get('Content-Type', '')
+            content_type = resp.headers.get("Content-Type", "")
             lines = resp.read().decode().splitlines()
         return content_type, [json.loads(line) for line in lines if line.strip()]
 
@@ -188,7 +204,7 @@ def http(api: ApiServerThread) -> Http:
 
 
 @pytest.fixture()
-def kube(api: ApiServerThread) -> Iterator[Any]:
+def kube_client(api: ApiServerThread) -> Iterator[Any]:
     """A ``kubernetes`` client (v37) pointed at the emulator."""
     import kubernetes
 
@@ -198,22 +214,26 @@ def kube(api: ApiServerThread) -> Iterator[Any]:
 
 
 @pytest.fixture()
-def kubeconfig(api: ApiServerThread, tmp_path: Path) -> Path:
-    return api.write_kubeconfig(tmp_path / 'kubeconfig')
+def emulator_kubeconfig(api: ApiServerThread, tmp_path: Path) -> Path:
+    return api.write_kubeconfig(tmp_path / "kubeconfig")
 
 
 @pytest.fixture()
-def kubectl(kubeconfig: Path, tmp_path: Path) -> Any:
+def kubectl(emulator_kubeconfig: Path, tmp_path: Path) -> Any:
     """Run kubectl against the emulator; skipped where kubectl is not installed."""
-    binary = shutil.which('kubectl')
+    binary = shutil.which("kubectl")
     if binary is None:
-        pytest.skip('kubectl is not installed')
+        pytest.skip("kubectl is not installed")
 
-    def run(*args: str, check: bool = True, timeout: float = 20, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        cmd = [binary, f'--kubeconfig={kubeconfig}', f'--cache-dir={tmp_path / "kube-cache"}', *args]
+    def run(
+        *args: str, check: bool = True, timeout: float = 20, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [binary, f"--kubeconfig={emulator_kubeconfig}", f"--cache-dir={tmp_path / 'kube-cache'}", *args]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=stdin)
         if check and result.returncode != 0:
-            raise AssertionError(f'{" ".join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}')
+            raise AssertionError(
+                f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     return run

@@ -121,7 +121,12 @@ def set_control(core_api: Any) -> Callable[[str, dict[str, str]], None]:
 
     def apply(agent: str, data: dict[str, str]) -> None:
         name = f"{agent}-control"
-        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": NAMESPACE}, "data": data}
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "data": data,
+        }
         try:
             core_api.create_namespaced_config_map(NAMESPACE, body)
         except ApiException as exc:

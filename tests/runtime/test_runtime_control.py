@@ -92,6 +92,28 @@ def test_a_configmap_change_reaches_the_agent_through_the_api_within_two_seconds
         assert state.revoked_tools == frozenset()
 
 
+def test_a_renewed_watch_resumes_where_it_left_off(
+    kubeconfig: Path, set_control: Callable[[str, dict[str, str]], None], tmp_path: Path
+) -> None:
+    seen: list[ControlState] = []
+    set_control("renew-agent", {"mode": "active", "revokedTools": "[]"})
+    with fast_follower(
+        "renew-agent",
+        kubeconfig=kubeconfig,
+        mount_dir=tmp_path / "no-mount",
+        watch_timeout_seconds=1,
+        on_change=seen.append,
+    ) as follower:
+        follower.wait_for(lambda s: s.source == "api", timeout=10)
+        time.sleep(1.5)  # the server has ended the first watch; the follower has watched again
+        set_control("renew-agent", {"mode": "shadow", "revokedTools": "[]"})
+        follower.wait_for(lambda s: s.shadow, timeout=2)
+
+    versions = [int(s.resource_version) for s in seen if s.resource_version]
+    assert versions == sorted(set(versions)), "a resumed watch must not replay what was already seen"
+    assert [s.mode for s in seen] == ["active", "shadow"]
+
+
 def test_a_garbled_flag_through_the_api_fails_closed(
     kubeconfig: Path, set_control: Callable[[str, dict[str, str]], None], tmp_path: Path
 ) -> None:

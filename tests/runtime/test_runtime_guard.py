@@ -48,8 +48,9 @@ def test_shadow_mode_holds_back_writes_and_records_them_while_reads_still_run(
     payments = Payments()
     control.set(mode="shadow")
 
-    written = guard.call("issue_refund", {"order_id": "A1", "amount_cents": 500}, payments.issue_refund,
-                         subjects=["customer:42"])
+    written = guard.call(
+        "issue_refund", {"order_id": "A1", "amount_cents": 500}, payments.issue_refund, subjects=["customer:42"]
+    )
     read = guard.call("lookup_order", {"order_id": "A1"}, payments.lookup_order)
 
     assert isinstance(written, Shadowed)
@@ -137,8 +138,9 @@ def test_a_reused_key_with_other_arguments_is_refused_before_running(guard: Guar
     payments = Payments()
     guard.call("issue_refund", {"order_id": "A1", "amount_cents": 500}, payments.issue_refund, idempotency_key="k-1")
     with pytest.raises(IdempotencyConflict, match="one key names one action"):
-        guard.call("issue_refund", {"order_id": "A1", "amount_cents": 9900}, payments.issue_refund,
-                   idempotency_key="k-1")
+        guard.call(
+            "issue_refund", {"order_id": "A1", "amount_cents": 9900}, payments.issue_refund, idempotency_key="k-1"
+        )
     assert payments.refunds == [("A1", 500)]
 
 
@@ -167,9 +169,7 @@ def test_a_failing_task_is_counted_by_kind(guard: Guard, sample: Callable[..., f
     assert sample("tourniquet_agent_task_failures_total", task="refund_request") == 1
 
 
-def test_the_decorator_guards_sync_and_async_tools(
-    guard: Guard, control: StaticControl, ledger: SqliteLedger
-) -> None:
+def test_the_decorator_guards_sync_and_async_tools(guard: Guard, control: StaticControl, ledger: SqliteLedger) -> None:
     refunds: list[str] = []
 
     @guard.tool("issue_refund", subjects=lambda args: [f"order:{args['order_id']}"])
@@ -192,7 +192,10 @@ def test_the_decorator_guards_sync_and_async_tools(
     assert recorded["issue_refund", "ok"].args == {"order_id": "A1", "amount_cents": 100}
     assert recorded["issue_refund", "ok"].subjects == ("order:A1",)
     assert set(recorded) == {
-        ("issue_refund", "ok"), ("send_email", "ok"), ("issue_refund", "shadowed"), ("send_email", "shadowed")
+        ("issue_refund", "ok"),
+        ("send_email", "ok"),
+        ("issue_refund", "shadowed"),
+        ("send_email", "shadowed"),
     }
 
 
@@ -210,7 +213,10 @@ def test_redaction_keeps_secrets_out_of_the_ledger_but_not_out_of_the_call(
     control: StaticControl, ledger: SqliteLedger
 ) -> None:
     guard = Guard(
-        control, ledger, agent=AGENT, tools={"charge_card": "write"},
+        control,
+        ledger,
+        agent=AGENT,
+        tools={"charge_card": "write"},
         redact=lambda tool, args: {**args, "card_number": "****"},
     )
     seen = []

@@ -35,7 +35,10 @@ def scraped_series(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 def test_the_module_documents_exactly_the_metrics_it_exposes() -> None:
     documented = set(re.findall(r"``(tourniquet_agent_\w+)``", metrics_module.__doc__ or ""))
-    exposed = set(scraped_series(AgentMetrics("a").exposition()))
+    metrics = AgentMetrics("refund-agent")
+    metrics.declare_tools(["issue_refund"])
+    metrics.task_failed("refund_request")
+    exposed = set(scraped_series(metrics.exposition()))
 
     assert documented == set(DOCUMENTED_LABELS) == exposed
 

@@ -15,7 +15,15 @@ import pytest
 
 from tourniquet.domain.bundles import bundle_data
 from tourniquet.models import Bundle
-from tourniquet.runtime import BundleError, ConfigurationError, Runtime, Shadowed, load_bundle_tools
+from tourniquet.runtime import (
+    BundleError,
+    ConfigurationError,
+    Runtime,
+    Shadowed,
+    StopToken,
+    iter_work,
+    load_bundle_tools,
+)
 
 WORKER = textwrap.dedent(
     """
@@ -37,9 +45,7 @@ WORKER = textwrap.dedent(
 
 
 def test_sigterm_stops_taking_work_after_the_task_in_hand() -> None:
-    worker = subprocess.Popen(
-        [sys.executable, "-c", WORKER], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    worker = subprocess.Popen([sys.executable, "-c", WORKER], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert worker.stdout is not None
     lines = []
     for line in worker.stdout:
@@ -76,7 +82,10 @@ def write_bundle(path: Path) -> Path:
 
 
 def test_the_bundle_the_operator_mounts_gives_each_tools_side_effects(tmp_path: Path) -> None:
-    assert load_bundle_tools(write_bundle(tmp_path / "bundle.json")) == {"issue_refund": "write", "lookup_order": "read"}
+    assert load_bundle_tools(write_bundle(tmp_path / "bundle.json")) == {
+        "issue_refund": "write",
+        "lookup_order": "read",
+    }
     assert load_bundle_tools(tmp_path / "absent.json") == {}
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(BundleError, match="cannot read the tools of the bundle"):
@@ -108,7 +117,8 @@ def test_from_env_wires_control_guard_ledger_and_metrics(
         assert isinstance(refund, Shadowed) and refunds == []
         assert runtime.should_take_work()
     assert 'tourniquet_agent_shadow_mode{agent="refund-agent"} 1.0' in scraped
-    assert 'tourniquet_agent_tool_calls_total{agent="refund-agent",outcome="shadowed",tool="issue_refund"} 1.0' in scraped
+    shadowed = 'tourniquet_agent_tool_calls_total{agent="refund-agent",outcome="shadowed",tool="issue_refund"} 1.0'
+    assert shadowed in scraped
     assert (tmp_path / "state" / "ledger.db").exists()
 
 
@@ -125,6 +135,22 @@ def test_a_wrong_environment_is_named(env: dict[str, str], message: str) -> None
 
 
 def test_the_runtime_imports_without_kopf_or_the_kubernetes_client() -> None:
-    probe = "import json, sys, tourniquet.runtime; print(json.dumps([m for m in ('kopf', 'kubernetes') if m in sys.modules]))"
+    probe = (
+        "import json, sys, tourniquet.runtime; "
+        "print(json.dumps([m for m in ('kopf', 'kubernetes') if m in sys.modules]))"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert json.loads(result.stdout) == []
+
+
+def test_iter_work_stops_pulling_once_a_stop_is_requested() -> None:
+    stop = StopToken()
+    queue = ["t1", None, "t2", "t3"]
+    handled = []
+    for item in iter_work(stop, lambda: queue.pop(0) if queue else None, idle_seconds=0.01):
+        handled.append(item)
+        if item == "t2":
+            stop.request_stop("drained")
+
+    assert handled == ["t1", "t2"]
+    assert queue == ["t3"]

@@ -46,11 +46,32 @@ def desired_network_policy_spec(spec: AgentDeploymentSpec, revoked_tools: set[st
     }
 
 
-def tool_rules_present(policy: dict[str, Any], spec: AgentDeploymentSpec, tool: str) -> bool:
-    """Whether the observed policy still allows any of a tool's endpoints."""
-    observed = (policy.get("spec") or {}).get("egress") or []
-    wanted = [_rule(e) for t in spec.bundle.tools if t.name == tool for e in t.egress]
-    return any(rule in observed for rule in wanted)
+def shared_endpoints(spec: AgentDeploymentSpec, tool: str, revoked_tools: set[str]) -> dict[str, list[str]]:
+    """A revoked tool's endpoints that stay open because a tool still allowed uses them too."""
+    mine = {e.cidr for t in spec.bundle.tools if t.name == tool for e in t.egress}
+    shared: dict[str, list[str]] = {}
+    for other in spec.bundle.tools:
+        if other.name != tool and other.name not in revoked_tools:
+            for egress in other.egress:
+                if egress.cidr in mine:
+                    shared.setdefault(egress.cidr, []).append(other.name)
+    for egress in spec.bundle.model.egress:
+        if egress.cidr in mine:
+            shared.setdefault(egress.cidr, []).append("the model endpoint")
+    return shared
+
+
+def describe_revocation(spec: AgentDeploymentSpec, revoked_tools: set[str]) -> str:
+    """What revocation really achieved, tool by tool, without over-claiming."""
+    parts = []
+    for tool in sorted(revoked_tools):
+        shared = shared_endpoints(spec, tool, revoked_tools)
+        if shared:
+            held = "; ".join(f"{cidr} stays open for {', '.join(users)}" for cidr, users in sorted(shared.items()))
+            parts.append(f"{tool}: listed in revokedTools (the runtime refuses it); {held}")
+        else:
+            parts.append(f"{tool}: egress rules removed from the NetworkPolicy and listed in revokedTools")
+    return "; ".join(parts) + "; connections already open may survive until the pods restart"
 
 
 def desired_control_data(mode: str, revoked_tools: set[str]) -> dict[str, str]:

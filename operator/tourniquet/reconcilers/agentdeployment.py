@@ -56,6 +56,7 @@ class AgentReport:
     levers: dict[Lever, LeverObservation] = field(default_factory=dict)
     drift: list[str] = field(default_factory=list)  # levers put back after someone undid them
     rollback: str | None = None  # what a rollback did (incident timeline)
+    rollback_refused: str | None = None  # why an incident's rollback could not happen
     spec: AgentDeploymentSpec | None = None
 
 
@@ -186,6 +187,8 @@ async def reconcile_agent_deployment(
                 report.actions.append(f"Wired {ref.kind.value} {ref.name} to bundle revision {active.revision}")
         if plan.reason == "RolledBack" and previous != active.revision:
             report.rollback = f"rolled back from revision {previous} to {active.revision}"
+    if plan.reason == "RollbackRefused" and containment.rollbacks:
+        report.rollback_refused = plan.message
     # 5. Drain last (it kills pods and their memory), or restore what a drain recorded.
     pods_left = await _apply_drain(api, namespace, spec, consumers, containment, report)
     # 6. Promotion on evidence, then pruning beyond the history limit.
@@ -515,17 +518,14 @@ def _observe_levers(
         containment.holders(Lever.SHADOW),
     )
     listed = network.revoked_tools_listed(data)
-    revoked = sorted(containment.revoked_tools)
-    cut = [t for t in revoked if not network.tool_rules_present(policy, spec, t) and t in listed]
+    revoked = containment.revoked_tools
+    desired_egress = network.desired_egress(spec, revoked)
+    enforced = bool(revoked) and revoked <= listed and (policy.get("spec") or {}).get("egress") == desired_egress
     observed[Lever.REVOKE_TOOLS] = LeverObservation(
         Lever.REVOKE_TOOLS,
-        bool(revoked) and cut == revoked,
-        (
-            f"{', '.join(cut)}: egress rules removed from the NetworkPolicy and listed in revokedTools; "
-            "connections already open may survive until the pods restart"
-        )
-        if cut
-        else "no tool revoked",
+        enforced,
+        network.describe_revocation(spec, revoked) if enforced else "no tool revoked" if not revoked else
+        f"not yet enforced: revokedTools lists {sorted(listed)}, the NetworkPolicy does not match",
         containment.holders(Lever.REVOKE_TOOLS),
     )
     parts, drained = [], True

@@ -100,21 +100,36 @@ async def reconcile_incident(
         results = await asyncio.gather(*(reconcile_agent_locked(api, namespace, a, current, upstream) for a in only))
         return {a: r for a, r in zip(only, results, strict=True) if r is not None}
 
-    # Shadow and revoke first (drain waits for the evidence), then evidence, then drain.
+    def compute(previous: dict[str, Any], reports: dict[str, AgentReport], notes: list[Any]) -> dict[str, Any]:
+        return incident_status(
+            previous,
+            created=meta.get("creationTimestamp"),
+            generation=generation,
+            agents=targets,
+            levers=_levers_seen(name, spec, previous, reports),
+            resolved=spec.resolved,
+            evidence=evidence,
+            notes=notes,
+            now=now or _now(),
+        )
+
+    # Shadow and revoke first (drain waits for the evidence), then evidence, then drain. The timeline
+    # records each phase when it completed.
     reports = await contain_all(views, targets)
-    if me.open and evidence is None:
+    if me.open and evidence is None and not deleting:
+        status = compute(status, reports, [])
         agents_for_evidence = {a: (agent_bodies[a], agent_specs[a]) for a in spec.agents if agent_bodies[a]}
         evidence = await capture_evidence(api, body, agents_for_evidence, captured_at=micro_time(_now()))  # type: ignore[arg-type]
         me = dataclasses.replace(me, evidence_captured=True)
         views = [*views[:-1], me]
         waiting = [a for a, r in reports.items() if r.levers.get(Lever.DRAIN) and r.levers[Lever.DRAIN].pending]
+        status = compute(status, {}, [])  # the evidence, in its place in the timeline
         if waiting:
             reports.update(await contain_all(views, waiting))
 
     report = IncidentReport(name, True, agents=reports)
     if deleting:
         return report
-    levers = _levers_seen(name, spec, status, reports)
     extra = list(notes or [])
     for agent, agent_report in reports.items():
         drain_seen = agent_report.levers.get(Lever.DRAIN)
@@ -122,17 +137,9 @@ async def reconcile_incident(
             extra += [("DriftRepaired", message, agent) for message in agent_report.drift]
         if agent_report.rollback:
             extra.append(("RolledBack", agent_report.rollback, agent))
-    new_status = incident_status(
-        status,
-        created=meta.get("creationTimestamp"),
-        generation=generation,
-        agents=targets,
-        levers=levers,
-        resolved=spec.resolved,
-        evidence=evidence,
-        notes=extra,
-        now=now or _now(),
-    )
+        if agent_report.rollback_refused:
+            extra.append(("Failed", agent_report.rollback_refused, agent))
+    new_status = compute(status, reports, extra)
     await write_incident_status(api, body, new_status)
     report.status = new_status
     return report

@@ -19,14 +19,15 @@ Rules that matter:
 * Times are timezone-aware UTC; windows are half-open, ``start <= time < end``.
 
 Backends. :class:`SqliteLedger` is the default: one file, WAL mode, one connection per thread, write
-transactions taken with ``BEGIN IMMEDIATE``. The SQL itself is kept standard (``INSERT ... ON CONFLICT
-DO NOTHING`` and conditional ``UPDATE`` for every race, no ``INSERT OR REPLACE``, no ``RETURNING``, no
-JSON functions) and lives in :class:`SqlLedger`. The dialect bits are isolated in :class:`SqlDialect`:
-the placeholder style, the timestamp column type and its conversion, and how a write transaction begins.
-A PostgreSQL backend is a subclass of :class:`SqlLedger` with a dialect of ``%s`` placeholders,
-``TIMESTAMP WITH TIME ZONE`` columns (datetimes passed through), ``BEGIN`` for writes, and a connection
-pool instead of per-thread connections; the migrations and queries are shared. The schema version is
-kept in the ``tourniquet_ledger_schema`` table, and opening a ledger applies any newer migrations.
+transactions taken with ``BEGIN IMMEDIATE``. The queries live in :class:`SqlLedger` and use only what
+SQLite and PostgreSQL share: plain DDL, ``INSERT ... ON CONFLICT (...) DO NOTHING`` and conditional
+``UPDATE`` for every race (both stay correct under PostgreSQL's READ COMMITTED), and no ``INSERT OR
+REPLACE``, ``RETURNING`` or JSON functions. The dialect bits are isolated: :class:`SqlDialect` holds the
+placeholder style and the timestamp column type and its conversion, and a subclass's ``_transaction``
+says how a transaction begins and where connections come from. A PostgreSQL backend is therefore a
+subclass with ``%s`` placeholders, ``TIMESTAMP WITH TIME ZONE`` columns (datetimes passed through),
+a plain ``BEGIN`` and a connection pool; migrations and queries are shared. The schema version is kept
+in the ``tourniquet_ledger_schema`` table, and opening a ledger applies any newer migrations.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ import socket
 import sqlite3
 import threading
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -300,7 +302,19 @@ MIGRATIONS: list[list[str]] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_ACTION_COLUMNS = "idempotency_key, agent, tool, args_digest, args_json, action_time, outcome, result_summary, attempts"
+_ACTION_FIELDS = (
+    "idempotency_key",
+    "agent",
+    "tool",
+    "args_digest",
+    "args_json",
+    "action_time",
+    "outcome",
+    "result_summary",
+    "attempts",
+)
+_ACTION_COLUMNS = ", ".join(_ACTION_FIELDS)
+_ACTION_COLUMNS_OF_A = ", ".join(f"a.{name}" for name in _ACTION_FIELDS)
 _COMPENSATION_COLUMNS = "idempotency_key, incident, state, attempts, claimed_by, claimed_at, completed_at, detail"
 
 
@@ -316,18 +330,17 @@ def _outcomes(outcomes: Iterable[str]) -> tuple[str, ...]:
     return chosen
 
 
-class SqlLedger:
+class SqlLedger(ABC):
     """The ledger logic in standard SQL; subclasses supply connections and a :class:`SqlDialect`."""
 
     dialect: SqlDialect
 
-    @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[Cursor]:  # pragma: no cover - abstract
-        raise NotImplementedError
-        yield
+    @abstractmethod
+    def _transaction(self, *, write: bool) -> AbstractContextManager[Cursor]:
+        """A transaction (taking the write lock up front when ``write``), committed unless it raises."""
 
-    def close(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def close(self) -> None: ...
 
     def __enter__(self) -> SqlLedger:
         return self
@@ -481,7 +494,7 @@ class SqlLedger:
         with self._transaction(write=False) as cur:
             rows = self._exec(
                 cur,
-                f"SELECT {', '.join('a.' + c.strip() for c in _ACTION_COLUMNS.split(','))} FROM tourniquet_actions a "
+                f"SELECT {_ACTION_COLUMNS_OF_A} FROM tourniquet_actions a "
                 f"WHERE {where} ORDER BY a.action_time, a.idempotency_key",
                 params,
             ).fetchall()

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -217,7 +218,14 @@ class Runtime:
             mount_dir=env.get("TOURNIQUET_CONTROL_DIR", CONTROL_MOUNT),
             on_change=lambda state: metrics.observe_control(state.shadow, state.revoked_tools),
         )
-        ledger = SqliteLedger(env.get("TOURNIQUET_LEDGER", DEFAULT_LEDGER))
+        ledger_path = env.get("TOURNIQUET_LEDGER", DEFAULT_LEDGER)
+        try:
+            ledger = SqliteLedger(ledger_path)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigurationError(
+                f"cannot open the ledger {ledger_path} ({exc}): set TOURNIQUET_LEDGER to a writable path, "
+                "e.g. on a mounted volume"
+            ) from exc
         guard = Guard(follower, ledger, metrics, agent=agent, tools=tools)
         stop = install_sigterm_handler() if install_signal_handler else StopToken()
         server = None
@@ -241,7 +249,7 @@ class Runtime:
             agent,
             follower.state().describe(),
             len(tools),
-            env.get("TOURNIQUET_LEDGER", DEFAULT_LEDGER),
+            ledger_path,
             f"on :{server.server_port}" if server else "not served",
         )
         return runtime

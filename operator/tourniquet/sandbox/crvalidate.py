@@ -57,33 +57,40 @@ import jsonschema
 from celpy import celtypes
 
 __all__ = [
-    'FieldError',
-    'SchemaValidator',
-    'apply_defaults',
-    'check_schema',
-    'find_errors',
-    'prune_unknown_fields',
-    'to_json_schema',
-    'validate_custom_resource',
+    "FieldError",
+    "SchemaValidator",
+    "apply_defaults",
+    "check_schema",
+    "find_errors",
+    "prune_unknown_fields",
+    "to_json_schema",
+    "validate_custom_resource",
 ]
 
 Schema = Mapping[str, Any]
 
 # The top-level fields of every Kubernetes object that a CRD schema never needs to declare.
-_OBJECT_ROOT_FIELDS = frozenset({'apiVersion', 'kind', 'metadata'})
+_OBJECT_ROOT_FIELDS = frozenset({"apiVersion", "kind", "metadata"})
 
 # The reasons of `details.causes[]` in a 422 Status, by the kind of field error.
 _REASONS = {
-    'Required': 'FieldValueRequired',
-    'Invalid': 'FieldValueInvalid',
-    'NotSupported': 'FieldValueNotSupported',
-    'TooLong': 'FieldValueTooLong',
-    'TooMany': 'FieldValueTooMany',
-    'Forbidden': 'FieldValueForbidden',
-    'Duplicate': 'FieldValueDuplicate',
-    'TypeInvalid': 'FieldValueTypeInvalid',
+    "Required": "FieldValueRequired",
+    "Invalid": "FieldValueInvalid",
+    "NotSupported": "FieldValueNotSupported",
+    "TooLong": "FieldValueTooLong",
+    "TooMany": "FieldValueTooMany",
+    "Forbidden": "FieldValueForbidden",
+    "Duplicate": "FieldValueDuplicate",
+    "TypeInvalid": "FieldValueTypeInvalid",
 }
 _TYPES_BY_REASON = {reason: kind for kind, reason in _REASONS.items()}
+
+# Errors after which the API server does not evaluate CEL rules (the types would not match).
+_BLOCKING = frozenset({"TypeInvalid", "NotSupported", "Required", "TooLong", "TooMany"})
+_CEL_SKIPPED = (
+    "some validation rules were not checked because the object was invalid; "
+    "correct the existing errors to complete validation"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,55 +105,59 @@ class FieldError:
     path: str
     type: str  # Required, Invalid, NotSupported, TooLong, TooMany, Forbidden, Duplicate, Unknown
     value: Any = None
-    detail: str = ''
+    detail: str = ""
 
     @property
     def reason(self) -> str:
-        return _REASONS.get(self.type, 'FieldValueInvalid')
+        return _REASONS.get(self.type, "FieldValueInvalid")
 
     @property
     def message(self) -> str:
         """The error without its path, as in ``details.causes[].message``."""
         value = format_value(self.value)
         match self.type:
-            case 'Required':
-                text = 'Required value'
-            case 'NotSupported':
-                text = f'Unsupported value: {value}'
-            case 'TooLong':
-                text = 'Too long'
-            case 'TooMany':
-                text = f'Too many: {value}'
-            case 'Forbidden':
-                text = 'Forbidden'
-            case 'Unknown':
-                text = 'field not declared in schema'
-            case 'Duplicate':
-                shown = json.dumps(self.value, separators=(',', ':')) if isinstance(self.value, Mapping) else value
-                text = f'Duplicate value: {shown}'
+            case "Required":
+                text = "Required value"
+            case "NotSupported":
+                text = f"Unsupported value: {value}"
+            case "TooLong":
+                text = "Too long"
+            case "TooMany":
+                text = f"Too many: {value}"
+            case "Forbidden":
+                text = "Forbidden"
+            case "Unknown":
+                text = "field not declared in schema"
+            case "Duplicate":
+                shown = (
+                    json.dumps(self.value, separators=(",", ":"))
+                    if isinstance(self.value, Mapping)
+                    else value
+                )
+                text = f"Duplicate value: {shown}"
             case _:
-                text = f'Invalid value: {value}'
-        return f'{text}: {self.detail}' if self.detail else text
+                text = f"Invalid value: {value}"
+        return f"{text}: {self.detail}" if self.detail else text
 
     def __str__(self) -> str:
-        return f'{self.path or "<root>"}: {self.message}'
+        return f"{self.path or '<nil>'}: {self.message}"
 
 
 def format_value(value: Any) -> str:
     """Render a value the way the API server does in ``Invalid value: ...``."""
     match value:
         case bool():
-            return 'true' if value else 'false'
+            return "true" if value else "false"
         case int() | float():
             return json.dumps(value)
         case str():
             return json.dumps(value)
         case None:
-            return 'null'
+            return "null"
         case Mapping():
             return '"object"'
         case list() | tuple():
-            text = json.dumps(list(value), separators=(',', ':'), default=str)
+            text = json.dumps(list(value), separators=(",", ":"), default=str)
             return text if len(text) <= 80 else '"array"'
         case _:
             return json.dumps(str(value))
@@ -155,27 +166,27 @@ def format_value(value: Any) -> str:
 def _type_name(value: Any) -> str:
     match value:
         case bool():
-            return 'boolean'
+            return "boolean"
         case int():
-            return 'integer'
+            return "integer"
         case float():
-            return 'number'
+            return "number"
         case str():
-            return 'string'
+            return "string"
         case None:
-            return 'null'
+            return "null"
         case Mapping():
-            return 'object'
+            return "object"
         case list() | tuple():
-            return 'array'
+            return "array"
         case _:
             return type(value).__name__
 
 
 def _join(path: str, key: str | int) -> str:
     if isinstance(key, int):
-        return f'{path}[{key}]'
-    return f'{path}.{key}' if path else key
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
 
 
 def _join_field_path(path: str, field_path: str) -> str:
@@ -183,9 +194,9 @@ def _join_field_path(path: str, field_path: str) -> str:
     field_path = field_path.strip()
     if not field_path:
         return path
-    if field_path.startswith('['):
-        return f'{path}{field_path}'
-    return f'{path}{field_path}' if path else field_path.lstrip('.')
+    if field_path.startswith("["):
+        return f"{path}{field_path}"
+    return f"{path}{field_path}" if path else field_path.lstrip(".")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,8 +204,16 @@ def _join_field_path(path: str, field_path: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 _COPIED_KEYWORDS = (
-    'maxLength', 'minLength', 'pattern', 'maxItems', 'minItems', 'uniqueItems',
-    'maxProperties', 'minProperties', 'multipleOf', 'format',
+    "maxLength",
+    "minLength",
+    "pattern",
+    "maxItems",
+    "minItems",
+    "uniqueItems",
+    "maxProperties",
+    "minProperties",
+    "multipleOf",
+    "format",
 )
 
 
@@ -208,89 +227,91 @@ def to_json_schema(schema: Schema, *, root: bool = True) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     if root:
-        out['$schema'] = 'https://json-schema.org/draft/2020-12/schema'
-    nullable = bool(schema.get('nullable'))
-    if schema.get('x-kubernetes-int-or-string'):
-        out['anyOf'] = [{'type': 'integer'}, {'type': 'string'}] + ([{'type': 'null'}] if nullable else [])
-    elif 'type' in schema:
-        out['type'] = [schema['type'], 'null'] if nullable else schema['type']
+        out["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    nullable = bool(schema.get("nullable"))
+    if schema.get("x-kubernetes-int-or-string"):
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}] + ([{"type": "null"}] if nullable else [])
+    elif "type" in schema:
+        out["type"] = [schema["type"], "null"] if nullable else schema["type"]
 
     for keyword in _COPIED_KEYWORDS:
         if keyword in schema:
             out[keyword] = schema[keyword]
-    if 'enum' in schema:
-        out['enum'] = list(schema['enum']) + ([None] if nullable and None not in schema['enum'] else [])
+    if "enum" in schema:
+        out["enum"] = list(schema["enum"]) + ([None] if nullable and None not in schema["enum"] else [])
 
     # OpenAPI v3.0 has boolean exclusive bounds; JSON Schema 2020-12 has numeric ones.
-    for bound, exclusive in (('minimum', 'exclusiveMinimum'), ('maximum', 'exclusiveMaximum')):
+    for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
         if bound in schema:
             if schema.get(exclusive) is True:
                 out[exclusive] = schema[bound]
             else:
                 out[bound] = schema[bound]
 
-    if 'properties' in schema:
-        out['properties'] = {key: to_json_schema(sub, root=False) for key, sub in schema['properties'].items()}
-    if 'required' in schema:
-        out['required'] = list(schema['required'])
-    additional = schema.get('additionalProperties')
+    if "properties" in schema:
+        out["properties"] = {
+            key: to_json_schema(sub, root=False) for key, sub in schema["properties"].items()
+        }
+    if "required" in schema:
+        out["required"] = list(schema["required"])
+    additional = schema.get("additionalProperties")
     if isinstance(additional, Mapping):
-        out['additionalProperties'] = to_json_schema(additional, root=False)
-    if isinstance(schema.get('items'), Mapping):
-        out['items'] = to_json_schema(schema['items'], root=False)
-    for keyword in ('allOf', 'anyOf', 'oneOf'):
-        if keyword in schema and not (keyword == 'anyOf' and 'anyOf' in out):
+        out["additionalProperties"] = to_json_schema(additional, root=False)
+    if isinstance(schema.get("items"), Mapping):
+        out["items"] = to_json_schema(schema["items"], root=False)
+    for keyword in ("allOf", "anyOf", "oneOf"):
+        if keyword in schema and not (keyword == "anyOf" and "anyOf" in out):
             out[keyword] = [to_json_schema(sub, root=False) for sub in schema[keyword]]
-    if isinstance(schema.get('not'), Mapping):
-        out['not'] = to_json_schema(schema['not'], root=False)
-    if schema.get('x-kubernetes-embedded-resource'):
-        props = out.setdefault('properties', {})
-        props.setdefault('apiVersion', {'type': 'string'})
-        props.setdefault('kind', {'type': 'string'})
-        props.setdefault('metadata', {'type': 'object'})
+    if isinstance(schema.get("not"), Mapping):
+        out["not"] = to_json_schema(schema["not"], root=False)
+    if schema.get("x-kubernetes-embedded-resource"):
+        props = out.setdefault("properties", {})
+        props.setdefault("apiVersion", {"type": "string"})
+        props.setdefault("kind", {"type": "string"})
+        props.setdefault("metadata", {"type": "object"})
     return out
 
 
 _format_checker = jsonschema.FormatChecker()
 
 
-@_format_checker.checks('date-time', raises=(ValueError, TypeError))
+@_format_checker.checks("date-time", raises=(ValueError, TypeError))
 def _check_date_time(value: object) -> bool:
     if not isinstance(value, str):
         return True
-    if not re.fullmatch(r'\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})', value):
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", value):
         return False
-    datetime.datetime.fromisoformat(value.replace('z', 'Z').replace('Z', '+00:00'))
+    datetime.datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
     return True
 
 
-@_format_checker.checks('date', raises=(ValueError, TypeError))
+@_format_checker.checks("date", raises=(ValueError, TypeError))
 def _check_date(value: object) -> bool:
     if isinstance(value, str):
         datetime.date.fromisoformat(value)
     return True
 
 
-@_format_checker.checks('uuid', raises=(ValueError, TypeError))
+@_format_checker.checks("uuid", raises=(ValueError, TypeError))
 def _check_uuid(value: object) -> bool:
     if isinstance(value, str):
         uuid.UUID(value)
     return True
 
 
-@_format_checker.checks('byte', raises=(ValueError, TypeError))
+@_format_checker.checks("byte", raises=(ValueError, TypeError))
 def _check_byte(value: object) -> bool:
     if isinstance(value, str):
         base64.b64decode(value, validate=True)
     return True
 
 
-@_format_checker.checks('int32')
+@_format_checker.checks("int32")
 def _check_int32(value: object) -> bool:
     return not isinstance(value, int) or -(2**31) <= value < 2**31
 
 
-@_format_checker.checks('int64')
+@_format_checker.checks("int64")
 def _check_int64(value: object) -> bool:
     return not isinstance(value, int) or -(2**63) <= value < 2**63
 
@@ -298,6 +319,7 @@ def _check_int64(value: object) -> bool:
 # --------------------------------------------------------------------------------------------------
 # CEL
 # --------------------------------------------------------------------------------------------------
+
 
 def _cel_str(value: Any) -> celtypes.StringType:
     return celtypes.StringType(value)
@@ -317,43 +339,43 @@ def _ext_functions() -> dict[str, Callable[..., Any]]:
         return celtypes.IntType(s.rfind(sub))
 
     def substring(s: Any, start: Any, end: Any = None) -> celtypes.StringType:
-        return _cel_str(s[int(start):] if end is None else s[int(start):int(end)])
+        return _cel_str(s[int(start) :] if end is None else s[int(start) : int(end)])
 
     def split(s: Any, sep: Any, limit: Any = -1) -> celtypes.ListType:
         parts = s.split(sep) if int(limit) < 0 else s.split(sep, max(int(limit) - 1, 0))
         return celtypes.ListType([_cel_str(part) for part in parts])
 
-    def join(items: Any, sep: Any = '') -> celtypes.StringType:
+    def join(items: Any, sep: Any = "") -> celtypes.StringType:
         return _cel_str(str(sep).join(str(item) for item in items))
 
     def find(s: Any, regex: Any) -> celtypes.StringType:
         match = re.search(str(regex), str(s))
-        return _cel_str(match.group(0) if match else '')
+        return _cel_str(match.group(0) if match else "")
 
     def find_all(s: Any, regex: Any, limit: Any = -1) -> celtypes.ListType:
         found = [_cel_str(m.group(0)) for m in re.finditer(str(regex), str(s))]
-        return celtypes.ListType(found if int(limit) < 0 else found[:int(limit)])
+        return celtypes.ListType(found if int(limit) < 0 else found[: int(limit)])
 
     def list_sum(items: Any) -> Any:
         return sum(items[1:], items[0]) if items else celtypes.IntType(0)
 
     return {
-        'lowerAscii': lambda s: _cel_str(s.lower()),
-        'upperAscii': lambda s: _cel_str(s.upper()),
-        'trim': lambda s: _cel_str(s.strip()),
-        'replace': lambda s, old, new, n=-1: _cel_str(s.replace(old, new, int(n))),
-        'charAt': lambda s, i: _cel_str(s[int(i)] if int(i) < len(s) else ''),
-        'indexOf': index_of,
-        'lastIndexOf': last_index_of,
-        'substring': substring,
-        'split': split,
-        'join': join,
-        'find': find,
-        'findAll': find_all,
-        'isSorted': lambda items: celtypes.BoolType(list(items) == sorted(items)),
-        'sum': list_sum,
-        'min': lambda items: min(items),
-        'max': lambda items: max(items),
+        "lowerAscii": lambda s: _cel_str(s.lower()),
+        "upperAscii": lambda s: _cel_str(s.upper()),
+        "trim": lambda s: _cel_str(s.strip()),
+        "replace": lambda s, old, new, n=-1: _cel_str(s.replace(old, new, int(n))),
+        "charAt": lambda s, i: _cel_str(s[int(i)] if int(i) < len(s) else ""),
+        "indexOf": index_of,
+        "lastIndexOf": last_index_of,
+        "substring": substring,
+        "split": split,
+        "join": join,
+        "find": find,
+        "findAll": find_all,
+        "isSorted": lambda items: celtypes.BoolType(list(items) == sorted(items)),
+        "sum": list_sum,
+        "min": lambda items: min(items),
+        "max": lambda items: max(items),
     }
 
 
@@ -385,10 +407,10 @@ _programs = _CelPrograms()
 
 
 def _child_schema(schema: Schema, key: str) -> Schema | None:
-    props = schema.get('properties')
+    props = schema.get("properties")
     if isinstance(props, Mapping) and key in props:
         return props[key]
-    additional = schema.get('additionalProperties')
+    additional = schema.get("additionalProperties")
     if isinstance(additional, Mapping):
         return additional
     return None
@@ -404,104 +426,107 @@ def _to_cel(value: Any, schema: Schema | None) -> Any:
         case bool():
             return celtypes.BoolType(value)
         case int():
-            if schema.get('type') == 'number':
+            if schema.get("type") == "number":
                 return celtypes.DoubleType(value)
             return celtypes.IntType(value)
         case float():
             return celtypes.DoubleType(value)
         case str():
-            fmt = schema.get('format')
+            fmt = schema.get("format")
             try:
-                if fmt == 'date-time':
+                if fmt == "date-time":
                     return celtypes.TimestampType(value)
-                if fmt == 'duration':
+                if fmt == "duration":
                     return celtypes.DurationType(value)
             except (ValueError, TypeError):
                 pass
             return celtypes.StringType(value)
         case Mapping():
-            return celtypes.MapType({
-                celtypes.StringType(key): _to_cel(sub, _child_schema(schema, key))
-                for key, sub in value.items()
-            })
+            return celtypes.MapType(
+                {
+                    celtypes.StringType(key): _to_cel(sub, _child_schema(schema, key))
+                    for key, sub in value.items()
+                }
+            )
         case list() | tuple():
-            items = schema.get('items') if isinstance(schema.get('items'), Mapping) else None
+            items = schema.get("items") if isinstance(schema.get("items"), Mapping) else None
             return celtypes.ListType([_to_cel(sub, items) for sub in value])
         case _:
             return celpy.json_to_cel(value)
 
 
 def _parse_error(error: Exception) -> str:
-    column = getattr(error, 'column', None)
-    return f'syntax error at column {column}' if column else 'syntax error'
+    column = getattr(error, "column", None)
+    return f"syntax error at column {column}" if column else "syntax error"
 
 
 def _cel_error(error: Exception) -> str:
     """A CEL evaluation error in the words of the Kubernetes CEL runtime, where recognisable."""
     detail = str(error.args[0]) if error.args else str(error)
     if match := re.search(r"no such member in mapping: '([^']*)'", detail):
-        return f'no such key: {match.group(1)}'
-    if re.search(r'no matching overload for _(\|\||&&)_', detail) and 'CELEvalError' in detail:
-        return 'no such key (a field the rule reads is absent: guard it with has())'
+        return f"no such key: {match.group(1)}"
+    if re.search(r"no matching overload for _(\|\||&&)_", detail) and "CELEvalError" in detail:
+        return "no such key (a field the rule reads is absent: guard it with has())"
     if match := re.search(r"undeclared reference to '([^']*)'", detail):
         return f"undeclared reference to '{match.group(1)}' (not emulated: a Kubernetes CEL library?)"
     return detail
 
 
 def _uses_old_self(rule: str) -> bool:
-    return re.search(r'\boldSelf\b', rule) is not None
+    return re.search(r"\boldSelf\b", rule) is not None
 
 
 def _evaluate_rules(
-        schema: Schema,
-        value: Any,
-        old: Any,
-        path: str,
-        has_old: bool,
-        errors: list[FieldError],
+    schema: Schema,
+    value: Any,
+    old: Any,
+    path: str,
+    has_old: bool,
+    errors: list[FieldError],
 ) -> None:
-    rules = schema.get('x-kubernetes-validations') or ()
+    rules = schema.get("x-kubernetes-validations") or ()
     if not rules:
         return
     activation: dict[str, Any] = {}
     for spec in rules:
-        rule = spec.get('rule', '')
+        rule = spec.get("rule", "")
         if _uses_old_self(rule) and not has_old:
             continue  # a transition rule: only meaningful on updates
         try:
             program = _programs.get(rule)
         except celpy.CELParseError as e:
-            errors.append(FieldError(path, 'Invalid', value, f'compilation failed: {_parse_error(e)}'))
+            errors.append(FieldError(path, "Invalid", value, f"compilation failed: {_parse_error(e)}"))
             continue
-        if 'self' not in activation:
-            activation['self'] = _to_cel(value, schema)
-        if has_old and 'oldSelf' not in activation:
-            activation['oldSelf'] = _to_cel(old, schema)
+        if "self" not in activation:
+            activation["self"] = _to_cel(value, schema)
+        if has_old and "oldSelf" not in activation:
+            activation["oldSelf"] = _to_cel(old, schema)
         try:
             result = program.evaluate(activation)
         except Exception as e:  # CELEvalError and anything from the extension functions
             result = e
         if isinstance(result, Exception):
-            errors.append(FieldError(path, 'Invalid', value, f'{_cel_error(result)} evaluating rule: {rule}'))
+            errors.append(FieldError(path, "Invalid", value, f"{_cel_error(result)} evaluating rule: {rule}"))
             continue
         if isinstance(result, celtypes.BoolType | bool) and bool(result):
             continue
-        message = spec.get('message') or f'failed rule: {rule}'
-        if spec.get('messageExpression'):
+        message = spec.get("message") or f"failed rule: {rule}"
+        if spec.get("messageExpression"):
             try:
-                expr_result = _programs.get(spec['messageExpression']).evaluate(activation)
+                expr_result = _programs.get(spec["messageExpression"]).evaluate(activation)
                 if isinstance(expr_result, str) and expr_result.strip():
                     message = str(expr_result)
             except Exception:  # the real server falls back to `message` as well
                 pass
-        field_path = _join_field_path(path, spec.get('fieldPath', ''))
-        error_type = _TYPES_BY_REASON.get(spec.get('reason', ''), 'Invalid')
+        field_path = _join_field_path(path, spec.get("fieldPath", ""))
+        error_type = _TYPES_BY_REASON.get(spec.get("reason", ""), "Invalid")
         errors.append(FieldError(field_path, error_type, value, message))
 
 
 # --------------------------------------------------------------------------------------------------
 # The walkers: CEL & list types (validation), pruning, defaulting
 # --------------------------------------------------------------------------------------------------
+
 
 def _map_key(item: Any, keys: Sequence[str]) -> tuple[Any, ...] | None:
     if not isinstance(item, Mapping):
@@ -510,12 +535,12 @@ def _map_key(item: Any, keys: Sequence[str]) -> tuple[Any, ...] | None:
 
 
 def _walk_validations(
-        schema: Schema,
-        value: Any,
-        old: Any,
-        path: str,
-        has_old: bool,
-        errors: list[FieldError],
+    schema: Schema,
+    value: Any,
+    old: Any,
+    path: str,
+    has_old: bool,
+    errors: list[FieldError],
 ) -> None:
     """Evaluate what JSON Schema cannot: CEL rules and ``x-kubernetes-list-type`` uniqueness."""
     if value is None or not isinstance(schema, Mapping):
@@ -523,10 +548,12 @@ def _walk_validations(
     _evaluate_rules(schema, value, old, path, has_old, errors)
 
     if isinstance(value, Mapping):
-        props = schema.get('properties') if isinstance(schema.get('properties'), Mapping) else {}
-        additional = schema.get('additionalProperties')
+        props: Mapping[str, Any] = schema.get("properties") or {}
+        additional = schema.get("additionalProperties")
         for key, sub in value.items():
-            sub_schema = props.get(key) if key in props else additional if isinstance(additional, Mapping) else None
+            sub_schema = (
+                props[key] if key in props else additional if isinstance(additional, Mapping) else None
+            )
             if sub_schema is None:
                 continue
             sub_has_old = has_old and isinstance(old, Mapping) and key in old
@@ -534,24 +561,24 @@ def _walk_validations(
             _walk_validations(sub_schema, sub, sub_old, _join(path, key), sub_has_old, errors)
 
     elif isinstance(value, list):
-        items = schema.get('items')
-        list_type = schema.get('x-kubernetes-list-type')
-        map_keys = schema.get('x-kubernetes-list-map-keys') or ()
-        if list_type == 'set':
+        items = schema.get("items")
+        list_type = schema.get("x-kubernetes-list-type")
+        map_keys = schema.get("x-kubernetes-list-map-keys") or ()
+        if list_type == "set":
             seen: set[str] = set()
             for index, item in enumerate(value):
                 marker = json.dumps(item, sort_keys=True)
                 if marker in seen:
-                    errors.append(FieldError(_join(path, index), 'Duplicate', item))
+                    errors.append(FieldError(_join(path, index), "Duplicate", item))
                 seen.add(marker)
         old_by_key: dict[tuple[Any, ...], Any] = {}
-        if list_type == 'map' and map_keys:
+        if list_type == "map" and map_keys:
             keys_seen: set[tuple[Any, ...]] = set()
             for index, item in enumerate(value):
                 key = _map_key(item, map_keys)
                 if key is not None and key in keys_seen:
                     dup = {k: item.get(k) for k in map_keys}
-                    errors.append(FieldError(_join(path, index), 'Duplicate', dup))
+                    errors.append(FieldError(_join(path, index), "Duplicate", dup))
                 if key is not None:
                     keys_seen.add(key)
             if has_old and isinstance(old, list):
@@ -568,14 +595,14 @@ def _walk_validations(
 
 
 def _preserves_unknown(schema: Schema) -> bool:
-    return bool(schema.get('x-kubernetes-preserve-unknown-fields'))
+    return bool(schema.get("x-kubernetes-preserve-unknown-fields"))
 
 
 def _prune(schema: Schema, value: Any, path: str, unknown: list[str], root: bool) -> Any:
     if isinstance(value, Mapping):
-        props = schema.get('properties')
-        additional = schema.get('additionalProperties')
-        embedded = bool(schema.get('x-kubernetes-embedded-resource'))
+        props = schema.get("properties")
+        additional = schema.get("additionalProperties")
+        embedded = bool(schema.get("x-kubernetes-embedded-resource"))
         result: dict[str, Any] = {}
         for key, sub in value.items():
             if (root or embedded) and key in _OBJECT_ROOT_FIELDS:
@@ -591,14 +618,17 @@ def _prune(schema: Schema, value: Any, path: str, unknown: list[str], root: bool
             else:
                 unknown.append(_join(path, key))
                 continue
-            if sub is None and not sub_schema.get('nullable'):
+            if sub is None and not sub_schema.get("nullable"):
                 continue  # non-nullable nulls are pruned (and then maybe defaulted)
             result[key] = _prune(sub_schema, sub, _join(path, key), unknown, root=False)
         return result
     if isinstance(value, list):
-        items = schema.get('items')
+        items = schema.get("items")
         if isinstance(items, Mapping):
-            return [_prune(items, item, _join(path, index), unknown, root=False) for index, item in enumerate(value)]
+            return [
+                _prune(items, item, _join(path, index), unknown, root=False)
+                for index, item in enumerate(value)
+            ]
         return copy.deepcopy(value)
     return value
 
@@ -614,27 +644,27 @@ def prune_unknown_fields(schema: Schema, obj: Any) -> tuple[Any, list[str]]:
     unless declared. Null values of non-nullable fields are dropped too (they are then defaulted).
     """
     unknown: list[str] = []
-    pruned = _prune(schema, obj, '', unknown, root=True)
+    pruned = _prune(schema, obj, "", unknown, root=True)
     return pruned, unknown
 
 
 def _default(schema: Schema, value: Any) -> None:
     if isinstance(value, dict):
-        props = schema.get('properties')
+        props = schema.get("properties")
         if isinstance(props, Mapping):
             for key, sub_schema in props.items():
-                if key not in value and isinstance(sub_schema, Mapping) and 'default' in sub_schema:
-                    value[key] = copy.deepcopy(sub_schema['default'])
+                if key not in value and isinstance(sub_schema, Mapping) and "default" in sub_schema:
+                    value[key] = copy.deepcopy(sub_schema["default"])
             for key, sub in value.items():
                 if key in props and isinstance(props[key], Mapping):
                     _default(props[key], sub)
-        additional = schema.get('additionalProperties')
+        additional = schema.get("additionalProperties")
         if isinstance(additional, Mapping):
             for key, sub in value.items():
                 if not isinstance(props, Mapping) or key not in props:
                     _default(additional, sub)
     elif isinstance(value, list):
-        items = schema.get('items')
+        items = schema.get("items")
         if isinstance(items, Mapping):
             for item in value:
                 _default(items, item)
@@ -657,8 +687,9 @@ def apply_defaults(schema: Schema, obj: Any) -> Any:
 # JSON Schema errors -> field errors
 # --------------------------------------------------------------------------------------------------
 
+
 def _path_of(parts: Iterator[str | int] | Sequence[str | int]) -> str:
-    path = ''
+    path = ""
     for part in parts:
         path = _join(path, part)
     return path
@@ -666,68 +697,105 @@ def _path_of(parts: Iterator[str | int] | Sequence[str | int]) -> str:
 
 def _translate_error(error: jsonschema.ValidationError) -> list[FieldError]:
     path = _path_of(list(error.absolute_path))
-    shown = path or '<root>'
+    shown = path or "<nil>"
     value = error.instance
     keyword = error.validator
     expected = error.validator_value
     match keyword:
-        case 'required':
+        case "required":
             present = value if isinstance(value, Mapping) else {}
-            return [FieldError(_join(path, key), 'Required') for key in expected if key not in present]
-        case 'type':
-            types = ','.join(expected) if isinstance(expected, list) else expected
-            return [FieldError(path, 'Invalid', _type_name(value),
-                               f'{shown} in body must be of type {types}: "{_type_name(value)}"')]
-        case 'anyOf' if expected and all(set(sub) <= {'type'} for sub in expected):
-            types = ','.join(sub['type'] for sub in expected if sub.get('type') != 'null')
-            return [FieldError(path, 'Invalid', _type_name(value),
-                               f'{shown} in body must be of type {types}: "{_type_name(value)}"')]
-        case 'enum':
-            supported = ', '.join(format_value(item) for item in expected)
-            return [FieldError(path, 'NotSupported', value, f'supported values: {supported}')]
-        case 'maxLength':
-            return [FieldError(path, 'TooLong', value, f'may not be more than {expected} bytes')]
-        case 'minLength':
-            return [FieldError(path, 'Invalid', value, f'{shown} in body should be at least {expected} chars long')]
-        case 'pattern':
-            return [FieldError(path, 'Invalid', value, f"{shown} in body should match '{expected}'")]
-        case 'maximum':
-            return [FieldError(path, 'Invalid', value, f'{shown} in body should be less than or equal to {expected}')]
-        case 'exclusiveMaximum':
-            return [FieldError(path, 'Invalid', value, f'{shown} in body should be less than {expected}')]
-        case 'minimum':
-            return [FieldError(path, 'Invalid', value,
-                               f'{shown} in body should be greater than or equal to {expected}')]
-        case 'exclusiveMinimum':
-            return [FieldError(path, 'Invalid', value, f'{shown} in body should be greater than {expected}')]
-        case 'maxItems':
+            return [FieldError(_join(path, key), "Required") for key in expected if key not in present]
+        case "type":
+            types = ",".join(expected) if isinstance(expected, list) else expected
+            return [
+                FieldError(
+                    path,
+                    "TypeInvalid",
+                    _type_name(value),
+                    f'{shown} in body must be of type {types}: "{_type_name(value)}"',
+                )
+            ]
+        case "anyOf" if expected and all(set(sub) <= {"type"} for sub in expected):
+            types = ",".join(sub["type"] for sub in expected if sub.get("type") != "null")
+            return [
+                FieldError(
+                    path,
+                    "TypeInvalid",
+                    _type_name(value),
+                    f'{shown} in body must be of type {types}: "{_type_name(value)}"',
+                )
+            ]
+        case "enum":
+            supported = ", ".join(format_value(item) for item in expected)
+            return [FieldError(path, "NotSupported", value, f"supported values: {supported}")]
+        case "maxLength":
+            return [FieldError(path, "TooLong", value, f"may not be more than {expected} bytes")]
+        case "minLength":
+            return [
+                FieldError(
+                    path, "Invalid", value, f"{shown} in body should be at least {expected} chars long"
+                )
+            ]
+        case "pattern":
+            return [FieldError(path, "Invalid", value, f"{shown} in body should match '{expected}'")]
+        case "maximum":
+            return [
+                FieldError(
+                    path, "Invalid", value, f"{shown} in body should be less than or equal to {expected}"
+                )
+            ]
+        case "exclusiveMaximum":
+            return [FieldError(path, "Invalid", value, f"{shown} in body should be less than {expected}")]
+        case "minimum":
+            return [
+                FieldError(
+                    path, "Invalid", value, f"{shown} in body should be greater than or equal to {expected}"
+                )
+            ]
+        case "exclusiveMinimum":
+            return [FieldError(path, "Invalid", value, f"{shown} in body should be greater than {expected}")]
+        case "maxItems":
             count = len(value) if isinstance(value, list) else value
-            return [FieldError(path, 'TooMany', count, f'must have at most {expected} items')]
-        case 'minItems':
+            return [FieldError(path, "TooMany", count, f"must have at most {expected} items")]
+        case "minItems":
             count = len(value) if isinstance(value, list) else value
-            return [FieldError(path, 'Invalid', count, f'{shown} in body should have at least {expected} items')]
-        case 'maxProperties':
+            return [
+                FieldError(path, "Invalid", count, f"{shown} in body should have at least {expected} items")
+            ]
+        case "maxProperties":
             count = len(value) if isinstance(value, Mapping) else value
-            return [FieldError(path, 'TooMany', count, f'must have at most {expected} items')]
-        case 'minProperties':
+            return [FieldError(path, "TooMany", count, f"must have at most {expected} items")]
+        case "minProperties":
             count = len(value) if isinstance(value, Mapping) else value
-            return [FieldError(path, 'Invalid', count,
-                               f'{shown} in body should have at least {expected} properties')]
-        case 'uniqueItems':
-            return [FieldError(path, 'Duplicate', value, f'{shown} in body shall not have duplicate items')]
-        case 'multipleOf':
-            return [FieldError(path, 'Invalid', value, f'{shown} in body should be a multiple of {expected}')]
-        case 'format':
-            return [FieldError(path, 'Invalid', value, f'{shown} in body must be of type {expected}: {format_value(value)}')]
+            return [
+                FieldError(
+                    path, "Invalid", count, f"{shown} in body should have at least {expected} properties"
+                )
+            ]
+        case "uniqueItems":
+            return [FieldError(path, "Duplicate", value, f"{shown} in body shall not have duplicate items")]
+        case "multipleOf":
+            return [FieldError(path, "Invalid", value, f"{shown} in body should be a multiple of {expected}")]
+        case "format":
+            return [
+                FieldError(
+                    path,
+                    "TypeInvalid",
+                    value,
+                    f"{shown} in body must be of type {expected}: {format_value(value)}",
+                )
+            ]
         case _:
-            return [FieldError(path, 'Invalid', value, error.message)]
+            return [FieldError(path, "Invalid", value, error.message)]
 
 
 class SchemaValidator:
     """
-    One CRD version's schema, compiled once: the JSON Schema validator and the schema itself.
+    One CRD version's schema, compiled once, validating objects the way the API server does.
 
-    The emulator keeps one per served version; :func:`find_errors` keeps a small cache of them.
+    The API server prunes unknown fields, applies defaults, checks the OpenAPI schema, and only then
+    evaluates the CEL rules, unless the object has errors that make CEL evaluation meaningless
+    (wrong types, unsupported enum values): then it says so instead.
     """
 
     def __init__(self, schema: Schema) -> None:
@@ -735,24 +803,38 @@ class SchemaValidator:
         self.json_schema = to_json_schema(schema)
         self._validator = jsonschema.Draft202012Validator(self.json_schema, format_checker=_format_checker)
 
-    def errors(self, obj: Any, *, old: Any = None, strict: bool = False) -> list[FieldError]:
-        """All errors of ``obj`` (and of the transition from ``old``, when given), in path order."""
+    def prepare(self, obj: Any) -> tuple[Any, list[str]]:
+        """Prune and default ``obj`` (a copy) as on write; return it and the paths of the pruned fields."""
+        pruned, unknown = prune_unknown_fields(self.schema, obj)
+        return apply_defaults(self.schema, pruned), unknown
+
+    def validate(self, obj: Any, *, old: Any = None) -> list[FieldError]:
+        """The errors of an already prepared object (and of the transition from ``old``, if given)."""
         errors: list[FieldError] = []
-        if strict:
-            _, unknown = prune_unknown_fields(self.schema, obj)
-            errors.extend(FieldError(path, 'Unknown') for path in unknown)
         checked = obj
         if isinstance(obj, Mapping):
             # apiVersion/kind/metadata are the API server's business, not the schema's.
-            checked = {key: val for key, val in obj.items() if key not in _OBJECT_ROOT_FIELDS
-                       or key in (self.schema.get('properties') or {})}
+            checked = {
+                key: val
+                for key, val in obj.items()
+                if key not in _OBJECT_ROOT_FIELDS or key in (self.schema.get("properties") or {})
+            }
         for error in self._validator.iter_errors(checked):
             errors.extend(_translate_error(error))
-        _walk_validations(self.schema, obj, old, '', old is not None, errors)
+        if any(error.type in _BLOCKING for error in errors):
+            errors.append(FieldError("", "Invalid", "null", _CEL_SKIPPED))
+        else:
+            _walk_validations(self.schema, obj, old, "", old is not None, errors)
         unique: dict[str, FieldError] = {}
         for error in errors:
             unique.setdefault(str(error), error)
         return list(unique.values())
+
+    def errors(self, obj: Any, *, old: Any = None, strict: bool = False) -> list[FieldError]:
+        """Prune, default and validate ``obj``; with ``strict``, unknown fields are errors too."""
+        prepared, unknown = self.prepare(obj)
+        errors = [FieldError(path, "Unknown") for path in unknown] if strict else []
+        return errors + self.validate(prepared, old=old)
 
 
 class _ValidatorCache:
@@ -786,10 +868,11 @@ def validate_custom_resource(schema: Schema, obj: Any, *, strict: bool = False, 
     """
     Validate a custom resource against its CRD version's ``openAPIV3Schema``.
 
-    Returns every error (not only the first) as ``<path>: <reason>`` lines; an empty list means
-    the object is valid. With ``strict=True``, fields the schema does not declare are errors
-    (``spec.foo: Forbidden: unknown field``), as with ``fieldValidation=Strict``; otherwise they are
-    ignored (the API server would prune them: see :func:`prune_unknown_fields`).
+    As on the API server, the object is first pruned (:func:`prune_unknown_fields`) and defaulted
+    (:func:`apply_defaults`), then checked. Returns every error (not only the first) as
+    ``<path>: <reason>`` lines; an empty list means the object is valid. With ``strict=True``,
+    fields the schema does not declare are errors (``spec.foo: field not declared in schema``), as
+    with ``fieldValidation=Strict``; otherwise they are silently dropped, as the server does.
     With ``old``, CEL transition rules (``oldSelf``) are evaluated too; without it they are skipped,
     as on create. Compiled schemas and CEL programs are cached across calls.
     """
@@ -800,15 +883,15 @@ def _walk_schemas(schema: Any, path: str) -> Iterator[tuple[str, Mapping[str, An
     if not isinstance(schema, Mapping):
         return
     yield path, schema
-    for key, sub in (schema.get('properties') or {}).items():
-        yield from _walk_schemas(sub, f'{path}.properties[{key}]')
-    if isinstance(schema.get('additionalProperties'), Mapping):
-        yield from _walk_schemas(schema['additionalProperties'], f'{path}.additionalProperties')
-    if isinstance(schema.get('items'), Mapping):
-        yield from _walk_schemas(schema['items'], f'{path}.items')
+    for key, sub in (schema.get("properties") or {}).items():
+        yield from _walk_schemas(sub, f"{path}.properties[{key}]")
+    if isinstance(schema.get("additionalProperties"), Mapping):
+        yield from _walk_schemas(schema["additionalProperties"], f"{path}.additionalProperties")
+    if isinstance(schema.get("items"), Mapping):
+        yield from _walk_schemas(schema["items"], f"{path}.items")
 
 
-def check_schema(schema: Schema, path: str = 'openAPIV3Schema') -> list[str]:
+def check_schema(schema: Schema, path: str = "openAPIV3Schema") -> list[str]:
     """
     Check a schema the way the API server checks a CRD: today, that every CEL rule compiles.
 
@@ -816,8 +899,8 @@ def check_schema(schema: Schema, path: str = 'openAPIV3Schema') -> list[str]:
     """
     errors: list[str] = []
     for node_path, node in _walk_schemas(schema, path):
-        for index, spec in enumerate(node.get('x-kubernetes-validations') or ()):
-            for field in ('rule', 'messageExpression'):
+        for index, spec in enumerate(node.get("x-kubernetes-validations") or ()):
+            for field in ("rule", "messageExpression"):
                 expr = spec.get(field)
                 if not expr:
                     continue
@@ -825,6 +908,14 @@ def check_schema(schema: Schema, path: str = 'openAPIV3Schema') -> list[str]:
                     _programs.get(expr)
                 except celpy.CELParseError as e:
                     reason = _parse_error(e)
-                    errors.append(str(FieldError(f'{node_path}.x-kubernetes-validations[{index}].{field}',
-                                                 'Invalid', expr, f'compilation failed: {reason}')))
+                    errors.append(
+                        str(
+                            FieldError(
+                                f"{node_path}.x-kubernetes-validations[{index}].{field}",
+                                "Invalid",
+                                expr,
+                                f"compilation failed: {reason}",
+                            )
+                        )
+                    )
     return errors

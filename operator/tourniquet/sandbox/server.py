@@ -20,25 +20,26 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import inspect
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import aiohttp.web
 import yaml
 
 from tourniquet.sandbox.emulator import RealisticEmulator
 
-__all__ = ['ApiServerThread']
+__all__ = ["ApiServerThread"]
 
-T = TypeVar('T')
+T = TypeVar("T")
 
 # Applied first, in this order, so that what follows can use them.
-_KIND_ORDER = {'CustomResourceDefinition': 0, 'Namespace': 1}
+_KIND_ORDER = {"CustomResourceDefinition": 0, "Namespace": 1}
 
 
 class ApiServerThread:
@@ -50,8 +51,14 @@ class ApiServerThread:
     manager, it starts on entry (unless started already) and stops on exit.
     """
 
-    def __init__(self, emulator: RealisticEmulator | None = None, *, host: str = '127.0.0.1',
-                 port: int = 0, **emulator_options: Any) -> None:
+    def __init__(
+        self,
+        emulator: RealisticEmulator | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        **emulator_options: Any,
+    ) -> None:
         self._emulator = emulator
         self._emulator_options = emulator_options
         self._host = host
@@ -71,7 +78,7 @@ class ApiServerThread:
     @property
     def emulator(self) -> RealisticEmulator:
         if self._emulator is None:
-            raise RuntimeError('The server is not started: there is no emulator yet.')
+            raise RuntimeError("The server is not started: there is no emulator yet.")
         return self._emulator
 
     @property
@@ -85,16 +92,18 @@ class ApiServerThread:
     @property
     def url(self) -> str:
         host, port = self._require_bound()
-        return f'http://{host}:{port}'
+        return f"http://{host}:{port}"
 
     def _require_bound(self) -> tuple[str, int]:
         if self._bound is None:
-            raise RuntimeError('The server is not started: call start() first.')
+            raise RuntimeError("The server is not started: call start() first.")
         return self._bound
 
     # ----------------------------------------------------------------------------------------------
 
-    def start(self, host: str | None = None, port: int | None = None, *, timeout: float = 30.0) -> ApiServerThread:
+    def start(
+        self, host: str | None = None, port: int | None = None, *, timeout: float = 30.0
+    ) -> ApiServerThread:
         """
         Start serving (idempotent). Returns ``self``.
 
@@ -110,8 +119,9 @@ class ApiServerThread:
             return self
 
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._main, args=(host, port, ready),
-                                        name='tourniquet-api-server', daemon=True)
+        self._thread = threading.Thread(
+            target=self._main, args=(host, port, ready), name="tourniquet-api-server", daemon=True
+        )
         self._thread.start()
         try:
             ready.result(timeout=timeout)
@@ -127,10 +137,8 @@ class ApiServerThread:
         if thread is None or loop is None or stopped is None:
             return
         if thread.is_alive():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
                 loop.call_soon_threadsafe(stopped.set)
-            except RuntimeError:  # the loop is already closed
-                pass
             thread.join(timeout=timeout)
         self._thread = None
         self._bound = None
@@ -138,8 +146,9 @@ class ApiServerThread:
     def __enter__(self) -> ApiServerThread:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def _main(self, host: str, port: int, ready: concurrent.futures.Future[None]) -> None:
@@ -179,7 +188,7 @@ class ApiServerThread:
         except BaseException:
             await runner.cleanup()
             raise
-        sockets = getattr(site._server, 'sockets', None) or []
+        sockets = getattr(site._server, "sockets", None) or []
         bound_port = sockets[0].getsockname()[1] if sockets else port
         self._runner = runner
         self._bound = (host, bound_port)
@@ -197,7 +206,15 @@ class ApiServerThread:
 
     # ----------------------------------------------------------------------------------------------
 
-    def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = 30.0, **kwargs: Any) -> T:
+    @overload
+    def call(
+        self, fn: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = ..., **kwargs: Any
+    ) -> T: ...
+
+    @overload
+    def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = ..., **kwargs: Any) -> T: ...
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float | None = 30.0, **kwargs: Any) -> Any:
         """
         Run ``fn(*args, **kwargs)`` in the server's loop thread and return its result (or raise).
 
@@ -206,31 +223,34 @@ class ApiServerThread:
         """
         loop = self._loop
         if loop is None or not self.running:
-            raise RuntimeError('The server is not running.')
+            raise RuntimeError("The server is not running.")
         if threading.current_thread() is self._thread:
-            raise RuntimeError('call() is for other threads; in the server loop, call the function directly.')
+            raise RuntimeError("call() is for other threads; in the server loop, call the function directly.")
 
-        async def invoke() -> T:
+        async def invoke() -> Any:
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
-                return await result  # type: ignore[no-any-return]
+                return await result
             return result
 
         future = asyncio.run_coroutine_threadsafe(invoke(), loop)
         return future.result(timeout=timeout)
 
-    def write_kubeconfig(self, path: str | os.PathLike[str], namespace: str = 'default',
-                         context: str = 'tourniquet-sandbox') -> Path:
+    def write_kubeconfig(
+        self, path: str | os.PathLike[str], namespace: str = "default", context: str = "tourniquet-sandbox"
+    ) -> Path:
         """Write a kubeconfig for this server (plain HTTP, a user without credentials); return its path."""
         target = Path(path)
         config = {
-            'apiVersion': 'v1',
-            'kind': 'Config',
-            'clusters': [{'name': context, 'cluster': {'server': self.url}}],
-            'users': [{'name': context, 'user': {}}],
-            'contexts': [{'name': context, 'context': {'cluster': context, 'user': context, 'namespace': namespace}}],
-            'current-context': context,
-            'preferences': {},
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": context, "cluster": {"server": self.url}}],
+            "users": [{"name": context, "user": {}}],
+            "contexts": [
+                {"name": context, "context": {"cluster": context, "user": context, "namespace": namespace}}
+            ],
+            "current-context": context,
+            "preferences": {},
         }
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -243,20 +263,22 @@ class ApiServerThread:
         Returns the stored objects. Raises :class:`~tourniquet.sandbox.emulator.ApiError` on the first
         document the API server would reject.
         """
-        ordered = sorted((dict(doc) for doc in docs if doc),
-                         key=lambda doc: _KIND_ORDER.get(str(doc.get('kind')), len(_KIND_ORDER)))
+        ordered = sorted(
+            (dict(doc) for doc in docs if doc),
+            key=lambda doc: _KIND_ORDER.get(str(doc.get("kind")), len(_KIND_ORDER)),
+        )
         return self.call(self._apply_all, ordered)
 
     def _apply_all(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         results = []
         for doc in docs:
-            meta = dict(doc.get('metadata') or {})
-            meta.pop('resourceVersion', None)
-            meta.pop('uid', None)
-            meta.pop('creationTimestamp', None)
-            results.append(self.emulator.apply_object({**doc, 'metadata': meta}))
+            meta = dict(doc.get("metadata") or {})
+            meta.pop("resourceVersion", None)
+            meta.pop("uid", None)
+            meta.pop("creationTimestamp", None)
+            results.append(self.emulator.apply_object({**doc, "metadata": meta}))
         return results
 
     def __repr__(self) -> str:
-        where = self.url if self._bound else 'not running'
-        return f'{type(self).__name__}({where})'
+        where = self.url if self._bound else "not running"
+        return f"{type(self).__name__}({where})"

@@ -70,61 +70,67 @@ OPERATOR = textwrap.dedent('''
 ''')
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 'condition') -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()
         if result:
             return result
         time.sleep(0.05)
-    raise AssertionError(f'timed out waiting for {what}')
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture()
-def operator_module(tmp_path: Path, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
-    calls = tmp_path / 'calls.jsonl'
-    module = tmp_path / 'widget_operator.py'
+def operator_module(
+    tmp_path: Path, emulator_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Path]:
+    calls = tmp_path / "calls.jsonl"
+    module = tmp_path / "widget_operator.py"
     module.write_text(OPERATOR)
-    monkeypatch.setenv('KUBECONFIG', str(kubeconfig))
-    monkeypatch.setenv('WIDGET_CALLS', str(calls))
+    monkeypatch.setenv("KUBECONFIG", str(emulator_kubeconfig))
+    monkeypatch.setenv("WIDGET_CALLS", str(calls))
     return module, calls
 
 
 def test_kopf_full_lifecycle_invokes_each_handler_once(
-        api: ApiServerThread, http: Any, widget_crd: dict[str, Any], operator_module: tuple[Path, Path],
-        make_widget: Any, make_deployment: Any,
+    api: ApiServerThread,
+    http: Any,
+    widget_crd: dict[str, Any],
+    operator_module: tuple[Path, Path],
+    make_widget: Any,
+    make_deployment: Any,
 ) -> None:
     module, calls = operator_module
     crd = {**widget_crd}
     # The operator's Widgets name a target Deployment: add the field to the schema.
-    props = crd['spec']['versions'][0]['schema']['openAPIV3Schema']['properties']['spec']['properties']
-    props['target'] = {'type': 'string'}
-    api.apply_manifests([crd, make_deployment('agent', replicas=3)])
+    props = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    props["target"] = {"type": "string"}
+    api.apply_manifests([crd, make_deployment("agent", replicas=3)])
 
-    ns = '/apis/example.dev/v1/namespaces/default/widgets'
-    with KopfRunner(['run', '--standalone', '--namespace=default', str(module)], timeout=30) as runner:
-        assert http.post(ns, make_widget('w1', target='agent'))[0] == 201
+    ns = "/apis/example.dev/v1/namespaces/default/widgets"
+    with KopfRunner(["run", "--standalone", "--namespace=default", str(module)], timeout=30) as runner:
+        assert http.post(ns, make_widget("w1", target="agent"))[0] == 201
 
         def contained() -> Any:
-            _, obj, _ = http.get(f'{ns}/w1')
-            status = obj.get('status') or {}
-            return status.get('phase') == 'Contained' and (status.get('ticks') or 0) >= 2 and obj
+            _, obj, _ = http.get(f"{ns}/w1")
+            status = obj.get("status") or {}
+            return status.get("phase") == "Contained" and (status.get("ticks") or 0) >= 2 and obj
 
-        obj = wait_for(contained, what='the create handler and two timer ticks')
-        assert obj['status']['create_fn'] == {'scaledToZero': 'agent'}
-        assert obj['metadata']['finalizers'] == ['kopf.zalando.org/KopfFinalizerMarker']
-        _, scale, _ = http.get('/apis/apps/v1/namespaces/default/deployments/agent/scale')
-        assert scale['spec']['replicas'] == 0
+        obj = wait_for(contained, what="the create handler and two timer ticks")
+        assert obj["status"]["create_fn"] == {"scaledToZero": "agent"}
+        assert obj["metadata"]["finalizers"] == ["kopf.zalando.org/KopfFinalizerMarker"]
+        _, scale, _ = http.get("/apis/apps/v1/namespaces/default/deployments/agent/scale")
+        assert scale["spec"]["replicas"] == 0
 
-        assert http.delete(f'{ns}/w1')[0] == 200
-        wait_for(lambda: http.get(f'{ns}/w1')[0] == 404, what='the finalizer to be released')
+        assert http.delete(f"{ns}/w1")[0] == 200
+        wait_for(lambda: http.get(f"{ns}/w1")[0] == 404, what="the finalizer to be released")
 
     assert runner.exception is None
     assert runner.exit_code == 0
     records = [json.loads(line) for line in calls.read_text().splitlines()]
-    assert [r['handler'] for r in records] == ['create_fn', 'delete_fn']
-    _, dep, _ = http.get('/apis/apps/v1/namespaces/default/deployments/agent')
-    assert dep['spec']['replicas'] == 2
-    assert dep['metadata']['generation'] == 3  # 3 -> 0 -> 2: two spec changes
-    assert 'Traceback' not in runner.output
-    assert ' ERROR ' not in runner.output and '[ERROR' not in runner.output
+    assert [r["handler"] for r in records] == ["create_fn", "delete_fn"]
+    _, dep, _ = http.get("/apis/apps/v1/namespaces/default/deployments/agent")
+    assert dep["spec"]["replicas"] == 2
+    assert dep["metadata"]["generation"] == 3  # 3 -> 0 -> 2: two spec changes
+    assert "Traceback" not in runner.output
+    assert " ERROR " not in runner.output and "[ERROR" not in runner.output

@@ -1,0 +1,228 @@
+"""Containment with the real operator: ordered, observed, reversible, a union of open incidents."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+from tests.conftest import AD, AI, CM, DEPLOY, NP, Cluster, example, wait_for
+from tests.operator.test_agentdeployment import active_revision, wired_revision
+
+REFUNDS_CIDR = "10.30.0.0/16"  # issue_refund and reverse_refund
+LOOKUP_CIDR = "10.20.0.0/16"
+
+
+def incident(name: str, severity: str = "SEV1", agents: list[str] | None = None, **spec) -> dict:
+    return {
+        "apiVersion": "tourniquet.dev/v1alpha1",
+        "kind": "AgentIncident",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"agents": agents or ["refund-agent"], "severity": severity, "class": "tool-misuse", **spec},
+    }
+
+
+def start_agent(cluster: Cluster) -> None:
+    cluster.apply(example())
+    wait_for(lambda: wired_revision(cluster) == "1", what="agent wired")
+
+
+def replicas(cluster: Cluster) -> int:
+    return cluster.get(DEPLOY, "refund-agent-worker")["spec"]["replicas"]
+
+
+def egress_cidrs(cluster: Cluster) -> set[str]:
+    policy = cluster.get(NP, "refund-agent-egress")
+    return {p["ipBlock"]["cidr"] for r in policy["spec"]["egress"] for p in r.get("to", []) if "ipBlock" in p}
+
+
+def control(cluster: Cluster) -> tuple[str, list[str]]:
+    data = cluster.get(CM, "refund-agent-control")["data"]
+    return data["mode"], json.loads(data["revokedTools"])
+
+
+def condition(cluster: Cluster, resource: str, name: str, type_: str) -> dict:
+    return next((c for c in cluster.status(resource, name).get("conditions", []) if c["type"] == type_), {})
+
+
+def contained(cluster: Cluster, name: str) -> bool:
+    return condition(cluster, AI, name, "Contained").get("status") == "True"
+
+
+def test_a_sev1_incident_revokes_captures_evidence_then_drains(cluster: Cluster, operator):
+    start_agent(cluster)
+    cluster.apply([incident("dup-refunds")])  # SEV1, the example's playbook: revokeTools + drain
+    wait_for(lambda: contained(cluster, "dup-refunds"), what="Contained")
+
+    assert replicas(cluster) == 0
+    worker = cluster.get(DEPLOY, "refund-agent-worker")
+    assert worker["metadata"]["annotations"]["tourniquet.dev/replicas-before-drain"] == "2"
+    assert REFUNDS_CIDR not in egress_cidrs(cluster) and LOOKUP_CIDR in egress_cidrs(cluster)
+    assert control(cluster) == ("active", ["issue_refund", "reverse_refund"])  # every write tool
+
+    status = cluster.status(AI, "dup-refunds")
+    events = [(e["event"], e.get("message", "").split(":")[0]) for e in status["timeline"]]
+    revoke = events.index(("LeverApplied", "revokeTools"))
+    evidence = next(i for i, e in enumerate(events) if e[0] == "EvidenceCaptured")
+    drain = events.index(("LeverApplied", "drain"))
+    assert revoke < evidence < drain, events
+    levers = {lv["name"]: lv for lv in status["levers"]}
+    assert levers["drain"]["state"] == "Applied" and "2 → 0 replicas" in levers["drain"]["detail"]
+    assert "connections already open may survive" in levers["revokeTools"]["detail"]
+    assert status["phase"] == "Contained" and status["timings"]["containedSeconds"] >= 0
+    evidence_cm = cluster.get(CM, status["evidence"]["configMap"])
+    assert evidence_cm["immutable"] is True and "refund-agent" in evidence_cm["data"]["agent.json"]
+    agent_conditions = {c["type"]: c for c in cluster.status(AD, "refund-agent")["conditions"]}
+    assert agent_conditions["Contained"]["status"] == "True"
+
+
+def test_release_restores_exactly_and_a_second_incident_keeps_its_levers(cluster: Cluster, operator):
+    start_agent(cluster)
+    cluster.apply([incident("first", contain=["shadow", "drain"])])
+    cluster.apply([incident("second", severity="SEV2", contain=["drain", "revokeTools"], revokeTools=["issue_refund"])])
+    wait_for(lambda: contained(cluster, "first") and contained(cluster, "second"), what="both contained")
+    assert control(cluster) == ("shadow", ["issue_refund"]) and replicas(cluster) == 0
+
+    cluster.patch(AI, "first", {"spec": {"resolved": True}})
+    wait_for(lambda: control(cluster)[0] == "active", what="shadow released")
+    assert replicas(cluster) == 0, "the second incident still holds drain"
+    assert control(cluster) == ("active", ["issue_refund"])
+    wait_for(lambda: cluster.status(AI, "first").get("phase") == "Resolved", what="first resolved")
+    released = {lv["name"]: lv for lv in cluster.status(AI, "first")["levers"]}
+    assert released["drain"]["state"] == "Released" and "still held by second" in released["drain"]["detail"]
+    revoked = {lv["name"]: lv for lv in cluster.status(AI, "second")["levers"]}["revokeTools"]
+    assert "10.30.0.0/16 stays open for reverse_refund" in revoked["detail"]  # said plainly, not over-claimed
+
+    cluster.patch(AI, "second", {"spec": {"resolved": True}})
+    wait_for(lambda: replicas(cluster) == 2, what="replicas restored")
+    assert control(cluster) == ("active", [])
+    assert REFUNDS_CIDR in egress_cidrs(cluster)
+    annotations = cluster.get(DEPLOY, "refund-agent-worker")["metadata"].get("annotations") or {}
+    assert "tourniquet.dev/replicas-before-drain" not in annotations
+
+
+def test_drift_is_repaired_and_recorded(cluster: Cluster, operator):
+    start_agent(cluster)
+    cluster.apply([incident("drift", contain=["drain"])])
+    wait_for(lambda: contained(cluster, "drift"), what="Contained")
+    cluster.patch(DEPLOY, "refund-agent-worker", {"spec": {"replicas": 5}})
+    wait_for(lambda: replicas(cluster) == 0, timeout=10, what="scaled back to 0")
+    wait_for(
+        lambda: any(e["event"] == "DriftRepaired" for e in cluster.status(AI, "drift")["timeline"]),
+        what="DriftRepaired in the timeline",
+    )
+    entry = next(e for e in cluster.status(AI, "drift")["timeline"] if e["event"] == "DriftRepaired")
+    assert "was scaled to 5" in entry["message"]
+    # The value release restores is the one from before the incident, not the drift.
+    cluster.patch(AI, "drift", {"spec": {"resolved": True}})
+    wait_for(lambda: replicas(cluster) == 2, what="restored to 2")
+
+
+def test_restarts_during_containment_and_release_lose_nothing(cluster: Cluster, operator):
+    start_agent(cluster)
+    # Stop the operator while the drain is in flight.
+    slow = cluster.fault("patch", DEPLOY, status=None, delay=30, count=1)
+    cluster.apply([incident("restart", contain=["shadow", "drain"])])
+    wait_for(lambda: slow.hits >= 1, what="drain under way")
+    operator.stop()
+    operator.start()
+    wait_for(lambda: contained(cluster, "restart"), timeout=15, what="Contained after restart")
+    assert replicas(cluster) == 0
+    assert cluster.get(DEPLOY, "refund-agent-worker")["metadata"]["annotations"]["tourniquet.dev/replicas-before-drain"] == "2"
+    # Stop again with the operator down while on-call resolves; the restart releases exactly.
+    operator.stop()
+    cluster.patch(AI, "restart", {"spec": {"resolved": True}})
+    operator.start()
+    wait_for(lambda: replicas(cluster) == 2 and control(cluster)[0] == "active", timeout=15, what="released")
+
+
+def test_bad_incidents_touch_nothing(cluster: Cluster, operator):
+    start_agent(cluster)
+    before = (cluster.get(DEPLOY, "refund-agent-worker"), cluster.get(CM, "refund-agent-control"), egress_cidrs(cluster))
+    cluster.apply([incident("ghost", agents=["refund-agent", "ghost-agent"], contain=["drain"])])
+    cluster.apply([incident("teleport", contain=["revokeTools"], revokeTools=["teleport"])])
+    for name, words in (("ghost", "AgentDeployment ghost-agent not found"), ("teleport", "has no tool 'teleport'")):
+        accepted = wait_for(lambda n=name: condition(cluster, AI, n, "Accepted") or None, what=f"{name} Accepted")
+        assert accepted["status"] == "False" and accepted["reason"] == "InvalidSpec"
+        assert words in accepted["message"]
+        assert cluster.status(AI, name)["phase"] == "Invalid"
+    import time
+
+    time.sleep(1.5)  # a resync pass of the agent must not act on them either
+    assert (cluster.get(DEPLOY, "refund-agent-worker")["spec"], cluster.get(CM, "refund-agent-control")["data"]) == (
+        before[0]["spec"], before[1]["data"])
+    assert egress_cidrs(cluster) == before[2]
+
+
+def test_an_agent_without_consumers_cannot_be_drained(cluster: Cluster, operator):
+    docs = example()
+    agent = copy.deepcopy(docs[1])
+    agent["spec"]["consumers"] = []
+    cluster.apply([agent])
+    wait_for(lambda: active_revision(cluster) == 1, what="agent pinned")
+    cluster.apply([incident("no-consumers", contain=["drain"])])
+    accepted = wait_for(lambda: condition(cluster, AI, "no-consumers", "Accepted") or None, what="Accepted")
+    assert accepted["status"] == "False" and "has no consumers to drain" in accepted["message"]
+
+
+def test_the_bundle_is_frozen_while_an_incident_is_open_unless_it_is_the_fix(cluster: Cluster, operator):
+    start_agent(cluster)
+    cluster.apply([incident("freeze", severity="SEV2", contain=["shadow"])])
+    wait_for(lambda: contained(cluster, "freeze"), what="Contained")
+    docs = example()
+    docs[1]["spec"]["bundle"]["prompt"]["template"] = "A hasty fix."
+    cluster.apply(docs)
+    frozen = wait_for(lambda: condition(cluster, AD, "refund-agent", "BundleFrozen").get("status") == "True"
+                      and condition(cluster, AD, "refund-agent", "BundleFrozen"), what="BundleFrozen")
+    assert "revision 2 is pinned but not rolled out" in frozen["message"]
+    assert wired_revision(cluster) == "1" and cluster.get(CM, "refund-agent-bundle-2") is not None
+
+    cluster.patch(AI, "freeze", {"spec": {"fix": {"revision": 2}}})
+    wait_for(lambda: wired_revision(cluster) == "2", what="the fix rolls out")
+
+
+def test_an_incident_rolls_back_to_last_known_good_and_marks_the_culprit_bad(cluster: Cluster, operator):
+    start_agent(cluster)
+    cluster.patch(CM, "refund-agent-bundle-1", {"metadata": {"labels": {"tourniquet.dev/verdict": "good"}}})
+    docs = example()
+    docs[1]["spec"]["bundle"]["prompt"]["template"] = "A risky prompt."
+    cluster.apply(docs)
+    wait_for(lambda: wired_revision(cluster) == "2", what="revision 2")
+
+    cluster.apply([incident("culprit", contain=["shadow"], rollback={"to": "lastKnownGood"})])
+    wait_for(lambda: wired_revision(cluster) == "1", what="rolled back to 1")
+    labels = cluster.get(CM, "refund-agent-bundle-2")["metadata"]["labels"]
+    assert labels["tourniquet.dev/verdict"] == "bad"
+    wait_for(lambda: any(e["event"] == "RolledBack" for e in cluster.status(AI, "culprit").get("timeline", [])),
+             what="RolledBack in the timeline")
+    # Resolved, the bad revision does not come back by itself.
+    cluster.patch(AI, "culprit", {"spec": {"resolved": True}})
+    reason = wait_for(lambda: condition(cluster, AD, "refund-agent", "BundlePinned").get("reason") == "RevisionBad",
+                      what="RevisionBad")
+    assert reason and wired_revision(cluster) == "1"
+
+
+def test_cascade_contains_dependents_in_the_same_incident(cluster: Cluster, operator):
+    start_agent(cluster)
+    docs = example()
+    downstream = copy.deepcopy(docs[1])
+    downstream["metadata"]["name"] = "notify-agent"
+    downstream["spec"]["consumers"] = []
+    downstream["spec"]["dependsOn"] = [{"name": "refund-agent"}]
+    cluster.apply([downstream])
+    wait_for(lambda: cluster.get(CM, "notify-agent-control"), what="downstream control")
+    cluster.apply([incident("cascade", contain=["revokeTools"], cascade=True)])
+    wait_for(lambda: cluster.get(CM, "notify-agent-control")["data"]["mode"] == "shadow", what="downstream shadowed")
+    wait_for(lambda: contained(cluster, "cascade"), what="Contained")
+    status = cluster.status(AI, "cascade")
+    assert status["agents"] == ["refund-agent", "notify-agent"]
+    assert {(lv["agent"], lv["name"]) for lv in status["levers"]} >= {("refund-agent", "revokeTools"), ("notify-agent", "shadow")}
+
+
+def test_deleting_an_open_incident_releases_through_its_finalizer(cluster: Cluster, operator):
+    start_agent(cluster)
+    cluster.apply([incident("delete-me", contain=["drain"])])
+    wait_for(lambda: contained(cluster, "delete-me"), what="Contained")
+    assert "tourniquet.dev/finalizer" in cluster.get(AI, "delete-me")["metadata"]["finalizers"]
+    cluster.delete(AI, "delete-me")
+    wait_for(lambda: cluster.get(AI, "delete-me") is None, what="deleted")
+    wait_for(lambda: replicas(cluster) == 2, what="released")
