@@ -100,7 +100,7 @@ async def run_operator(
         standalone=peering is None,
         peering_name=peering,
         priority=priority,
-        liveness_endpoint=liveness,
+        liveness_endpoint=liveness or None,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
     )

@@ -39,6 +39,7 @@ def test_posted_crd_is_established_and_discoverable(http: Any, registered: dict[
     by_name = {r["name"]: r for r in resources["resources"]}
     assert set(by_name) == {"widgets", "widgets/status", "widgets/scale"}
     assert by_name["widgets"]["kind"] == "Widget" and by_name["widgets"]["namespaced"] is True
+    assert by_name["widgets"]["singularName"] == "widget"
     assert by_name["widgets"]["shortNames"] == ["wd"] and by_name["widgets"]["categories"] == ["all"]
     assert {"list", "watch", "patch"} <= set(by_name["widgets"]["verbs"])
     assert by_name["widgets/scale"]["kind"] == "Scale"
@@ -127,6 +128,18 @@ def test_custom_resource_status_and_generation(
     _, body, _ = http.patch(f"{WIDGETS}/w1", {"spec": {"size": 2}, "status": {"phase": "Hacked"}})
     assert body["status"] == {"phase": "Ready"} and body["spec"]["size"] == 2
     assert body["metadata"]["generation"] == 2
+
+
+def test_status_writes_are_validated(http: Any, widget_crd: dict[str, Any], make_widget: Any) -> None:
+    status_schema = widget_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    status_schema["properties"] = {"phase": {"type": "string", "enum": ["Pending", "Ready"]}}
+    assert http.post(CRDS, widget_crd)[0] == 201
+    http.post(WIDGETS, make_widget("w1"))
+    assert http.patch(f"{WIDGETS}/w1/status", {"status": {"phase": "Ready", "extra": 1}})[0] == 200
+    status, body, _ = http.patch(f"{WIDGETS}/w1/status", {"status": {"phase": "Bogus"}})
+    assert status == 422
+    assert 'status.phase: Unsupported value: "Bogus": supported values: "Pending", "Ready"' in body["message"]
+    assert http.get(f"{WIDGETS}/w1")[1]["status"] == {"phase": "Ready", "extra": 1}
 
 
 def test_updates_are_validated_and_leave_the_object_unchanged(

@@ -43,6 +43,7 @@ SCHEMA: dict[str, Any] = {
                 },
                 "tags": {
                     "type": "array",
+                    "minItems": 1,
                     "x-kubernetes-list-type": "set",
                     "maxItems": 3,
                     "items": {"type": "string"},
@@ -167,6 +168,7 @@ def test_a_valid_object_has_no_errors() -> None:
             'spec.labels.a in body must be of type string: "integer"',
         ),
         ({"tags": ["a", "a"]}, 'spec.tags[1]: Duplicate value: "a"'),
+        ({"tags": []}, "spec.tags: Invalid value: 0: spec.tags in body should have at least 1 items"),
         ({"tags": ["a", "b", "c", "d"]}, "spec.tags: Too many: 4: must have at most 3 items"),
         ({"consumers": [{"name": "x"}, {"name": "x"}]}, 'spec.consumers[1]: Duplicate value: {"name":"x"}'),
         ({"consumers": [{"weight": 2}]}, "spec.consumers[0].name: Required value"),
@@ -274,7 +276,7 @@ def test_kubernetes_string_and_list_functions() -> None:
                     {"rule": "self.name.split('-').size() <= 2", "message": "one dash"},
                     {
                         "rule": 'self.items.exists_one(i, i == "x") && size(self.items) >= 1 '
-                        '&& "x" in self.items',
+                        '&& "x" in self.items && self.items.exists(i, i.startsWith("x"))',
                         "message": "one x",
                     },
                 ],

@@ -284,6 +284,19 @@ def test_scale_subresource_round_trip_with_the_kubernetes_client(
     assert e.value.status == 409
 
 
+def test_statefulset_scale(http: Any, make_deployment: Any) -> None:
+    manifest = make_deployment("db", replicas=2)
+    manifest["kind"] = "StatefulSet"
+    manifest["spec"]["serviceName"] = "db"
+    path = "/apis/apps/v1/namespaces/default/statefulsets"
+    assert http.post(path, manifest)[0] == 201
+    _, scale, _ = http.put(f"{path}/db/scale", {"metadata": {"name": "db"}, "spec": {"replicas": 0}})
+    assert scale["kind"] == "Scale" and scale["spec"]["replicas"] == 0
+    assert http.get(f"{path}/db")[1]["spec"]["replicas"] == 0
+    status, body, _ = http.patch(f"{path}/db/scale", {"spec": {"replicas": -1}})
+    assert status == 422 and "spec.replicas: Invalid value: -1" in body["message"]
+
+
 def test_kubernetes_client_typed_calls(kube_client: Any) -> None:
     core = kubernetes.client.CoreV1Api(kube_client)
     created = core.create_namespaced_config_map(

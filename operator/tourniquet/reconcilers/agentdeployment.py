@@ -18,30 +18,21 @@ from tourniquet.adapters.kube import (
     AGENTINCIDENTS,
     CONFIGMAPS,
     NETWORKPOLICIES,
-    PODS,
-    SCALEDOBJECTS,
     WORKLOADS,
     ApiError,
     KubeApi,
 )
 from tourniquet.domain import agent as decide
-from tourniquet.domain import bundles, drain, names, network, wiring
+from tourniquet.domain import bundles, names, network, wiring
 from tourniquet.domain.conditions import rfc3339
 from tourniquet.domain.containment import Containment, IncidentView, incident_view, plan_containment
+from tourniquet.levers import control as control_lever
+from tourniquet.levers import drain as drain_lever
+from tourniquet.levers import egress as egress_lever
+from tourniquet.levers.common import LeverObservation
 from tourniquet.models import AgentDeploymentSpec, Lever, RevisionVerdict
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LeverObservation:
-    """A lever's state on one agent, as observed after acting."""
-
-    lever: Lever
-    applied: bool
-    detail: str
-    holders: list[str]
-    pending: bool = False  # held, but waiting (drain waits for evidence capture)
 
 
 @dataclass
@@ -164,8 +155,10 @@ async def reconcile_agent_deployment(
         stored = await _set_verdict(api, namespace, stored, revision, RevisionVerdict.BAD)
         report.actions.append(f"Marked bundle revision {revision} bad")
     # 3. The fast, non-destructive levers: shadow and revoke.
-    control = await _apply_control(api, namespace, name, world.control, containment, owner, report)
-    policy = await _apply_policy(api, namespace, name, spec, world.policy, containment, owner, report)
+    control = await control_lever.apply_control(api, namespace, name, world.control, containment, owner, report.actions)
+    policy = await egress_lever.apply_policy(
+        api, namespace, name, spec, world.policy, containment, owner, report.actions
+    )
     # 4. Roll consumers to the active revision.
     active = next((r for r in stored if r.revision == plan.active_revision), None)
     consumers: dict[tuple[str, str], dict[str, Any]] = {k: w for k, w in world.consumers.items() if w}
@@ -190,11 +183,17 @@ async def reconcile_agent_deployment(
     if plan.reason == "RollbackRefused" and containment.rollbacks:
         report.rollback_refused = plan.message
     # 5. Drain last (it kills pods and their memory), or restore what a drain recorded.
-    pods_left = await _apply_drain(api, namespace, spec, consumers, containment, report)
+    pods_left = await drain_lever.apply_drain(
+        api, namespace, spec, consumers, containment, report.actions, report.drift
+    )
     # 6. Promotion on evidence, then pruning beyond the history limit.
     stored = await _promote_and_prune(api, namespace, spec, status, stored, active, containment, now, report)
 
-    report.levers = _observe_levers(spec, containment, control, policy, consumers, pods_left)
+    report.levers = {
+        Lever.SHADOW: control_lever.observe_shadow(control, containment),
+        Lever.REVOKE_TOOLS: egress_lever.observe_revocation(spec, control, policy, containment),
+        Lever.DRAIN: drain_lever.observe_drain(spec, containment, consumers, pods_left),
+    }
     new_status = decide.agent_status(
         status,
         plan=plan,
@@ -293,183 +292,6 @@ async def _set_verdict(
     ]
 
 
-async def _apply_control(
-    api: KubeApi,
-    namespace: str,
-    agent: str,
-    observed: dict[str, Any] | None,
-    containment: Containment,
-    owner: dict[str, Any],
-    report: AgentReport,
-) -> dict[str, Any]:
-    data = network.desired_control_data(containment.mode, containment.revoked_tools)
-    cm_name = names.control_configmap(agent)
-    if observed is None:
-        body = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": cm_name,
-                "namespace": namespace,
-                "labels": network.labels_for(agent, names.COMPONENT_CONTROL),
-                "ownerReferences": [owner],
-            },
-            "data": data,
-        }
-        try:
-            result = await api.create(CONFIGMAPS, namespace, body)
-        except ApiError as error:
-            if not error.already_exists:
-                raise
-            result = await api.patch(CONFIGMAPS, namespace, cm_name, {"data": data})
-        report.actions.append(f"Created control ConfigMap {cm_name} (mode {containment.mode})")
-        return result
-    if {k: (observed.get("data") or {}).get(k) for k in data} != data:
-        result = await api.patch(CONFIGMAPS, namespace, cm_name, {"data": data})
-        report.actions.append(f"Set control ConfigMap {cm_name}: mode {data['mode']}, revoked {data['revokedTools']}")
-        return result
-    return observed
-
-
-async def _apply_policy(
-    api: KubeApi,
-    namespace: str,
-    agent: str,
-    spec: AgentDeploymentSpec,
-    observed: dict[str, Any] | None,
-    containment: Containment,
-    owner: dict[str, Any],
-    report: AgentReport,
-) -> dict[str, Any]:
-    desired = network.desired_network_policy_spec(spec, containment.revoked_tools)
-    np_name = names.network_policy(agent)
-    if observed is None:
-        body = {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "NetworkPolicy",
-            "metadata": {
-                "name": np_name,
-                "namespace": namespace,
-                "labels": network.labels_for(agent, "egress"),
-                "ownerReferences": [owner],
-            },
-            "spec": desired,
-        }
-        try:
-            result = await api.create(NETWORKPOLICIES, namespace, body)
-        except ApiError as error:
-            if not error.already_exists:
-                raise
-            result = await _replace_policy_spec(api, namespace, np_name, desired)
-        report.actions.append(f"Created NetworkPolicy {np_name} with {len(desired['egress'])} egress rule(s)")
-        return result
-    if observed.get("spec") != desired:
-        result = await _replace_policy_spec(api, namespace, np_name, desired)
-        report.actions.append(f"Set NetworkPolicy {np_name} to {len(desired['egress'])} egress rule(s)")
-        return result
-    return observed
-
-
-async def _replace_policy_spec(api: KubeApi, namespace: str, name: str, desired: dict[str, Any]) -> dict[str, Any]:
-    """Replace the spec whole: the policy becomes exactly the desired one, nothing merged in."""
-    return await api.patch(
-        NETWORKPOLICIES, namespace, name, [{"op": "replace", "path": "/spec", "value": desired}], patch_type="json"
-    )
-
-
-async def _scaled_objects(api: KubeApi, namespace: str) -> list[dict[str, Any]]:
-    """KEDA ScaledObjects in the namespace; none when KEDA is not installed."""
-    try:
-        return await api.list(SCALEDOBJECTS, namespace)
-    except ApiError as error:
-        if error.not_found:
-            return []
-        raise
-
-
-async def _apply_drain(
-    api: KubeApi,
-    namespace: str,
-    spec: AgentDeploymentSpec,
-    consumers: dict[tuple[str, str], dict[str, Any]],
-    containment: Containment,
-    report: AgentReport,
-) -> dict[tuple[str, str], int]:
-    """Drain (or restore) each consumer; returns how many pods each still has while drained."""
-    if containment.drain_waiting and not containment.drain:
-        return {}  # a drain is coming once evidence is captured: neither drain nor restore now
-    recorded = [w for w in consumers.values() if drain.recorded_replicas(w) is not None]
-    if not containment.drained and not recorded:
-        return {}
-    scaled_objects = await _scaled_objects(api, namespace)
-    pods_left: dict[tuple[str, str], int] = {}
-    for ref in spec.consumers:
-        key = (ref.kind.value, ref.name)
-        workload = consumers[key]
-        resource = WORKLOADS[ref.kind.value]
-        if containment.drained:
-            patch = drain.plan_drain_patch(workload)
-            if patch is not None:
-                before = drain.replicas(workload)
-                if drain.recorded_replicas(workload) is not None:
-                    report.drift.append(
-                        f"{ref.kind.value} {ref.name} was scaled to {before} by {drain.scaled_up_by(workload)} "
-                        "during the incident; returned it to 0"
-                    )
-                consumers[key] = await _patch_workload(
-                    api, resource, namespace, ref.name, patch, drain.plan_drain_patch
-                )
-                report.actions.append(f"Scaled {ref.kind.value} {ref.name} from {before} to 0 replicas")
-            for scaled in scaled_objects:
-                if drain.targets(scaled, ref.kind.value, ref.name):
-                    keda = drain.plan_keda_pause(scaled)
-                    if keda is not None:
-                        await api.patch(SCALEDOBJECTS, namespace, scaled["metadata"]["name"], keda)
-                        report.actions.append(f"Paused KEDA ScaledObject {scaled['metadata']['name']} at 0 replicas")
-            pods_left[key] = await _count_pods(api, namespace, consumers[key])
-        else:
-            patch = drain.plan_restore_patch(workload)
-            if patch is not None:
-                consumers[key] = await _patch_workload(
-                    api, resource, namespace, ref.name, patch, drain.plan_restore_patch
-                )
-                report.actions.append(
-                    f"Restored {ref.kind.value} {ref.name} to {drain.replicas(consumers[key])} replicas"
-                )
-            for scaled in scaled_objects:
-                if drain.targets(scaled, ref.kind.value, ref.name):
-                    keda = drain.plan_keda_restore(scaled)
-                    if keda is not None:
-                        await api.patch(SCALEDOBJECTS, namespace, scaled["metadata"]["name"], keda)
-                        report.actions.append(f"Resumed KEDA ScaledObject {scaled['metadata']['name']}")
-    return pods_left
-
-
-async def _patch_workload(
-    api: KubeApi, resource: Any, namespace: str, name: str, patch: dict[str, Any], replan: Any
-) -> dict[str, Any]:
-    """A drain/restore patch guarded by resourceVersion; on a conflict, re-read and re-plan once."""
-    for _ in range(3):
-        try:
-            return await api.patch(resource, namespace, name, patch)
-        except ApiError as error:
-            if not error.conflict:
-                raise
-            fresh = await api.get(resource, namespace, name)
-            patch = replan(fresh)
-            if patch is None:
-                return fresh
-    return await api.patch(resource, namespace, name, patch)
-
-
-async def _count_pods(api: KubeApi, namespace: str, workload: dict[str, Any]) -> int:
-    selector = ((workload.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
-    if not selector:
-        return 0
-    pods = await api.list(PODS, namespace, label_selector=",".join(f"{k}={v}" for k, v in sorted(selector.items())))
-    return sum(1 for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
-
-
 async def _promote_and_prune(
     api: KubeApi,
     namespace: str,
@@ -495,60 +317,6 @@ async def _promote_and_prune(
         stored = [r for r in stored if r is not old]
         report.actions.append(f"Pruned bundle revision {old.revision} (ConfigMap {old.name})")
     return stored
-
-
-def _observe_levers(
-    spec: AgentDeploymentSpec,
-    containment: Containment,
-    control: dict[str, Any],
-    policy: dict[str, Any],
-    consumers: dict[tuple[str, str], dict[str, Any]],
-    pods_left: dict[tuple[str, str], int],
-) -> dict[Lever, LeverObservation]:
-    """Observed state of every lever, from the objects as the API server returned them."""
-    data = control.get("data") or {}
-    observed: dict[Lever, LeverObservation] = {}
-    shadow_on = data.get("mode") == "shadow"
-    observed[Lever.SHADOW] = LeverObservation(
-        Lever.SHADOW,
-        shadow_on,
-        "mode: shadow set in the control ConfigMap; the agent runtime follows it within seconds"
-        if shadow_on
-        else "mode: active",
-        containment.holders(Lever.SHADOW),
-    )
-    listed = network.revoked_tools_listed(data)
-    revoked = containment.revoked_tools
-    desired_egress = network.desired_egress(spec, revoked)
-    enforced = bool(revoked) and revoked <= listed and (policy.get("spec") or {}).get("egress") == desired_egress
-    observed[Lever.REVOKE_TOOLS] = LeverObservation(
-        Lever.REVOKE_TOOLS,
-        enforced,
-        network.describe_revocation(spec, revoked) if enforced else "no tool revoked" if not revoked else
-        f"not yet enforced: revokedTools lists {sorted(listed)}, the NetworkPolicy does not match",
-        containment.holders(Lever.REVOKE_TOOLS),
-    )
-    parts, drained = [], True
-    for ref in spec.consumers:
-        key = (ref.kind.value, ref.name)
-        workload = consumers.get(key) or {}
-        now_replicas = drain.replicas(workload)
-        before = drain.recorded_replicas(workload)
-        drained = drained and now_replicas == 0
-        text = f"{ref.name} {before if before is not None else now_replicas} → {now_replicas} replicas"
-        if key in pods_left:
-            text += f", {pods_left[key]} pod(s) still terminating" if pods_left[key] else ", no pod left"
-        parts.append(text)
-    observed[Lever.DRAIN] = LeverObservation(
-        Lever.DRAIN,
-        bool(spec.consumers) and drained and containment.drained,
-        "; ".join(parts)
-        if containment.drained
-        else ("waiting for evidence capture before draining" if containment.drain_waiting else "; ".join(parts)),
-        containment.holders(Lever.DRAIN) or sorted(containment.drain_waiting),
-        pending=bool(containment.drain_waiting) and not containment.drained,
-    )
-    return observed
 
 
 def _containment_status(report: AgentReport, containment: Containment, now: datetime) -> dict[str, Any]:

@@ -26,7 +26,17 @@ that operators and ``kubectl`` rely on:
 * discovery: ``/version``, ``/api``, ``/apis`` and every group/version, for the bundled built-ins and
   for CRDs, which register themselves when POSTed and unregister when deleted;
 * custom resources are pruned, defaulted and validated against their CRD's ``openAPIV3Schema``
-  including ``x-kubernetes-validations`` CEL rules (see :mod:`tourniquet.sandbox.crvalidate`).
+  including ``x-kubernetes-validations`` CEL rules (see :mod:`tourniquet.sandbox.crvalidate`);
+* built-ins get the server-side defaults operators notice (Deployment ``replicas: 1`` and strategy,
+  pod template container defaults, Service ports, NetworkPolicy ``policyTypes``, Secret
+  ``stringData``), and the checks that catch common manifest bugs: metadata names and labels,
+  owner references, a Deployment selector that must match its template, string-only ConfigMap data;
+* kubectl's protobuf bodies for ``kubectl create configmap|secret|namespace``.
+
+Extensions over a real server, for tests: ``timeoutSeconds`` may be fractional; objects put into
+``emulator.objects`` directly are served (stamped with a uid and resourceVersion on first read);
+:meth:`~RealisticEmulator.inject_fault`, :meth:`~RealisticEmulator.writes` and
+:meth:`~RealisticEmulator.collect_garbage`.
 
 What is **not** emulated (a real cluster is needed for these):
 
@@ -37,7 +47,8 @@ What is **not** emulated (a real cluster is needed for these):
   ``propagationPolicy`` is accepted and ignored (no ``foregroundDeletion``/``orphan`` finalizers);
 * admission webhooks, RBAC and authentication (every request is allowed);
 * server-side apply field ownership and ``managedFields`` (apply is a merge; no apply conflicts);
-* schemas of built-in kinds (unknown fields of built-ins are kept; only metadata is checked);
+* schemas of built-in kinds (unknown fields of built-ins are kept; only metadata is checked), and
+  protobuf bodies of other kinds (415: use ``kubectl apply -f``, which sends JSON);
 * conversion between versions of built-ins (``autoscaling/v1`` and ``v2`` HPAs are separate stores);
   custom resources served in several versions share one store (conversion strategy ``None``);
 * the exact strategic-merge semantics of every type, ``resourceVersionMatch`` on lists (lists are
@@ -74,7 +85,7 @@ import jsonpatch
 import jsonpointer
 import kmock
 import yaml
-from kmock._internal import dsl, references, rendering
+from kmock._internal import dsl, k8s_dicts, references, rendering
 
 from tourniquet.sandbox import crvalidate
 
@@ -990,6 +1001,16 @@ class ResourceSpec:
         return details
 
 
+def _latest(stored: k8s_dicts.Object) -> JSON | None:
+    """The latest version of a stored object, without the copies KMock's public accessors make."""
+    try:  # KMock 0.8 internals (the version is pinned): this is the hot path of every read
+        items = stored.history._ObjectHistory__items  # type: ignore[attr-defined]
+        latest = items[-1] if items else None
+        return None if latest is None else latest._ObjectVersion__value
+    except AttributeError:  # pragma: no cover  # a newer KMock: correct, only slower
+        return None if stored.deleted else stored.raw
+
+
 @functools.cache
 def _bundled_resources() -> dict[references.resource, references.ResourceInfo]:
     """The built-in resources KMock bundles (a K3s discovery dump), parsed once per process."""
@@ -1857,14 +1878,15 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         self._known_len = len(self._objects)
 
     def _live(self, res: references.resource, namespace: str | None, name: str) -> JSON | None:
+        """The stored object (not a copy: never modify it), or None if absent or deleted."""
         stored = self._objects._objects.get((res, namespace, name))
-        if stored is None or stored.deleted:
+        raw = _latest(stored) if stored is not None else None
+        if raw is None or stored is None:
             return None
-        raw = stored.raw
         meta = raw.get("metadata")
         if not isinstance(meta, dict) or not meta.get("resourceVersion"):
-            raw = self._adopt(res, namespace, name, raw)
-            stored.history[-1] = raw
+            stored.history[-1] = self._adopt(res, namespace, name, raw)
+            raw = _latest(stored)
         return raw
 
     def _adopt(self, res: references.resource, namespace: str | None, name: str, raw: JSON) -> JSON:
@@ -3093,7 +3115,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         self._sync_index()
         if spec.namespaced:
             namespace = namespace or (body.get("metadata") or {}).get("namespace") or "default"
-        return self._create(spec, namespace if spec.namespaced else None, dict(body), _WriteOptions())
+        return _clone(self._create(spec, namespace if spec.namespaced else None, dict(body), _WriteOptions()))
 
     def get_object(
         self, resource: str | references.resource, name: str, *, namespace: str | None = None
@@ -3102,7 +3124,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         spec = self._spec_or_raise(resource)
         self._sync_index()
         obj = self._live(spec.storage, namespace if spec.namespaced else None, name)
-        return None if obj is None else self._present(spec, obj)
+        return None if obj is None else _clone(self._present(spec, obj))
 
     def list_objects(
         self,
@@ -3118,7 +3140,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         params = {
             k: v for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector)) if v
         }
-        return list(self._list(spec, namespace, params)["items"])
+        return _clone(self._list(spec, namespace, params)["items"])
 
     def patch_object(
         self,
@@ -3149,7 +3171,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             "",
             _WriteOptions(),
         )
-        return result
+        return _clone(result)
 
     def delete_object(
         self, resource: str | references.resource, name: str, *, namespace: str | None = None
@@ -3168,7 +3190,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         meta = body.get("metadata") or {}
         ns = (namespace or meta.get("namespace") or "default") if spec.namespaced else None
         _, result = self._apply(spec, ns, str(meta.get("name", "")), "", dict(body), _WriteOptions())
-        return result
+        return _clone(result)
 
     @property
     def resource_version(self) -> int:

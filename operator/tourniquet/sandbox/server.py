@@ -2,8 +2,8 @@
 Run the :class:`~tourniquet.sandbox.emulator.RealisticEmulator` from synchronous code.
 
 The server gets its own thread and event loop. That is required when a Kopf operator runs in the
-same process: Kopf cancels every task created after it started when it stops, including the
-tasks of a server sharing its loop (see ``docs``: test infrastructure, gotcha 3). It is also what
+same process: when Kopf stops, it cancels every task created after it started (see
+``kopf/_core/reactor/running.py``), including those of a server sharing its loop. It is also what
 ``tourniquet sandbox`` uses to serve ``kubectl`` while the operator runs in the main thread.
 
 Usage::
@@ -22,6 +22,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import inspect
+import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -37,6 +38,7 @@ from tourniquet.sandbox.emulator import RealisticEmulator
 __all__ = ["ApiServerThread"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # Applied first, in this order, so that what follows can use them.
 _KIND_ORDER = {"CustomResourceDefinition": 0, "Namespace": 1}
@@ -159,6 +161,8 @@ class ApiServerThread:
         except BaseException as e:
             if not ready.done():
                 ready.set_exception(e)
+            else:
+                log.exception("The API server thread failed; the server is down.")
         finally:
             try:
                 loop.run_until_complete(loop.shutdown_asyncgens())
@@ -179,7 +183,9 @@ class ApiServerThread:
                 await self._unbind()
 
     async def _bind(self, host: str, port: int) -> None:
-        server = aiohttp.web.Server(self.emulator, handler_cancellation=True)
+        # No access log: the sandbox shares the console with the operator. Cancel handlers (watch
+        # streams) when their client disconnects.
+        server = aiohttp.web.Server(self.emulator, handler_cancellation=True, access_log=None)
         runner = aiohttp.web.ServerRunner(server, shutdown_timeout=1.0)
         await runner.setup()
         site = aiohttp.web.TCPSite(runner, host, port)

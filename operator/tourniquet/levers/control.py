@@ -1,0 +1,66 @@
+"""The shadow and revocation flags: the agent's control ConfigMap, honoured by the runtime before each tool call.
+
+`mode: shadow` makes the runtime record side-effecting actions instead of executing them;
+`revokedTools` makes it refuse those tools. The runtime follows the ConfigMap through the API
+(seconds); the mounted copy is only a fallback (the kubelet syncs it in about a minute).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tourniquet.adapters.kube import CONFIGMAPS, ApiError, KubeApi
+from tourniquet.domain import names, network
+from tourniquet.domain.containment import Containment
+from tourniquet.levers.common import LeverObservation
+from tourniquet.models import Lever
+
+
+async def apply_control(
+    api: KubeApi,
+    namespace: str,
+    agent: str,
+    observed: dict[str, Any] | None,
+    containment: Containment,
+    owner: dict[str, Any],
+    actions: list[str],
+) -> dict[str, Any]:
+    data = network.desired_control_data(containment.mode, containment.revoked_tools)
+    cm_name = names.control_configmap(agent)
+    if observed is None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": cm_name,
+                "namespace": namespace,
+                "labels": network.labels_for(agent, names.COMPONENT_CONTROL),
+                "ownerReferences": [owner],
+            },
+            "data": data,
+        }
+        try:
+            result = await api.create(CONFIGMAPS, namespace, body)
+        except ApiError as error:
+            if not error.already_exists:
+                raise
+            result = await api.patch(CONFIGMAPS, namespace, cm_name, {"data": data})
+        actions.append(f"Created control ConfigMap {cm_name} (mode {containment.mode})")
+        return result
+    if {k: (observed.get("data") or {}).get(k) for k in data} != data:
+        result = await api.patch(CONFIGMAPS, namespace, cm_name, {"data": data})
+        actions.append(f"Set control ConfigMap {cm_name}: mode {data['mode']}, revoked {data['revokedTools']}")
+        return result
+    return observed
+
+
+def observe_shadow(control: dict[str, Any], containment: Containment) -> LeverObservation:
+    shadow_on = (control.get("data") or {}).get("mode") == "shadow"
+    return LeverObservation(
+        Lever.SHADOW,
+        shadow_on,
+        "mode: shadow set in the control ConfigMap; the agent runtime follows it within seconds"
+        if shadow_on
+        else "mode: active",
+        containment.holders(Lever.SHADOW),
+    )

@@ -1,0 +1,136 @@
+"""Drain: scale every consumer to zero (recording what to restore), pause KEDA; or restore.
+
+Drain goes last: it kills the pods and their in-memory state. "replicas 0" and "no pod left" are
+observed separately (pods live through their termination grace period). An HPA does not scale a
+workload whose replicas are 0, so only KEDA, which would, needs pausing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tourniquet.adapters.kube import PODS, SCALEDOBJECTS, WORKLOADS, ApiError, KubeApi
+from tourniquet.domain import drain
+from tourniquet.domain.containment import Containment
+from tourniquet.levers.common import LeverObservation
+from tourniquet.models import AgentDeploymentSpec, Lever
+
+
+async def _scaled_objects(api: KubeApi, namespace: str) -> list[dict[str, Any]]:
+    """KEDA ScaledObjects in the namespace; none when KEDA is not installed."""
+    try:
+        return await api.list(SCALEDOBJECTS, namespace)
+    except ApiError as error:
+        if error.not_found:
+            return []
+        raise
+
+
+async def apply_drain(
+    api: KubeApi,
+    namespace: str,
+    spec: AgentDeploymentSpec,
+    consumers: dict[tuple[str, str], dict[str, Any]],
+    containment: Containment,
+    actions: list[str],
+    drift: list[str],
+) -> dict[tuple[str, str], int]:
+    """Drain (or restore) each consumer; returns how many pods each still has while drained."""
+    if containment.drain_waiting and not containment.drain:
+        return {}  # a drain is coming once evidence is captured: neither drain nor restore now
+    recorded = [w for w in consumers.values() if drain.recorded_replicas(w) is not None]
+    if not containment.drained and not recorded:
+        return {}
+    scaled_objects = await _scaled_objects(api, namespace)
+    pods_left: dict[tuple[str, str], int] = {}
+    for ref in spec.consumers:
+        key = (ref.kind.value, ref.name)
+        workload = consumers[key]
+        resource = WORKLOADS[ref.kind.value]
+        if containment.drained:
+            patch = drain.plan_drain_patch(workload)
+            if patch is not None:
+                before = drain.replicas(workload)
+                if drain.recorded_replicas(workload) is not None:
+                    drift.append(
+                        f"{ref.kind.value} {ref.name} was scaled to {before} by {drain.scaled_up_by(workload)} "
+                        "during the incident; returned it to 0"
+                    )
+                consumers[key] = await _patch_workload(
+                    api, resource, namespace, ref.name, patch, drain.plan_drain_patch
+                )
+                actions.append(f"Scaled {ref.kind.value} {ref.name} from {before} to 0 replicas")
+            for scaled in scaled_objects:
+                if drain.targets(scaled, ref.kind.value, ref.name):
+                    keda = drain.plan_keda_pause(scaled)
+                    if keda is not None:
+                        await api.patch(SCALEDOBJECTS, namespace, scaled["metadata"]["name"], keda)
+                        actions.append(f"Paused KEDA ScaledObject {scaled['metadata']['name']} at 0 replicas")
+            pods_left[key] = await _count_pods(api, namespace, consumers[key])
+        else:
+            patch = drain.plan_restore_patch(workload)
+            if patch is not None:
+                consumers[key] = await _patch_workload(
+                    api, resource, namespace, ref.name, patch, drain.plan_restore_patch
+                )
+                actions.append(f"Restored {ref.kind.value} {ref.name} to {drain.replicas(consumers[key])} replicas")
+            for scaled in scaled_objects:
+                if drain.targets(scaled, ref.kind.value, ref.name):
+                    keda = drain.plan_keda_restore(scaled)
+                    if keda is not None:
+                        await api.patch(SCALEDOBJECTS, namespace, scaled["metadata"]["name"], keda)
+                        actions.append(f"Resumed KEDA ScaledObject {scaled['metadata']['name']}")
+    return pods_left
+
+
+async def _patch_workload(
+    api: KubeApi, resource: Any, namespace: str, name: str, patch: dict[str, Any], replan: Any
+) -> dict[str, Any]:
+    """A drain/restore patch guarded by resourceVersion; on a conflict, re-read and re-plan once."""
+    for _ in range(3):
+        try:
+            return await api.patch(resource, namespace, name, patch)
+        except ApiError as error:
+            if not error.conflict:
+                raise
+            fresh = await api.get(resource, namespace, name)
+            patch = replan(fresh)
+            if patch is None:
+                return fresh
+    return await api.patch(resource, namespace, name, patch)
+
+
+async def _count_pods(api: KubeApi, namespace: str, workload: dict[str, Any]) -> int:
+    selector = ((workload.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    if not selector:
+        return 0
+    pods = await api.list(PODS, namespace, label_selector=",".join(f"{k}={v}" for k, v in sorted(selector.items())))
+    return sum(1 for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
+
+
+def observe_drain(
+    spec: AgentDeploymentSpec,
+    containment: Containment,
+    consumers: dict[tuple[str, str], dict[str, Any]],
+    pods_left: dict[tuple[str, str], int],
+) -> LeverObservation:
+    parts, drained = [], True
+    for ref in spec.consumers:
+        key = (ref.kind.value, ref.name)
+        workload = consumers.get(key) or {}
+        now_replicas = drain.replicas(workload)
+        before = drain.recorded_replicas(workload)
+        drained = drained and now_replicas == 0
+        text = f"{ref.name} {before if before is not None else now_replicas} → {now_replicas} replicas"
+        if key in pods_left:
+            text += f", {pods_left[key]} pod(s) still terminating" if pods_left[key] else ", no pod left"
+        parts.append(text)
+    waiting = bool(containment.drain_waiting) and not containment.drained
+    detail = "; ".join(parts) if containment.drained or not waiting else "waiting for evidence capture before draining"
+    return LeverObservation(
+        Lever.DRAIN,
+        bool(spec.consumers) and drained and containment.drained,
+        detail,
+        containment.holders(Lever.DRAIN) or sorted(containment.drain_waiting),
+        pending=waiting,
+    )

@@ -1,0 +1,77 @@
+"""Tool revocation at the network: the agent's egress NetworkPolicy, owned whole by the operator.
+
+A NetworkPolicy change may not cut connections that are already open (it depends on the CNI), so
+revocation is also written to the control ConfigMap, and the observation says so plainly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tourniquet.adapters.kube import NETWORKPOLICIES, ApiError, KubeApi
+from tourniquet.domain import names, network
+from tourniquet.domain.containment import Containment
+from tourniquet.levers.common import LeverObservation
+from tourniquet.models import AgentDeploymentSpec, Lever
+
+
+async def apply_policy(
+    api: KubeApi,
+    namespace: str,
+    agent: str,
+    spec: AgentDeploymentSpec,
+    observed: dict[str, Any] | None,
+    containment: Containment,
+    owner: dict[str, Any],
+    actions: list[str],
+) -> dict[str, Any]:
+    desired = network.desired_network_policy_spec(spec, containment.revoked_tools)
+    np_name = names.network_policy(agent)
+    if observed is None:
+        body = {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {
+                "name": np_name,
+                "namespace": namespace,
+                "labels": network.labels_for(agent, "egress"),
+                "ownerReferences": [owner],
+            },
+            "spec": desired,
+        }
+        try:
+            result = await api.create(NETWORKPOLICIES, namespace, body)
+        except ApiError as error:
+            if not error.already_exists:
+                raise
+            result = await replace_policy_spec(api, namespace, np_name, desired)
+        actions.append(f"Created NetworkPolicy {np_name} with {len(desired['egress'])} egress rule(s)")
+        return result
+    if observed.get("spec") != desired:
+        result = await replace_policy_spec(api, namespace, np_name, desired)
+        actions.append(f"Set NetworkPolicy {np_name} to {len(desired['egress'])} egress rule(s)")
+        return result
+    return observed
+
+
+async def replace_policy_spec(api: KubeApi, namespace: str, name: str, desired: dict[str, Any]) -> dict[str, Any]:
+    """Replace the spec whole: the policy becomes exactly the desired one, nothing merged in."""
+    return await api.patch(
+        NETWORKPOLICIES, namespace, name, [{"op": "replace", "path": "/spec", "value": desired}], patch_type="json"
+    )
+
+
+def observe_revocation(
+    spec: AgentDeploymentSpec, control: dict[str, Any], policy: dict[str, Any], containment: Containment
+) -> LeverObservation:
+    listed = network.revoked_tools_listed(control.get("data") or {})
+    revoked = containment.revoked_tools
+    desired_egress = network.desired_egress(spec, revoked)
+    enforced = bool(revoked) and revoked <= listed and (policy.get("spec") or {}).get("egress") == desired_egress
+    if enforced:
+        detail = network.describe_revocation(spec, revoked)
+    elif not revoked:
+        detail = "no tool revoked"
+    else:
+        detail = f"not yet enforced: revokedTools lists {sorted(listed)}, the NetworkPolicy does not match"
+    return LeverObservation(Lever.REVOKE_TOOLS, enforced, detail, containment.holders(Lever.REVOKE_TOOLS))
