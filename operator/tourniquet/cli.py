@@ -240,6 +240,158 @@ async def _rollback(
         await api.close()
 
 
+LEVERS = ("shadow", "revokeTools", "drain")
+
+
+@main.command()
+@click.argument("agents", nargs=-1, required=True)
+@click.option("--sev", "severity", type=click.Choice(["1", "2", "3"]), required=True, help="Severity: 1, 2 or 3.")
+@click.option("--levers", default=None, help="Comma-separated: shadow,revokeTools,drain (default: the playbook's).")
+@click.option("--tools", default=None, help="Comma-separated tools to revoke (default: every write tool).")
+@click.option("--summary", default="", help="One line for the timeline.")
+@click.option("--class", "incident_class", default="other", show_default=True, help="The incident class.")
+@click.option("--cascade", is_flag=True, help="Also contain agents that dependsOn these.")
+@click.option("--name", default=None, help="Incident name (default: <agent>-oncall-<time>).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until containment is observed.")
+@click.option("--timeout", type=float, default=30, show_default=True)
+@_kube_options
+def contain(
+    agents: tuple[str, ...],
+    severity: str,
+    levers: str | None,
+    tools: str | None,
+    summary: str,
+    incident_class: str,
+    cascade: bool,
+    name: str | None,
+    wait: bool,
+    timeout: float,
+    kubeconfig: str | None,
+    kube_context: str | None,
+    namespace: str | None,
+) -> None:
+    """Open an AgentIncident on AGENTS now, and wait until its levers are observed applied."""
+    from datetime import UTC, datetime
+
+    from pydantic import ValidationError
+
+    from tourniquet.domain.errors import describe_validation_error
+    from tourniquet.models import AgentIncidentSpec
+
+    spec: dict[str, Any] = {
+        "agents": list(agents),
+        "severity": f"SEV{severity}",
+        "class": incident_class,
+        "summary": summary,
+        "cascade": cascade,
+    }
+    if levers:
+        spec["contain"] = [lever.strip() for lever in levers.split(",") if lever.strip()]
+        unknown = [lever for lever in spec["contain"] if lever not in LEVERS]
+        if unknown:
+            _fail(f"unknown lever {', '.join(unknown)}; the levers are {', '.join(LEVERS)}")
+    if tools:
+        spec["revokeTools"] = [tool.strip() for tool in tools.split(",") if tool.strip()]
+    try:
+        AgentIncidentSpec.model_validate(spec)
+    except ValidationError as error:
+        _fail(describe_validation_error(error))
+    stamp = datetime.now(UTC).strftime("%Y%m%dt%H%M%S")
+    name = name or f"{agents[0]}-oncall-{stamp}"[:253]
+    ns = _namespace(namespace, kubeconfig, kube_context)
+    body = {
+        "apiVersion": "tourniquet.dev/v1alpha1",
+        "kind": "AgentIncident",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    }
+    _run(lambda: _contain(body, wait, timeout, kubeconfig, kube_context))
+
+
+async def _contain(
+    body: dict[str, Any], wait: bool, timeout: float, kubeconfig: str | None, kube_context: str | None
+) -> None:
+    from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError, KubeApi
+
+    meta = body["metadata"]
+    api = await KubeApi.from_config(kubeconfig, kube_context)
+    try:
+        await api.create(AGENTINCIDENTS, meta["namespace"], body)
+        click.echo(f"Opened AgentIncident {meta['name']} in namespace {meta['namespace']}.")
+        if wait:
+            status = await _wait_incident(
+                api, meta["namespace"], meta["name"], timeout, lambda s: s.get("phase") in ("Contained", "Invalid")
+            )
+            _print_incident(status)
+            if status.get("phase") == "Invalid":
+                sys.exit(1)
+    except ApiError as error:
+        _fail(f"Kubernetes API: {error.message or error}")
+    finally:
+        await api.close()
+
+
+@main.command()
+@click.argument("incident")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--timeout", type=float, default=30, show_default=True)
+@_kube_options
+def release(
+    incident: str, wait: bool, timeout: float, kubeconfig: str | None, kube_context: str | None, namespace: str | None
+) -> None:
+    """Resolve INCIDENT: release its levers (those another open incident holds stay in force)."""
+    ns = _namespace(namespace, kubeconfig, kube_context)
+    _run(lambda: _release(incident, ns, wait, timeout, kubeconfig, kube_context))
+
+
+async def _release(
+    incident: str, namespace: str, wait: bool, timeout: float, kubeconfig: str | None, kube_context: str | None
+) -> None:
+    from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError, KubeApi
+
+    api = await KubeApi.from_config(kubeconfig, kube_context)
+    try:
+        if await api.get_or_none(AGENTINCIDENTS, namespace, incident) is None:
+            _fail(f"AgentIncident {incident} not found in namespace {namespace}")
+        await api.patch(AGENTINCIDENTS, namespace, incident, {"spec": {"resolved": True}})
+        click.echo(f"Resolved AgentIncident {incident}; releasing its levers.")
+        if wait:
+            _print_incident(
+                await _wait_incident(api, namespace, incident, timeout, lambda s: s.get("phase") == "Resolved")
+            )
+    except ApiError as error:
+        _fail(f"Kubernetes API: {error.message or error}")
+    finally:
+        await api.close()
+
+
+async def _wait_incident(api: Any, namespace: str, name: str, timeout: float, done: Callable[[dict], bool]) -> dict:
+    from tourniquet.adapters.kube import AGENTINCIDENTS
+
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = (await api.get(AGENTINCIDENTS, namespace, name)).get("status") or {}
+        if done(status):
+            return status
+        await asyncio.sleep(0.2)
+    _print_incident(status)
+    _fail(f"timed out after {timeout:.0f}s; is the operator running? (kubectl get agentincident {name} -n {namespace})")
+    return status
+
+
+def _print_incident(status: dict[str, Any]) -> None:
+    conditions = {c["type"]: c for c in status.get("conditions") or []}
+    click.echo(f"phase: {status.get('phase', 'Unknown')}")
+    if conditions.get("Accepted", {}).get("status") == "False":
+        click.echo(f"  refused: {conditions['Accepted'].get('message')}")
+    for lever in status.get("levers") or []:
+        click.echo(f"  {lever.get('agent')}/{lever['name']}: {lever['state']} — {lever.get('detail', '')}")
+    timings = status.get("timings") or {}
+    if "containedSeconds" in timings:
+        click.echo(f"  contained {timings['containedSeconds']:.2f}s after the incident was created")
+
+
 @main.command()
 @click.argument("agent", required=False)
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
@@ -255,9 +407,10 @@ def status(
 async def _status(
     agent: str | None, namespace: str, output: str, kubeconfig: str | None, kube_context: str | None
 ) -> None:
-    from tourniquet.adapters.kube import AGENTDEPLOYMENTS, ApiError, KubeApi
+    from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, ApiError, KubeApi
 
     api = await KubeApi.from_config(kubeconfig, kube_context)
+    incidents: list[dict[str, Any]] = []
     try:
         if agent:
             found = await api.get_or_none(AGENTDEPLOYMENTS, namespace, agent)
@@ -266,14 +419,18 @@ async def _status(
             agents = [found] if found else []
         else:
             agents = await api.list(AGENTDEPLOYMENTS, namespace)
+        incidents = await api.list(AGENTINCIDENTS, namespace)
     except ApiError as error:
         _fail(f"Kubernetes API: {error}")
         return
     finally:
         await api.close()
     rows = [_status_row(a) for a in agents]
+    open_incidents = [_incident_row(i) for i in incidents if not (i.get("spec") or {}).get("resolved")]
+    if agent:
+        open_incidents = [i for i in open_incidents if agent in i["agents"]]
     if output == "json":
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps({"agents": rows, "incidents": open_incidents}, indent=2))
         return
     if not rows:
         click.echo(f"No AgentDeployments in namespace {namespace}.")
@@ -283,9 +440,39 @@ async def _status(
         (r["agent"], str(r["revision"] or "-"), str(r["lastKnownGood"] or "-"), r["ready"], r["contained"], r["detail"])
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
-    for row in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    _table(table)
+    if open_incidents:
+        click.echo("")
+        _table(
+            [("INCIDENT", "SEVERITY", "PHASE", "AGENTS", "SINCE", "LEVERS")]
+            + [
+                (i["name"], i["severity"], i["phase"], ",".join(i["agents"]), i["since"] or "-", i["levers"])
+                for i in open_incidents
+            ]
+        )
+    else:
+        click.echo("\nNo open incidents.")
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + str(row[-1]))
+
+
+def _incident_row(body: dict[str, Any]) -> dict[str, Any]:
+    status = body.get("status") or {}
+    spec = body.get("spec") or {}
+    contained: dict[str, Any] = next((c for c in status.get("conditions") or [] if c["type"] == "Contained"), {})
+    levers = ", ".join(f"{lv['name']}:{lv['state']}" for lv in status.get("levers") or [])
+    return {
+        "name": body["metadata"]["name"],
+        "severity": spec.get("severity"),
+        "phase": status.get("phase") or "Pending",
+        "agents": status.get("agents") or spec.get("agents") or [],
+        "since": contained.get("lastTransitionTime") if contained.get("status") == "True" else None,
+        "levers": levers or "-",
+    }
 
 
 def _status_row(body: dict[str, Any]) -> dict[str, Any]:

@@ -226,3 +226,29 @@ def test_deleting_an_open_incident_releases_through_its_finalizer(cluster: Clust
     cluster.delete(AI, "delete-me")
     wait_for(lambda: cluster.get(AI, "delete-me") is None, what="deleted")
     wait_for(lambda: replicas(cluster) == 2, what="released")
+
+
+def test_on_call_contains_and_releases_from_the_cli(cluster: Cluster, operator, kubeconfig):
+    from click.testing import CliRunner
+
+    from tourniquet.cli import main as cli
+
+    start_agent(cluster)
+    common = ["--kubeconfig", kubeconfig, "-n", "default"]
+    result = CliRunner().invoke(cli, ["contain", "refund-agent", "--sev", "2", "--levers", "shadow,drain",
+                                      "--name", "oncall", *common])
+    assert result.exit_code == 0, result.output
+    assert "phase: Contained" in result.output and "refund-agent/drain: Applied" in result.output
+    assert replicas(cluster) == 0 and control(cluster)[0] == "shadow"
+
+    status = CliRunner().invoke(cli, ["status", *common])
+    assert status.exit_code == 0, status.output
+    assert "refund-agent" in status.output and "oncall" in status.output and "drain:Applied" in status.output
+
+    refused = CliRunner().invoke(cli, ["contain", "refund-agent", "--sev", "1", "--levers", "freeze", *common])
+    assert refused.exit_code == 1 and "unknown lever freeze" in refused.output
+
+    released = CliRunner().invoke(cli, ["release", "oncall", *common])
+    assert released.exit_code == 0, released.output
+    assert "phase: Resolved" in released.output
+    assert replicas(cluster) == 2 and control(cluster)[0] == "active"
