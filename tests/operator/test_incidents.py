@@ -73,6 +73,9 @@ def test_a_sev1_incident_revokes_captures_evidence_then_drains(cluster: Cluster,
     assert evidence_cm["immutable"] is True and "refund-agent" in evidence_cm["data"]["agent.json"]
     agent_conditions = {c["type"]: c for c in cluster.status(AD, "refund-agent")["conditions"]}
     assert agent_conditions["Contained"]["status"] == "True"
+    # Every timeline entry is also a Kubernetes Event on the incident (kubectl describe shows them).
+    reasons = [e["reason"] for e in cluster.list("v1/events") if e["involvedObject"]["name"] == "dup-refunds"]
+    assert sorted(reasons) == sorted(e["event"] for e in status["timeline"])
 
 
 def test_release_restores_exactly_and_a_second_incident_keeps_its_levers(cluster: Cluster, operator):

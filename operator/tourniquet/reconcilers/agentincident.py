@@ -20,6 +20,7 @@ from tourniquet.domain.containment import IncidentView, incident_problems, parse
 from tourniquet.domain.incident import LeverSeen, incident_status, invalid_incident_status, micro_time
 from tourniquet.models import AgentDeploymentSpec, AgentIncidentSpec, Lever
 from tourniquet.reconcilers.agentdeployment import AgentReport, list_incidents, reconcile_agent_deployment
+from tourniquet.reconcilers.events import post_events
 from tourniquet.reconcilers.evidence import capture_evidence
 from tourniquet.reconcilers.locks import lock_for
 
@@ -140,7 +141,9 @@ async def reconcile_incident(
         if agent_report.rollback_refused:
             extra.append(("Failed", agent_report.rollback_refused, agent))
     new_status = compute(status, reports, extra)
-    await write_incident_status(api, body, new_status)
+    if await write_incident_status(api, body, new_status):
+        already = len((body.get("status") or {}).get("timeline") or [])
+        await post_events(api, body, new_status["timeline"][already:])
     report.status = new_status
     return report
 
