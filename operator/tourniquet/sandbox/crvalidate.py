@@ -20,12 +20,13 @@ What is covered:
 * ``x-kubernetes-validations`` CEL rules, evaluated with cel-python 0.5.0, with ``message``,
   ``messageExpression``, ``fieldPath`` and ``reason``; ``self`` is bound to the node the rule sits on,
   and transition rules (those using ``oldSelf``) run only when an old object is given;
+* validation ratcheting (Kubernetes 1.30+): on updates, values that did not change are not
+  re-validated, so an object stored before a stricter schema can still get its status written;
 * pruning of unknown fields (:func:`prune_unknown_fields`) and defaulting (:func:`apply_defaults`).
 
 What is not covered: the Kubernetes-specific CEL libraries beyond a few string and list helpers
 (``quantity()``, ``url()``, ``ip()``, ``cidr()``, ``authz`` are unknown, and rules using them fail at
-evaluation with a message saying so), the CEL cost budget, and ratcheting validation (unchanged
-invalid fields are still reported on update).
+evaluation with a message saying so) and the CEL cost budget.
 
 Error messages follow the API server's ``field.Error`` format, ``<path>: <reason>``::
 
@@ -476,6 +477,54 @@ def _uses_old_self(rule: str) -> bool:
     return re.search(r"\boldSelf\b", rule) is not None
 
 
+# The outcome of one rule on one value: None when it passes, else (error type, detail).
+_Outcome = tuple[str, str] | None
+_MISSING: Any = object()
+
+
+class _OutcomeCache:
+    """Outcomes of non-transition rules by (schema node, rule, value): CEL is pure, evaluation is slow."""
+
+    def __init__(self, limit: int = 8192) -> None:
+        self._items: OrderedDict[tuple[int, str, str], _Outcome] = OrderedDict()
+        self._limit = limit
+
+    def get(self, key: tuple[int, str, str]) -> Any:
+        outcome = self._items.get(key, _MISSING)
+        if outcome is not _MISSING:
+            self._items.move_to_end(key)
+        return outcome
+
+    def put(self, key: tuple[int, str, str], outcome: _Outcome) -> None:
+        self._items[key] = outcome
+        if len(self._items) > self._limit:
+            self._items.popitem(last=False)
+
+
+def _run_rule(spec: Mapping[str, Any], rule: str, activation: dict[str, Any]) -> _Outcome:
+    try:
+        program = _programs.get(rule)
+    except celpy.CELParseError as e:
+        return ("Invalid", f"compilation failed: {_parse_error(e)}")
+    try:
+        result = program.evaluate(activation)
+    except Exception as e:  # CELEvalError and anything from the extension functions
+        result = e
+    if isinstance(result, Exception):
+        return ("Invalid", f"{_cel_error(result)} evaluating rule: {rule}")
+    if isinstance(result, celtypes.BoolType | bool) and bool(result):
+        return None
+    message = spec.get("message") or f"failed rule: {rule}"
+    if spec.get("messageExpression"):
+        try:
+            expr_result = _programs.get(spec["messageExpression"]).evaluate(activation)
+            if isinstance(expr_result, str) and expr_result.strip():
+                message = str(expr_result)
+        except Exception:  # the real server falls back to `message` as well
+            pass
+    return (_TYPES_BY_REASON.get(spec.get("reason", ""), "Invalid"), message)
+
+
 def _evaluate_rules(
     schema: Schema,
     value: Any,
@@ -483,44 +532,38 @@ def _evaluate_rules(
     path: str,
     has_old: bool,
     errors: list[FieldError],
+    cache: _OutcomeCache | None,
 ) -> None:
     rules = schema.get("x-kubernetes-validations") or ()
     if not rules:
         return
     activation: dict[str, Any] = {}
+    value_key: str | None = None
     for spec in rules:
         rule = spec.get("rule", "")
-        if _uses_old_self(rule) and not has_old:
+        transition = _uses_old_self(rule)
+        if transition and not has_old:
             continue  # a transition rule: only meaningful on updates
-        try:
-            program = _programs.get(rule)
-        except celpy.CELParseError as e:
-            errors.append(FieldError(path, "Invalid", value, f"compilation failed: {_parse_error(e)}"))
-            continue
-        if "self" not in activation:
-            activation["self"] = _to_cel(value, schema)
-        if has_old and "oldSelf" not in activation:
-            activation["oldSelf"] = _to_cel(old, schema)
-        try:
-            result = program.evaluate(activation)
-        except Exception as e:  # CELEvalError and anything from the extension functions
-            result = e
-        if isinstance(result, Exception):
-            errors.append(FieldError(path, "Invalid", value, f"{_cel_error(result)} evaluating rule: {rule}"))
-            continue
-        if isinstance(result, celtypes.BoolType | bool) and bool(result):
-            continue
-        message = spec.get("message") or f"failed rule: {rule}"
-        if spec.get("messageExpression"):
-            try:
-                expr_result = _programs.get(spec["messageExpression"]).evaluate(activation)
-                if isinstance(expr_result, str) and expr_result.strip():
-                    message = str(expr_result)
-            except Exception:  # the real server falls back to `message` as well
-                pass
-        field_path = _join_field_path(path, spec.get("fieldPath", ""))
-        error_type = _TYPES_BY_REASON.get(spec.get("reason", ""), "Invalid")
-        errors.append(FieldError(field_path, error_type, value, message))
+        key = None
+        outcome = _MISSING
+        if cache is not None and not transition:
+            if value_key is None:
+                value_key = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+            key = (id(schema), rule, value_key)
+            outcome = cache.get(key)
+        if outcome is _MISSING:
+            if "self" not in activation:
+                activation["self"] = _to_cel(value, schema)
+            if has_old and "oldSelf" not in activation:
+                activation["oldSelf"] = _to_cel(old, schema)
+            outcome = _run_rule(spec, rule, activation)
+            if key is not None and cache is not None:
+                cache.put(key, outcome)
+        if outcome is not None:
+            error_type, detail = outcome
+            field_path = path if error_type == "Invalid" and detail.startswith("compilation failed") else (
+                _join_field_path(path, spec.get("fieldPath", "")))
+            errors.append(FieldError(field_path, error_type, value, detail))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -541,11 +584,18 @@ def _walk_validations(
     path: str,
     has_old: bool,
     errors: list[FieldError],
+    cache: _OutcomeCache | None = None,
 ) -> None:
-    """Evaluate what JSON Schema cannot: CEL rules and ``x-kubernetes-list-type`` uniqueness."""
+    """
+    Evaluate what JSON Schema cannot: CEL rules and ``x-kubernetes-list-type`` uniqueness.
+
+    On updates, unchanged subtrees are not re-validated (validation ratcheting, Kubernetes 1.30+).
+    """
     if value is None or not isinstance(schema, Mapping):
         return
-    _evaluate_rules(schema, value, old, path, has_old, errors)
+    if has_old and value == old:
+        return
+    _evaluate_rules(schema, value, old, path, has_old, errors, cache)
 
     if isinstance(value, Mapping):
         props: Mapping[str, Any] = schema.get("properties") or {}
@@ -558,7 +608,7 @@ def _walk_validations(
                 continue
             sub_has_old = has_old and isinstance(old, Mapping) and key in old
             sub_old = old.get(key) if sub_has_old else None
-            _walk_validations(sub_schema, sub, sub_old, _join(path, key), sub_has_old, errors)
+            _walk_validations(sub_schema, sub, sub_old, _join(path, key), sub_has_old, errors, cache)
 
     elif isinstance(value, list):
         items = schema.get("items")
@@ -591,7 +641,7 @@ def _walk_validations(
                 key = _map_key(item, map_keys) if old_by_key else None
                 item_has_old = key is not None and key in old_by_key
                 item_old = old_by_key.get(key) if key is not None else None
-                _walk_validations(items, item, item_old, _join(path, index), item_has_old, errors)
+                _walk_validations(items, item, item_old, _join(path, index), item_has_old, errors, cache)
 
 
 def _preserves_unknown(schema: Schema) -> bool:
@@ -789,6 +839,22 @@ def _translate_error(error: jsonschema.ValidationError) -> list[FieldError]:
             return [FieldError(path, "Invalid", value, error.message)]
 
 
+def _unchanged(new: Any, old: Any, path: Sequence[str | int]) -> bool:
+    """Whether the value at ``path`` exists in both objects and is equal."""
+    for part in path:
+        if isinstance(new, Mapping) and isinstance(old, Mapping) and isinstance(part, str):
+            if part not in new or part not in old:
+                return False
+            new, old = new[part], old[part]
+        elif isinstance(new, list) and isinstance(old, list) and isinstance(part, int):
+            if part >= len(new) or part >= len(old):
+                return False
+            new, old = new[part], old[part]
+        else:
+            return False
+    return bool(new == old)
+
+
 class SchemaValidator:
     """
     One CRD version's schema, compiled once, validating objects the way the API server does.
@@ -802,6 +868,7 @@ class SchemaValidator:
         self.schema = schema
         self.json_schema = to_json_schema(schema)
         self._validator = jsonschema.Draft202012Validator(self.json_schema, format_checker=_format_checker)
+        self._outcomes = _OutcomeCache()
 
     def prepare(self, obj: Any) -> tuple[Any, list[str]]:
         """Prune and default ``obj`` (a copy) as on write; return it and the paths of the pruned fields."""
@@ -820,11 +887,13 @@ class SchemaValidator:
                 if key not in _OBJECT_ROOT_FIELDS or key in (self.schema.get("properties") or {})
             }
         for error in self._validator.iter_errors(checked):
+            if old is not None and _unchanged(obj, old, list(error.absolute_path)):
+                continue  # ratcheting: a value that did not change is not re-validated
             errors.extend(_translate_error(error))
         if any(error.type in _BLOCKING for error in errors):
             errors.append(FieldError("", "Invalid", "null", _CEL_SKIPPED))
         else:
-            _walk_validations(self.schema, obj, old, "", old is not None, errors)
+            _walk_validations(self.schema, obj, old, "", old is not None, errors, self._outcomes)
         unique: dict[str, FieldError] = {}
         for error in errors:
             unique.setdefault(str(error), error)
