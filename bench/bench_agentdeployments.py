@@ -104,38 +104,53 @@ async def measure_operator(api: KubeApi, url: str, namespace: str, n: int, timeo
 
 
 async def measure_floor(api: KubeApi, namespace: str, n: int) -> list[float]:
-    """The same writes the operator makes for one agent, issued directly."""
+    """The same writes the operator makes for one agent, issued directly, started as each agent is created.
+
+    Agents are created exactly as in the operator run (50 at a time); each agent's writes start the
+    moment its create returns, all agents in parallel, as Kopf would handle them.
+    """
     from tourniquet.domain import bundles, names, network
     from tourniquet.models import AgentDeploymentSpec
 
     pairs = [agent_for(i, namespace) for i in range(n)]
     for worker, _ in pairs:
         await api.create(DEPLOYMENTS, namespace, worker)
-    created = [await api.create(AGENTDEPLOYMENTS, namespace, a) for _, a in pairs]
     latencies: list[float] = []
+
+    async def writes(agent: dict[str, Any], start: float) -> None:
+        name = agent["metadata"]["name"]
+        spec = AgentDeploymentSpec.model_validate(agent["spec"])
+        owner = names.owner_reference("AgentDeployment", name, agent["metadata"]["uid"])
+        meta = {"namespace": namespace, "ownerReferences": [owner]}
+        await api.create(CONFIGMAPS, namespace, {"metadata": {**meta, "name": names.bundle_configmap(name, 1)},
+                                                 "immutable": True, "data": bundles.bundle_data(spec.bundle)})
+        await api.create(CONFIGMAPS, namespace, {"metadata": {**meta, "name": names.control_configmap(name)},
+                                                 "data": network.desired_control_data("active", set())})
+        await api.create(NETWORKPOLICIES, namespace, {"metadata": {**meta, "name": names.network_policy(name)},
+                                                      "spec": network.desired_network_policy_spec(spec, set())})
+        await api.patch(DEPLOYMENTS, namespace, spec.consumers[0].name,
+                        {"spec": {"template": {"metadata": {"annotations": {"tourniquet.dev/bundle-revision": "1"}}}}},
+                        patch_type="strategic")
+        await api.patch(AGENTDEPLOYMENTS, namespace, name, {"status": {"bundle": {"revision": 1}}}, subresource="status")
+        latencies.append(time.perf_counter() - start)
+
+    tasks: list[asyncio.Task[None]] = []
     semaphore = asyncio.Semaphore(50)
 
-    async def writes(agent: dict[str, Any]) -> None:
+    async def create(agent: dict[str, Any]) -> None:
         async with semaphore:
-            start = time.perf_counter()
-            name = agent["metadata"]["name"]
-            spec = AgentDeploymentSpec.model_validate(agent["spec"])
-            owner = names.owner_reference("AgentDeployment", name, agent["metadata"]["uid"])
-            meta = {"namespace": namespace, "ownerReferences": [owner]}
-            await api.create(CONFIGMAPS, namespace, {"metadata": {**meta, "name": names.bundle_configmap(name, 1)},
-                                                     "immutable": True, "data": bundles.bundle_data(spec.bundle)})
-            await api.create(CONFIGMAPS, namespace, {"metadata": {**meta, "name": names.control_configmap(name)},
-                                                     "data": network.desired_control_data("active", set())})
-            await api.create(NETWORKPOLICIES, namespace, {"metadata": {**meta, "name": names.network_policy(name)},
-                                                          "spec": network.desired_network_policy_spec(spec, set())})
-            await api.patch(DEPLOYMENTS, namespace, spec.consumers[0].name,
-                            {"spec": {"template": {"metadata": {"annotations": {"tourniquet.dev/bundle-revision": "1"}}}}},
-                            patch_type="strategic")
-            await api.patch(AGENTDEPLOYMENTS, namespace, name, {"status": {"bundle": {"revision": 1}}}, subresource="status")
-            latencies.append(time.perf_counter() - start)
+            created = await api.create(AGENTDEPLOYMENTS, namespace, agent)
+        tasks.append(asyncio.create_task(writes(created, time.perf_counter())))
 
-    await asyncio.gather(*(writes(a) for a in created))
+    await asyncio.gather(*(create(a) for _, a in pairs))
+    await asyncio.gather(*tasks)
     return latencies
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (this one by default), from /proc."""
+    fields = Path(f"/proc/{pid or 'self'}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def run(sizes: list[int], timeout: float) -> None:
@@ -157,14 +172,18 @@ async def run(sizes: list[int], timeout: float) -> None:
         )
         try:
             await asyncio.sleep(4)  # the operator's start-up (import, discovery, first watches)
-            print(f"{'agents':>7} {'operator p50':>13} {'p99':>9} {'floor p50':>10} {'p99':>9} {'p50 ratio':>10}")
+            print(f"{'agents':>7} {'operator p50':>13} {'p99':>10} {'floor p50':>10} {'p99':>10} {'p50 ratio':>10}"
+                  f" {'operator CPU':>13} {'API server+bench CPU':>21}")
             for n in sizes:
                 server.apply_manifests([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"bench-{n}"}}])
+                op_cpu, my_cpu = cpu_seconds(operator.pid), cpu_seconds()
                 measured = await measure_operator(api, server.url, f"bench-{n}", n, timeout)
+                op_cpu, my_cpu = cpu_seconds(operator.pid) - op_cpu, cpu_seconds() - my_cpu
                 op50, op99 = percentiles(measured)
                 fl50, fl99 = percentiles(floors[n])
-                print(f"{n:>7} {op50 * 1000:>10.1f} ms {op99 * 1000:>6.1f} ms {fl50 * 1000:>7.1f} ms "
-                      f"{fl99 * 1000:>6.1f} ms {op50 / fl50 if fl50 else float('nan'):>9.1f}x", flush=True)
+                print(f"{n:>7} {op50 * 1000:>10.1f} ms {op99 * 1000:>7.1f} ms {fl50 * 1000:>7.1f} ms "
+                      f"{fl99 * 1000:>7.1f} ms {op50 / fl50 if fl50 else float('nan'):>9.1f}x"
+                      f" {op_cpu:>11.1f} s {my_cpu:>19.1f} s", flush=True)
         finally:
             await api.close()
             operator.terminate()

@@ -225,15 +225,23 @@ def kubectl(emulator_kubeconfig: Path, tmp_path: Path) -> Any:
     if binary is None:
         pytest.skip("kubectl is not installed")
 
+    prefix = [binary, f"--kubeconfig={emulator_kubeconfig}", f"--cache-dir={tmp_path / 'kube-cache'}"]
+
     def run(
         *args: str, check: bool = True, timeout: float = 20, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        cmd = [binary, f"--kubeconfig={emulator_kubeconfig}", f"--cache-dir={tmp_path / 'kube-cache'}", *args]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=stdin)
+        result = subprocess.run(
+            [*prefix, *args], capture_output=True, text=True, timeout=timeout, input=stdin
+        )
         if check and result.returncode != 0:
             raise AssertionError(
                 f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
             )
         return result
 
+    def start(*args: str) -> subprocess.Popen[str]:
+        """Start a long-running kubectl (``get --watch``, ``wait``); the caller stops it."""
+        return subprocess.Popen([*prefix, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    run.start = start  # type: ignore[attr-defined]
     return run

@@ -142,6 +142,25 @@ def test_status_writes_are_validated(http: Any, widget_crd: dict[str, Any], make
     assert http.get(f"{WIDGETS}/w1")[1]["status"] == {"phase": "Ready", "extra": 1}
 
 
+def test_a_stricter_crd_ratchets_existing_objects(
+    http: Any, registered: dict[str, Any], make_widget: Any
+) -> None:
+    http.post(WIDGETS, make_widget("w1", color="blue"))
+    crd = http.get(f"{CRDS}/widgets.example.dev")[1]
+    color = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "color"
+    ]
+    color["enum"] = ["red", "green"]
+    status, updated, _ = http.put(f"{CRDS}/widgets.example.dev", crd)
+    assert status == 200 and updated["metadata"]["generation"] == 2
+
+    assert http.patch(f"{WIDGETS}/w1/status", {"status": {"phase": "Ready"}})[0] == 200  # spec unchanged
+    assert http.patch(f"{WIDGETS}/w1", {"metadata": {"labels": {"a": "b"}}})[0] == 200
+    status, body, _ = http.patch(f"{WIDGETS}/w1", {"spec": {"color": "purple"}})
+    assert status == 422 and 'spec.color: Unsupported value: "purple"' in body["message"]
+    assert http.post(WIDGETS, make_widget("w2", color="blue"))[0] == 422
+
+
 def test_updates_are_validated_and_leave_the_object_unchanged(
     http: Any, registered: dict[str, Any], make_widget: Any
 ) -> None:

@@ -241,6 +241,44 @@ def test_transition_rules_need_the_old_object() -> None:
     assert validate_custom_resource(SCHEMA, new, old=valid()) == []  # the field is new: no transition
 
 
+def test_updates_ratchet_unchanged_values() -> None:
+    stored = valid(replicas=4, mode="patch")  # invalid under the current rules (stored before them)
+    assert validate_custom_resource(SCHEMA, stored) != []
+    with_status = {**stored, "status": {"phase": "Ready"}}
+    assert validate_custom_resource(SCHEMA, with_status, old=stored) == []  # spec unchanged: not re-checked
+    changed = valid(replicas=5, mode="patch")
+    assert validate_custom_resource(SCHEMA, changed, old=stored) == [
+        'spec: Invalid value: "object": replicas 5 need mode=scale'
+    ]
+
+
+def test_updates_check_only_what_changed_but_all_of_it() -> None:
+    stored = valid(replicas=2)
+    assert validate_custom_resource(
+        SCHEMA, {**stored, "spec": {**stored["spec"], "mode": "x"}}, old=stored
+    ) == [
+        'spec.mode: Unsupported value: "x": supported values: "patch", "scale"',
+        SKIPPED,
+    ]
+    assert validate_custom_resource(SCHEMA, {**stored, "status": {"phase": 1}}, old=stored) == [
+        'status.phase: Invalid value: "integer": status.phase in body must be of type string: "integer"',
+        SKIPPED,
+    ]
+    without_spec = {key: value for key, value in stored.items() if key != "spec"}
+    schema = {**SCHEMA, "required": ["spec"]}
+    assert validate_custom_resource(schema, without_spec, old=stored) == ["spec: Required value", SKIPPED]
+    pruned, unknown = prune_unknown_fields(SCHEMA, {**stored, "spec": {**stored["spec"], "bogus": 1}})
+    assert unknown == ["spec.bogus"] and "bogus" not in pruned["spec"]
+
+
+def test_cached_rule_outcomes_keep_their_own_paths() -> None:
+    consumer = {"name": "root"}
+    first = validate_custom_resource(SCHEMA, valid(consumers=[consumer]))
+    second = validate_custom_resource(SCHEMA, valid(consumers=[{"name": "ok"}, consumer][1:]))
+    assert first == second == ["spec.consumers: Forbidden: root is reserved"]
+    assert validate_custom_resource(SCHEMA, valid(consumers=[{"name": "fine"}])) == []
+
+
 def test_rules_reading_absent_fields_fail_like_the_api_server() -> None:
     schema = {
         "type": "object",

@@ -94,10 +94,10 @@ def test_writes_lists_only_the_writes_since_a_mark(api: ApiServerThread, http: A
     assert api.call(api.emulator.writes, "apps/v1/deployments", since=mark) == []
 
 
-pytestmark_kmock = pytest.mark.kmock(cls=RealisticEmulator)
+emulated = pytest.mark.kmock(cls=RealisticEmulator)
 
 
-@pytestmark_kmock
+@emulated
 async def test_kmock_fixture_and_dsl_reactions(kmock: RealisticEmulator, make_deployment: Any) -> None:
     """The KMock DSL works on top of the emulation: reactions first, assertions on requests & objects."""
     assert (await kmock.post(DEPLOYS, json=make_deployment("web"))).status == 201
@@ -115,7 +115,7 @@ async def test_kmock_fixture_and_dsl_reactions(kmock: RealisticEmulator, make_de
     assert [version["spec"]["replicas"] for version in stored.history] == [3, 0]
 
 
-@pytestmark_kmock
+@emulated
 async def test_kmock_objects_seeded_directly_are_served(kmock: RealisticEmulator) -> None:
     kmock.objects["v1/configmaps", "default", "seeded"] = {"data": {"k": "v"}}
     async with kmock.get(f"{CMS}/seeded") as resp:
@@ -125,7 +125,7 @@ async def test_kmock_objects_seeded_directly_are_served(kmock: RealisticEmulator
         assert [i["metadata"]["name"] for i in (await resp.json())["items"]] == ["seeded"]
 
 
-@pytestmark_kmock
+@emulated
 async def test_watch_ends_when_the_server_stops(kmock: RealisticEmulator) -> None:
     url = f"{kmock.url}{CMS}"
     async with aiohttp.ClientSession() as session, session.get(url, params={"watch": "true"}) as resp:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any
 
 import yaml
+
+from tourniquet.sandbox.server import ApiServerThread
 
 
 def test_kubectl_custom_resources(kubectl: Any, widget_crd: dict[str, Any], make_widget: Any) -> None:
@@ -70,25 +71,30 @@ def test_kubectl_built_ins(kubectl: Any, make_deployment: Any) -> None:
     assert kubectl("get", "cm", "-o", "name").stdout.split() == ["configmap/imperative", "configmap/ssa"]
 
 
-def test_kubectl_watch_and_wait(kubectl: Any) -> None:
-    outputs: dict[str, Any] = {}
-    watch = threading.Thread(
-        target=lambda: outputs.setdefault(
-            "watch", kubectl("get", "cm", "--watch", "--request-timeout=2s", "-o", "name", check=False)
-        )
-    )
-    watch.start()
-    time.sleep(0.8)
-    kubectl("create", "configmap", "live", "--from-literal=a=b")
-    wait = threading.Thread(
-        target=lambda: outputs.setdefault(
-            "wait", kubectl("wait", "--for=delete", "configmap/live", "--timeout=10s", check=False)
-        )
-    )
-    wait.start()
-    time.sleep(0.5)
-    kubectl("delete", "configmap", "live")
-    watch.join()
-    wait.join()
-    assert "configmap/live" in outputs["watch"].stdout
-    assert outputs["wait"].returncode == 0, outputs["wait"].stderr
+def wait_for_watches(api: ApiServerThread, count: int) -> None:
+    """Wait until exactly ``count`` watch streams on ConfigMaps are open."""
+    deadline = time.monotonic() + 10
+    while api.call(api.emulator.open_watches, "v1/configmaps") != count:
+        assert time.monotonic() < deadline, f"expected {count} open watches"
+        time.sleep(0.02)
+
+
+def test_kubectl_watch_and_wait(api: ApiServerThread, kubectl: Any) -> None:
+    with kubectl.start("get", "configmaps", "--watch", "-o", "name") as watch:
+        try:
+            wait_for_watches(api, 1)
+            kubectl("create", "configmap", "live", "--from-literal=a=b")
+            assert watch.stdout is not None
+            assert watch.stdout.readline().strip() == "configmap/live"  # a live ADDED event
+        finally:
+            watch.terminate()
+    wait_for_watches(api, 0)  # the server noticed the client going
+
+    with kubectl.start("wait", "--for=delete", "configmap/live", "--timeout=10s") as wait:
+        try:
+            wait_for_watches(api, 1)
+            kubectl("delete", "configmap", "live")
+            assert wait.wait(timeout=10) == 0
+        finally:
+            if wait.poll() is None:
+                wait.kill()

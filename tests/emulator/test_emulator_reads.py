@@ -169,7 +169,9 @@ def test_initial_events_end_with_a_bookmark(http: Any, labelled: None) -> None:
     assert events[-1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
 
 
-def test_live_events_reach_a_kubernetes_client_watch(kube_client: Any, http: Any) -> None:
+def test_live_events_reach_a_kubernetes_client_watch(
+    api: ApiServerThread, kube_client: Any, http: Any
+) -> None:
     core = kubernetes.client.CoreV1Api(kube_client)
     seen: list[tuple[str, str]] = []
 
@@ -184,7 +186,9 @@ def test_live_events_reach_a_kubernetes_client_watch(kube_client: Any, http: Any
 
     thread = threading.Thread(target=consume)
     thread.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while not api.call(api.emulator.open_watches, "v1/configmaps") and time.monotonic() < deadline:
+        time.sleep(0.02)
     # NB: no metadata.namespace in the body: the object still reaches the namespaced watch.
     http.post(CMS, {"metadata": {"name": "live"}})
     http.patch(f"{CMS}/live", {"data": {"x": "1"}})

@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 
 from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError
+from tourniquet.domain.containment import IncidentView, incident_view
 from tourniquet.reconcilers import agentdeployment as reconciler
 from tourniquet.reconcilers.agentincident import reconcile_agent_locked, reconcile_incident
 from tourniquet.reconcilers.locks import lock_for
@@ -24,10 +25,23 @@ def plain(body: kopf.Body) -> dict[str, Any]:
     return result
 
 
-async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger) -> None:
+def incident_views(index: kopf.Index[str, dict[str, Any]], namespace: str) -> list[IncidentView]:
+    """The namespace's incidents from the operator's in-memory index (no API call on the hot path)."""
+    views = [incident_view(body) for body in index.get(namespace, [])]
+    return [v for v in views if v is not None]
+
+
+@kopf.index("tourniquet.dev", "v1alpha1", "agentincidents")
+def incidents_by_namespace(namespace: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {namespace: plain(body)}
+
+
+async def _reconcile(
+    body: kopf.Body, memo: Any, logger: kopf.Logger, incidents_by_namespace: kopf.Index[str, dict[str, Any]]
+) -> None:
     meta = body["metadata"]
     try:
-        views = await reconciler.list_incidents(memo.api, meta["namespace"])
+        views = incident_views(incidents_by_namespace, meta["namespace"])
         outcome = await reconcile_agent_locked(memo.api, meta["namespace"], meta["name"], views)
     except ApiError as error:
         delay = 1 if error.transient else 30
@@ -37,10 +51,10 @@ async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger) -> None:
     if not outcome.ready:
         logger.warning("Not ready: %s: %s", outcome.reason, outcome.message)
     if outcome.drift:
-        await _record_drift(outcome, memo)
+        await _record_drift(outcome, memo, views)
 
 
-async def _record_drift(outcome: reconciler.AgentReport, memo: kopf.Memo) -> None:
+async def _record_drift(outcome: reconciler.AgentReport, memo: Any, views: list[IncidentView]) -> None:
     """A timer pass put a lever back: say so in the timeline of every incident holding it."""
     from tourniquet.models import Lever
 
@@ -51,20 +65,20 @@ async def _record_drift(outcome: reconciler.AgentReport, memo: kopf.Memo) -> Non
         async with lock_for("AgentIncident", namespace, incident):
             fresh = await memo.api.get_or_none(AGENTINCIDENTS, namespace, incident)
             if fresh is not None:
-                await reconcile_incident(memo.api, fresh, notes=notes)
+                await reconcile_incident(memo.api, fresh, notes=notes, others=views)
 
 
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
-async def agent_changed(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
-    await _reconcile(body, memo, logger)
+async def agent_changed(body: kopf.Body, memo: Any, logger: kopf.Logger, **kwargs: Any) -> None:
+    await _reconcile(body, memo, logger, kwargs["incidents_by_namespace"])
 
 
 @kopf.timer(*RESOURCE, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-async def agent_resync(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+async def agent_resync(body: kopf.Body, memo: Any, logger: kopf.Logger, **kwargs: Any) -> None:
     """Drift repair and promotion: the same reconcile, on a timer."""
-    await _reconcile(body, memo, logger)
+    await _reconcile(body, memo, logger, kwargs["incidents_by_namespace"])
 
 
 @kopf.on.delete(*RESOURCE)

@@ -8,7 +8,7 @@ from typing import Any
 import kopf
 
 from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError
-from tourniquet.handlers.agentdeployments import plain
+from tourniquet.handlers.agentdeployments import incident_views, plain
 from tourniquet.reconcilers import agentincident as reconciler
 from tourniquet.reconcilers.locks import lock_for
 
@@ -21,14 +21,15 @@ def _is_open(spec: kopf.Spec, **_: Any) -> bool:
     return not spec.get("resolved", False)
 
 
-async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger) -> None:
+async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger, index: kopf.Index[str, dict[str, Any]]) -> None:
     meta = body["metadata"]
     try:
         async with lock_for("AgentIncident", meta["namespace"], meta["name"]):
             fresh = await memo.api.get_or_none(AGENTINCIDENTS, meta["namespace"], meta["name"])
             if fresh is None:
                 return
-            report = await reconciler.reconcile_incident(memo.api, fresh)
+            others = incident_views(index, meta["namespace"])
+            report = await reconciler.reconcile_incident(memo.api, fresh, others=others)
     except ApiError as error:
         raise kopf.TemporaryError(f"Kubernetes API: {error}", delay=1 if error.transient else 15) from error
     if not report.accepted:
@@ -41,21 +42,22 @@ async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger) -> None:
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
-async def incident_changed(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
-    await _reconcile(body, memo, logger)
+async def incident_changed(body: kopf.Body, memo: Any, logger: kopf.Logger, **kwargs: Any) -> None:
+    await _reconcile(body, memo, logger, kwargs["incidents_by_namespace"])
 
 
 @kopf.timer(*RESOURCE, interval=REASSERT_SECONDS, initial_delay=REASSERT_SECONDS, when=_is_open)
-async def incident_reassert(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+async def incident_reassert(body: kopf.Body, memo: Any, logger: kopf.Logger, **kwargs: Any) -> None:
     """Drift repair: re-assert every lever this incident holds, and record what was overridden."""
-    await _reconcile(body, memo, logger)
+    await _reconcile(body, memo, logger, kwargs["incidents_by_namespace"])
 
 
 @kopf.on.delete(*RESOURCE)
-async def incident_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+async def incident_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **kwargs: Any) -> None:
     """Release what this incident held (levers another open incident holds stay in force)."""
     try:
-        await reconciler.release_deleted_incident(memo.api, plain(body))
+        others = incident_views(kwargs["incidents_by_namespace"], body["metadata"]["namespace"])
+        await reconciler.release_deleted_incident(memo.api, plain(body), others=others)
     except ApiError as error:
         raise kopf.TemporaryError(f"Kubernetes API: {error}", delay=1 if error.transient else 15) from error
     logger.info("Released the levers of deleted incident %s", body["metadata"]["name"])

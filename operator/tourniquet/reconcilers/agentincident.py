@@ -65,7 +65,9 @@ async def reconcile_incident(
     *,
     now: datetime | None = None,
     notes: list[tuple[str, str, str | None]] | None = None,
+    others: list[IncidentView] | None = None,
 ) -> IncidentReport:
+    """`others`: the namespace's incidents as the operator's index holds them; read from the API if None."""
     meta = body["metadata"]
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
     status = body.get("status") or {}
@@ -93,7 +95,9 @@ async def reconcile_incident(
 
     evidence = status.get("evidence") if (status.get("evidence") or {}).get("capturedAt") else None
     me = IncidentView(name, spec, evidence_captured=evidence is not None, deleting=deleting, valid=True)
-    views = [v for v in await list_incidents(api, namespace) if v.name != name] + [me]
+    if others is None:
+        others = await list_incidents(api, namespace)
+    views = [v for v in others if v.name != name] + [me]
     upstream = {n: s for n, s in agent_specs.items() if s is not None}
     targets = list(spec.agents) + (await _cascade_targets(api, namespace, spec) if spec.cascade else [])
 
@@ -194,7 +198,9 @@ async def _refuse(api: KubeApi, body: dict[str, Any], message: str) -> IncidentR
     return IncidentReport(meta["name"], False, message, new_status)
 
 
-async def release_deleted_incident(api: KubeApi, body: dict[str, Any]) -> IncidentReport:
+async def release_deleted_incident(
+    api: KubeApi, body: dict[str, Any], others: list[IncidentView] | None = None
+) -> IncidentReport:
     """The incident is being deleted: recompute its agents without it (a no-op if it held nothing)."""
     deleting = {
         **body,
@@ -203,4 +209,4 @@ async def release_deleted_incident(api: KubeApi, body: dict[str, Any]) -> Incide
             "deletionTimestamp": body["metadata"].get("deletionTimestamp") or micro_time(_now()),
         },
     }
-    return await reconcile_incident(api, deleting)
+    return await reconcile_incident(api, deleting, others=others)

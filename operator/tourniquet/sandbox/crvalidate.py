@@ -42,7 +42,6 @@ fixing the manifest needs.
 from __future__ import annotations
 
 import base64
-import copy
 import dataclasses
 import datetime
 import json
@@ -561,8 +560,11 @@ def _evaluate_rules(
                 cache.put(key, outcome)
         if outcome is not None:
             error_type, detail = outcome
-            field_path = path if error_type == "Invalid" and detail.startswith("compilation failed") else (
-                _join_field_path(path, spec.get("fieldPath", "")))
+            field_path = (
+                path
+                if error_type == "Invalid" and detail.startswith("compilation failed")
+                else (_join_field_path(path, spec.get("fieldPath", "")))
+            )
             errors.append(FieldError(field_path, error_type, value, detail))
 
 
@@ -644,6 +646,15 @@ def _walk_validations(
                 _walk_validations(items, item, item_old, _join(path, index), item_has_old, errors, cache)
 
 
+def _clone(value: Any) -> Any:
+    """A deep copy of JSON data (several times faster than ``copy.deepcopy``)."""
+    if isinstance(value, dict):
+        return {key: _clone(sub) for key, sub in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clone(sub) for sub in value]
+    return value
+
+
 def _preserves_unknown(schema: Schema) -> bool:
     return bool(schema.get("x-kubernetes-preserve-unknown-fields"))
 
@@ -656,14 +667,14 @@ def _prune(schema: Schema, value: Any, path: str, unknown: list[str], root: bool
         result: dict[str, Any] = {}
         for key, sub in value.items():
             if (root or embedded) and key in _OBJECT_ROOT_FIELDS:
-                result[key] = copy.deepcopy(sub)
+                result[key] = _clone(sub)
                 continue
             if isinstance(props, Mapping) and key in props:
                 sub_schema = props[key]
             elif isinstance(additional, Mapping):
                 sub_schema = additional
             elif additional is True or _preserves_unknown(schema):
-                result[key] = copy.deepcopy(sub)
+                result[key] = _clone(sub)
                 continue
             else:
                 unknown.append(_join(path, key))
@@ -679,7 +690,7 @@ def _prune(schema: Schema, value: Any, path: str, unknown: list[str], root: bool
                 _prune(items, item, _join(path, index), unknown, root=False)
                 for index, item in enumerate(value)
             ]
-        return copy.deepcopy(value)
+        return _clone(value)
     return value
 
 
@@ -704,7 +715,7 @@ def _default(schema: Schema, value: Any) -> None:
         if isinstance(props, Mapping):
             for key, sub_schema in props.items():
                 if key not in value and isinstance(sub_schema, Mapping) and "default" in sub_schema:
-                    value[key] = copy.deepcopy(sub_schema["default"])
+                    value[key] = _clone(sub_schema["default"])
             for key, sub in value.items():
                 if key in props and isinstance(props[key], Mapping):
                     _default(props[key], sub)
@@ -727,7 +738,7 @@ def apply_defaults(schema: Schema, obj: Any) -> Any:
     As on the API server, defaults apply inside objects that exist (a default on ``spec.a.b``
     does nothing when ``spec.a`` is absent, unless ``spec.a`` itself has a default).
     """
-    result = copy.deepcopy(obj)
+    result = _clone(obj)
     if isinstance(schema, Mapping):
         _default(schema, result)
     return result
@@ -745,8 +756,8 @@ def _path_of(parts: Iterator[str | int] | Sequence[str | int]) -> str:
     return path
 
 
-def _translate_error(error: jsonschema.ValidationError) -> list[FieldError]:
-    path = _path_of(list(error.absolute_path))
+def _translate_error(error: jsonschema.ValidationError, prefix: Sequence[str] = ()) -> list[FieldError]:
+    path = _path_of([*prefix, *error.absolute_path])
     shown = path or "<nil>"
     value = error.instance
     keyword = error.validator
@@ -868,28 +879,69 @@ class SchemaValidator:
         self.schema = schema
         self.json_schema = to_json_schema(schema)
         self._validator = jsonschema.Draft202012Validator(self.json_schema, format_checker=_format_checker)
+        self._sections: dict[str, jsonschema.protocols.Validator] = {}
         self._outcomes = _OutcomeCache()
+        # Updates can be checked section by section (spec, status, ...) when the root schema is
+        # nothing but properties: the sections that did not change need no re-validation.
+        root_keywords = set(self.json_schema) - {"$schema", "type", "properties", "required"}
+        props = schema.get("properties")
+        self._sectioned = isinstance(props, Mapping) and not root_keywords and schema.get("type") == "object"
 
-    def prepare(self, obj: Any) -> tuple[Any, list[str]]:
+    def _changed(self, obj: Any, old: Any) -> list[str] | None:
+        """The top-level sections that differ from ``old``, or None when the whole object must be checked."""
+        if not self._sectioned or not isinstance(obj, Mapping) or not isinstance(old, Mapping):
+            return None
+        return [key for key in obj if key not in old or old[key] != obj[key]]
+
+    def prepare(self, obj: Any, *, old: Any = None) -> tuple[Any, list[str]]:
         """Prune and default ``obj`` (a copy) as on write; return it and the paths of the pruned fields."""
-        pruned, unknown = prune_unknown_fields(self.schema, obj)
-        return apply_defaults(self.schema, pruned), unknown
+        changed = self._changed(obj, old)
+        if changed is None:
+            pruned, unknown = prune_unknown_fields(self.schema, obj)
+            return apply_defaults(self.schema, pruned), unknown
+        pruned, unknown = prune_unknown_fields(self.schema, {key: obj[key] for key in changed})
+        defaulted = apply_defaults(self.schema, pruned)
+        result: dict[str, Any] = {}
+        for key, value in obj.items():
+            if key not in changed:
+                result[key] = value  # as stored: already pruned and defaulted
+            elif key in defaulted:
+                result[key] = defaulted[key]
+        for key, value in defaulted.items():
+            result.setdefault(key, value)  # new top-level defaults
+        return result, unknown
 
     def validate(self, obj: Any, *, old: Any = None) -> list[FieldError]:
         """The errors of an already prepared object (and of the transition from ``old``, if given)."""
         errors: list[FieldError] = []
-        checked = obj
-        if isinstance(obj, Mapping):
-            # apiVersion/kind/metadata are the API server's business, not the schema's.
-            checked = {
-                key: val
-                for key, val in obj.items()
-                if key not in _OBJECT_ROOT_FIELDS or key in (self.schema.get("properties") or {})
-            }
-        for error in self._validator.iter_errors(checked):
-            if old is not None and _unchanged(obj, old, list(error.absolute_path)):
-                continue  # ratcheting: a value that did not change is not re-validated
-            errors.extend(_translate_error(error))
+        changed = self._changed(obj, old)
+        if changed is None:
+            checked = obj
+            if isinstance(obj, Mapping):
+                # apiVersion/kind/metadata are the API server's business, not the schema's.
+                declared = self.schema.get("properties") or {}
+                checked = {
+                    key: val for key, val in obj.items() if key not in _OBJECT_ROOT_FIELDS or key in declared
+                }
+            for error in self._validator.iter_errors(checked):
+                if old is not None and _unchanged(obj, old, list(error.absolute_path)):
+                    continue  # ratcheting: a value that did not change is not re-validated
+                errors.extend(_translate_error(error))
+        else:
+            props = self.json_schema["properties"]
+            for key in self.json_schema.get("required", ()):
+                if key not in obj and key in old:
+                    errors.append(FieldError(key, "Required"))
+            for key in changed:
+                if key not in props:
+                    continue
+                if key not in self._sections:
+                    self._sections[key] = jsonschema.Draft202012Validator(
+                        {"$schema": self.json_schema["$schema"], **props[key]}, format_checker=_format_checker
+                    )
+                for error in self._sections[key].iter_errors(obj[key]):
+                    if not _unchanged(obj, old, [key, *error.absolute_path]):
+                        errors.extend(_translate_error(error, (key,)))
         if any(error.type in _BLOCKING for error in errors):
             errors.append(FieldError("", "Invalid", "null", _CEL_SKIPPED))
         else:
@@ -901,7 +953,7 @@ class SchemaValidator:
 
     def errors(self, obj: Any, *, old: Any = None, strict: bool = False) -> list[FieldError]:
         """Prune, default and validate ``obj``; with ``strict``, unknown fields are errors too."""
-        prepared, unknown = self.prepare(obj)
+        prepared, unknown = self.prepare(obj, old=old)
         errors = [FieldError(path, "Unknown") for path in unknown] if strict else []
         return errors + self.validate(prepared, old=old)
 

@@ -1048,7 +1048,8 @@ class FaultHandle:
     """
     An injected fault (see :meth:`RealisticEmulator.inject_fault`).
 
-    ``hits`` counts the requests the fault answered; ``requests`` holds them; ``cancel()`` removes it.
+    ``hits`` counts the requests the fault answered; ``requests`` holds them; ``cancel()`` removes it
+    (from another thread: ``api.call(fault.cancel)``).
     """
 
     verb: str
@@ -1518,7 +1519,12 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         The answer is a proper ``kind: Status`` (409 Conflict, 500 InternalError, 429 with
         ``Retry-After``, ...); for ``watch`` with ``status=410`` it is an ``ERROR`` event in a stream.
         ``delay`` (seconds) delays the answer; with ``status=None`` the request then succeeds
-        normally. ``count=None`` never runs out. Failed writes change nothing.
+        normally. ``count=None`` never runs out. ``name`` and ``namespace`` may be globs (``web-*``).
+        Failed writes change nothing. It is a KMock reaction, so it takes precedence over the emulation
+        and shows up in the DSL (``emulator[...]``) like any other. From another thread (Kopf tests
+        with :class:`~tourniquet.sandbox.server.ApiServerThread`), call it through ``api.call(...)``::
+
+            fault = api.call(api.emulator.inject_fault, "patch", "apps/v1/deployments", subresource="scale")
         """
         res = kmock.resource(resource) if isinstance(resource, str) else resource
         handle = FaultHandle(
@@ -2134,6 +2140,17 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             meta["annotations"] = {"k8s.io/initial-events-end": "true"}
         return {"kind": spec.kind, "apiVersion": spec.api_version, "metadata": meta}
 
+    def open_watches(self, resource: str | references.resource | None = None) -> int:
+        """How many watch streams are open (on ``resource``, if given): to wait until a client watches."""
+        wanted = kmock.resource(resource) if isinstance(resource, str) else resource
+        return sum(
+            len(watches)
+            for storage, watches in self._watches.items()
+            for watch in [next(iter(watches), None)]
+            if watch is not None
+            and (wanted is None or wanted.check(watch.spec.resource) or wanted.check(storage))
+        )
+
     def close_watches(self) -> None:
         """End every open watch stream now (the server is shutting down)."""
         self._closing = True
@@ -2269,7 +2286,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         if self.builtin_defaults and not spec.custom:
             apply_builtin_defaults(spec.group, spec.plural, obj)
         if spec.validator is not None:
-            obj, unknown = spec.validator.prepare(obj)
+            obj, unknown = spec.validator.prepare(obj, old=old)
             self._unknown_fields(spec, unknown, opts)
             errors.extend(spec.validator.validate(obj, old=old))
         errors.extend(self._builtin_errors(spec, obj))

@@ -27,7 +27,8 @@ def run_sandbox(*, workdir: Path, port: int = 0, examples: bool = True, examples
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     workdir.mkdir(parents=True, exist_ok=True)
-    with ApiServerThread().start(port=port) as server:
+    # A long-running sandbox keeps a bounded request log and object history (tests keep everything).
+    with ApiServerThread(request_log_limit=10_000, object_history_limit=50).start(port=port) as server:
         server.apply_manifests(crdgen.build_crds())
         kubeconfig = Path(server.write_kubeconfig(workdir.resolve() / "kubeconfig"))
         os.environ["KUBECONFIG"] = str(kubeconfig)
