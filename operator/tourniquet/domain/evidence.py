@@ -16,10 +16,11 @@ _SECRET_WORDS = (
     r"(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|credentials?|auth)"
 )
 _PATTERNS = [
-    # key=value, key: value, "key": "value"
-    re.compile(rf"(?i)(\"?[\w.-]*{_SECRET_WORDS}[\w.-]*\"?\s*[:=]\s*\"?)([^\s\",;]+)"),
+    # Credentials after a scheme first, so the generic key=value rule below cannot stop at "Bearer".
     re.compile(r"(?i)(authorization:\s*(?:bearer|basic)\s+)(\S+)"),
     re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/-]{16,}=*)"),
+    # key=value, key: value, "key": "value"
+    re.compile(rf"(?i)(\"?[\w.-]*{_SECRET_WORDS}[\w.-]*\"?\s*[:=]\s*\"?)((?!\[REDACTED\])[^\s\",;]+)"),
     re.compile(r"()(sk-[A-Za-z0-9_-]{16,})"),  # API keys in the style of LLM providers
     re.compile(r"()(AKIA[0-9A-Z]{16})"),  # AWS access key ids
     re.compile(r"()(eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"),  # JWTs

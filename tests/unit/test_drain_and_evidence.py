@@ -1,0 +1,71 @@
+"""Drain records once and restores exactly; evidence is redacted and bounded."""
+
+from __future__ import annotations
+
+import json
+
+from tourniquet.domain import drain
+from tourniquet.domain.evidence import EvidenceParts, build_evidence, redact, redact_text
+
+
+def workload(replicas: int | None, **annotations: str) -> dict:
+    return {"metadata": {"resourceVersion": "7", "annotations": annotations}, "spec": {"replicas": replicas}}
+
+
+def test_drain_records_the_replicas_once_in_the_same_patch():
+    patch = drain.plan_drain_patch(workload(3))
+    assert patch == {
+        "metadata": {"resourceVersion": "7", "annotations": {drain.ANNOTATION_REPLICAS_BEFORE: "3"}},
+        "spec": {"replicas": 0},
+    }
+    # Scaled back up during the incident: drained again, the record is not overwritten.
+    again = drain.plan_drain_patch(workload(5, **{drain.ANNOTATION_REPLICAS_BEFORE: "3"}))
+    assert again == {"metadata": {"resourceVersion": "7"}, "spec": {"replicas": 0}}
+    assert drain.plan_drain_patch(workload(0, **{drain.ANNOTATION_REPLICAS_BEFORE: "3"})) is None
+
+
+def test_restore_brings_back_the_recorded_value_and_drops_the_record():
+    restore = drain.plan_restore_patch(workload(0, **{drain.ANNOTATION_REPLICAS_BEFORE: "3"}))
+    assert restore["spec"] == {"replicas": 3}
+    assert restore["metadata"]["annotations"] == {drain.ANNOTATION_REPLICAS_BEFORE: None}
+    assert drain.plan_restore_patch(workload(3)) is None
+    # An unset replicas field means 1, and 1 is what comes back.
+    assert drain.plan_drain_patch(workload(None))["metadata"]["annotations"] == {drain.ANNOTATION_REPLICAS_BEFORE: "1"}
+
+
+def test_keda_is_paused_at_zero_and_its_own_setting_restored():
+    scaled = {"metadata": {"annotations": {}}, "spec": {"scaleTargetRef": {"name": "worker"}}}
+    assert drain.targets(scaled, "Deployment", "worker") and not drain.targets(scaled, "StatefulSet", "worker")
+    pause = drain.plan_keda_pause(scaled)
+    assert pause == {"metadata": {"annotations": {drain.KEDA_PAUSED: "0", drain.ANNOTATION_KEDA_BEFORE: "-"}}}
+    paused = {"metadata": {"annotations": pause["metadata"]["annotations"]}}
+    assert drain.plan_keda_pause(paused) is None
+    assert drain.plan_keda_restore(paused) == {
+        "metadata": {"annotations": {drain.KEDA_PAUSED: None, drain.ANNOTATION_KEDA_BEFORE: None}}
+    }
+    was_paused = {"metadata": {"annotations": {drain.KEDA_PAUSED: "2"}}}
+    repaused = {"metadata": {"annotations": drain.plan_keda_pause(was_paused)["metadata"]["annotations"]}}
+    assert drain.plan_keda_restore(repaused)["metadata"]["annotations"][drain.KEDA_PAUSED] == "2"
+
+
+def test_secrets_are_redacted_from_text_and_specs():
+    text = (
+        "calling api with Authorization: Bearer abcdefghijklmnopqrstuvwxyz012345\n"
+        "password=hunter2 OPENAI_API_KEY=sk-proj-abcdefghijklmnopqrstuvwx token: eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abcdefghijkl"
+    )
+    clean = redact_text(text)
+    for secret in ("abcdefghijklmnopqrstuvwxyz012345", "hunter2", "sk-proj-abcdefghijklmnopqrstuvwx", "eyJhbGciOiJIUzI1NiJ9"):
+        assert secret not in clean
+    spec = {"containers": [{"env": [{"name": "STRIPE_SECRET", "value": "rk_live_123"}, {"name": "QUEUE", "value": "refunds"}]}]}
+    env = redact(spec)["containers"][0]["env"]
+    assert env[0]["value"] == "[REDACTED]" and env[1]["value"] == "refunds"
+
+
+def test_evidence_is_bounded_by_cutting_the_oldest_log_lines_first():
+    logs = {"pod-a": "\n".join(f"line {i} " + "x" * 2000 for i in range(5000))}
+    parts = EvidenceParts(agent={"a": {}}, bundle={}, consumers=[], pods=[], events=[], logs=logs)
+    data, truncated = build_evidence(parts, captured_at="2026-11-21T03:12:00Z", limit=200 * 1024)
+    assert truncated
+    assert sum(len(k) + len(v.encode()) for k, v in data.items()) <= 200 * 1024
+    assert "line 4999" in data["logs.txt"] and "line 4800 " not in data["logs.txt"]  # the last 200, then cut
+    assert json.loads(data["manifest.json"])["truncated"] is True
