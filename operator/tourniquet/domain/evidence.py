@@ -20,7 +20,8 @@ _PATTERNS = [
     re.compile(r"(?i)(authorization:\s*(?:bearer|basic)\s+)(\S+)"),
     re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/-]{16,}=*)"),
     # key=value, key: value, "key": "value"
-    re.compile(rf"(?i)(\"?[\w.-]*{_SECRET_WORDS}[\w.-]*\"?\s*[:=]\s*\"?)((?!\[REDACTED\])[^\s\",;]+)"),
+    # Bounded key lengths keep this linear on long lines (an unbounded [\w]* backtracks quadratically).
+    re.compile(rf"(?i)(\"?[\w.-]{{0,40}}{_SECRET_WORDS}[\w.-]{{0,40}}\"?\s{{0,3}}[:=]\s{{0,3}}\"?)((?!\[REDACTED\])[^\s\",;]+)"),
     re.compile(r"()(sk-[A-Za-z0-9_-]{16,})"),  # API keys in the style of LLM providers
     re.compile(r"()(AKIA[0-9A-Z]{16})"),  # AWS access key ids
     re.compile(r"()(eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"),  # JWTs
@@ -103,7 +104,7 @@ def build_evidence(
         "pods.json": json.dumps([_slim_pod(p) for p in parts.pods], indent=1, sort_keys=True),
     }
     events = [_slim_event(e) for e in parts.events][-100:]
-    logs = {pod: redact_text(text).splitlines()[-LOG_LINES:] for pod, text in sorted(parts.logs.items())}
+    logs = {pod: [redact_text(line) for line in text.splitlines()[-LOG_LINES:]] for pod, text in sorted(parts.logs.items())}
 
     def size() -> int:
         body = sum(len(k) + len(v.encode()) for k, v in data.items())
@@ -123,8 +124,12 @@ def build_evidence(
         {"capturedAt": captured_at, "truncated": truncated, "errors": parts.errors, "logLines": LOG_LINES},
         indent=1,
     )
-    for key, value in list(data.items()):  # last resort: a single huge document
-        if size() > limit:
-            data[key] = value[: max(0, len(value) - (size() - limit))]
+    def final_size() -> int:
+        return sum(len(k) + len(v.encode()) for k, v in data.items())
+
+    for key in ("agent.json", "consumers.json", "bundle.json", "pods.json"):  # last resort: a huge document
+        excess = final_size() - limit
+        if excess > 0:
+            data[key] = data[key][: max(0, len(data[key]) - excess)]
             truncated = True
     return data, truncated
