@@ -74,8 +74,11 @@ def test_a_sev1_incident_revokes_captures_evidence_then_drains(cluster: Cluster,
     agent_conditions = {c["type"]: c for c in cluster.status(AD, "refund-agent")["conditions"]}
     assert agent_conditions["Contained"]["status"] == "True"
     # Every timeline entry is also a Kubernetes Event on the incident (kubectl describe shows them).
-    reasons = [e["reason"] for e in cluster.list("v1/events") if e["involvedObject"]["name"] == "dup-refunds"]
-    assert sorted(reasons) == sorted(e["event"] for e in status["timeline"])
+    def reasons() -> list[str]:
+        return sorted(e["reason"] for e in cluster.list("v1/events") if e["involvedObject"]["name"] == "dup-refunds")
+
+    expected = sorted(e["event"] for e in status["timeline"])
+    wait_for(lambda: reasons() == expected, what=f"events {expected}")
 
 
 def test_release_restores_exactly_and_a_second_incident_keeps_its_levers(cluster: Cluster, operator):
@@ -255,3 +258,34 @@ def test_on_call_contains_and_releases_from_the_cli(cluster: Cluster, operator, 
     assert released.exit_code == 0, released.output
     assert "phase: Resolved" in released.output
     assert replicas(cluster) == 2 and control(cluster)[0] == "active"
+
+
+KEDA_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "scaledobjects.keda.sh"},
+    "spec": {
+        "group": "keda.sh",
+        "names": {"kind": "ScaledObject", "plural": "scaledobjects", "singular": "scaledobject"},
+        "scope": "Namespaced",
+        "versions": [{"name": "v1alpha1", "served": True, "storage": True, "subresources": {"status": {}},
+                      "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+    },
+}
+
+
+def test_a_keda_scaled_consumer_is_paused_during_the_drain_and_resumed_after(cluster: Cluster, operator):
+    cluster.apply([KEDA_CRD])
+    start_agent(cluster)
+    cluster.apply([{"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+                    "metadata": {"name": "refund-queue", "namespace": "default"},
+                    "spec": {"scaleTargetRef": {"name": "refund-agent-worker"}, "minReplicaCount": 1}}])
+    cluster.apply([incident("keda", contain=["drain"])])
+    wait_for(lambda: contained(cluster, "keda"), what="Contained")
+    annotations = cluster.get("keda.sh/v1alpha1/scaledobjects", "refund-queue")["metadata"]["annotations"]
+    assert annotations["autoscaling.keda.sh/paused-replicas"] == "0"
+    cluster.patch(AI, "keda", {"spec": {"resolved": True}})
+    wait_for(lambda: replicas(cluster) == 2, what="restored")
+    wait_for(lambda: "autoscaling.keda.sh/paused-replicas" not in (
+        cluster.get("keda.sh/v1alpha1/scaledobjects", "refund-queue")["metadata"].get("annotations") or {}),
+        what="KEDA resumed")

@@ -72,6 +72,9 @@ CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "Cust
 WORKLOADS = {"Deployment": DEPLOYMENTS, "StatefulSet": STATEFULSETS}
 
 
+Objects = list[dict[str, Any]]
+
+
 class ApiError(Exception):
     """An API error answer (or a failure to get one), classified once for everyone."""
 
@@ -124,6 +127,8 @@ class KubeApi:
         self._client = api_client
         self._timeout = timeout
         self.requests = 0  # for tests and benchmarks: how many requests this client made
+        self._closed = False
+        self._absent: dict[str, float] = {}  # API paths found not served (e.g. KEDA not installed) -> until
 
     @classmethod
     async def from_config(cls, kubeconfig: str | None = None, context: str | None = None) -> KubeApi:
@@ -144,6 +149,7 @@ class KubeApi:
         return str(self._client.configuration.host)
 
     async def close(self) -> None:
+        self._closed = True
         await self._client.close()
 
     async def request_text(self, path: str, query: dict[str, Any] | None = None) -> str:
@@ -158,7 +164,8 @@ class KubeApi:
                 "GET", url, headers=headers, _request_timeout=self._timeout
             )
             raw = await response.read()
-        except (TimeoutError, aiohttp.ClientError, OSError) as error:
+        except (TimeoutError, aiohttp.ClientError, OSError, AssertionError) as error:
+            # AssertionError: aiohttp asserts on a connection closed under an in-flight request (shutdown).
             raise ApiError(0, "Unreachable", f"GET {path}: {error!r}") from error
         if response.status >= 400:
             try:
@@ -178,6 +185,8 @@ class KubeApi:
         query: dict[str, Any] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
+        if self._closed:
+            raise ApiError(0, "Closed", f"{method} {path}: the client is closed (the operator is stopping)")
         params = {k: v for k, v in (query or {}).items() if v is not None}
         url = self._client.configuration.host + path + (f"?{urlencode(params)}" if params else "")
         headers = {**self._client.default_headers, "Content-Type": content_type, "Accept": "application/json"}
@@ -188,7 +197,8 @@ class KubeApi:
                 method, url, headers=headers, body=body, _request_timeout=self._timeout
             )
             raw = await response.read()
-        except (TimeoutError, aiohttp.ClientError, OSError) as error:
+        except (TimeoutError, aiohttp.ClientError, OSError, AssertionError) as error:
+            # AssertionError: aiohttp asserts on a connection closed under an in-flight request (shutdown).
             raise ApiError(0, "Unreachable", f"{method} {path}: {error!r}") from error
         status = response.status
         try:
@@ -229,6 +239,23 @@ class KubeApi:
             query={"labelSelector": label_selector, "fieldSelector": field_selector},
         )
         return list(data.get("items") or [])
+
+    async def list_if_served(
+        self, res: Resource, namespace: str | None = None, *, recheck_seconds: float = 300.0
+    ) -> Objects:
+        """List an optional API (one that may not be installed); remembered as absent for a while."""
+        import time
+
+        key = f"{res.group}/{res.version}/{res.plural}"
+        if self._absent.get(key, 0.0) > time.monotonic():
+            return []
+        try:
+            return await self.list(res, namespace)
+        except ApiError as error:
+            if not error.not_found:
+                raise
+            self._absent[key] = time.monotonic() + recheck_seconds
+            return []
 
     async def create(self, res: Resource, namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
         return await self.request("POST", res.path(namespace), body=body, query={"fieldManager": FIELD_MANAGER})

@@ -104,7 +104,9 @@ def build_evidence(
         "pods.json": json.dumps([_slim_pod(p) for p in parts.pods], indent=1, sort_keys=True),
     }
     events = [_slim_event(e) for e in parts.events][-100:]
-    logs = {pod: [redact_text(line) for line in text.splitlines()[-LOG_LINES:]] for pod, text in sorted(parts.logs.items())}
+    logs = {
+        pod: [redact_text(line) for line in text.splitlines()[-LOG_LINES:]] for pod, text in sorted(parts.logs.items())
+    }
 
     def size() -> int:
         body = sum(len(k) + len(v.encode()) for k, v in data.items())

@@ -16,7 +16,7 @@ from tourniquet.reconcilers.locks import lock_for
 
 RESOURCE = ("tourniquet.dev", "v1alpha1", "agentdeployments")
 # How often every agent is re-reconciled (drift repair, promotion). Read once, at import.
-RESYNC_SECONDS = float(os.environ.get("TOURNIQUET_RESYNC_SECONDS", "30"))
+RESYNC_SECONDS = float(os.environ.get("TOURNIQUET_RESYNC_SECONDS", "300"))
 
 
 def plain(body: kopf.Body) -> dict[str, Any]:
@@ -32,8 +32,8 @@ def incident_views(index: kopf.Index[str, dict[str, Any]], namespace: str) -> li
 
 
 @kopf.index("tourniquet.dev", "v1alpha1", "agentincidents")
-def incidents_by_namespace(namespace: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
-    return {namespace: plain(body)}
+def incidents_by_namespace(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {body["metadata"]["namespace"]: plain(body)}
 
 
 async def _reconcile(

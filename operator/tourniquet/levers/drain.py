@@ -18,12 +18,7 @@ from tourniquet.models import AgentDeploymentSpec, Lever
 
 async def _scaled_objects(api: KubeApi, namespace: str) -> list[dict[str, Any]]:
     """KEDA ScaledObjects in the namespace; none when KEDA is not installed."""
-    try:
-        return await api.list(SCALEDOBJECTS, namespace)
-    except ApiError as error:
-        if error.not_found:
-            return []
-        raise
+    return await api.list_if_served(SCALEDOBJECTS, namespace)
 
 
 async def apply_drain(

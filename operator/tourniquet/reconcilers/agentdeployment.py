@@ -49,6 +49,8 @@ class AgentReport:
     rollback: str | None = None  # what a rollback did (incident timeline)
     rollback_refused: str | None = None  # why an incident's rollback could not happen
     spec: AgentDeploymentSpec | None = None
+    body: dict[str, Any] | None = None  # the agent with the status this pass computed
+    world: AgentWorld | None = None  # the children as the API server returned them after this pass
 
 
 @dataclass
@@ -59,6 +61,7 @@ class AgentWorld:
     consumers: dict[tuple[str, str], dict[str, Any] | None]
     control: dict[str, Any] | None
     policy: dict[str, Any] | None
+    bundle_data: dict[str, dict[str, str]] = field(default_factory=dict)  # ConfigMap name -> data
 
 
 def _now() -> datetime:
@@ -74,6 +77,7 @@ async def gather(api: KubeApi, namespace: str, name: str, spec: AgentDeploymentS
     )
     stored = [s for s in (bundles.stored_revision_from_configmap(cm) for cm in stored_cms) if s is not None]
     return AgentWorld(
+        bundle_data={cm["metadata"]["name"]: cm.get("data") or {} for cm in stored_cms},
         stored=stored,
         consumers={(ref.kind.value, ref.name): w for ref, w in zip(spec.consumers, workloads, strict=True)},
         control=control,
@@ -117,8 +121,14 @@ async def reconcile_agent_deployment(
     incidents: list[IncidentView] | None = None,
     upstream: dict[str, AgentDeploymentSpec] | None = None,
     now: datetime | None = None,
+    world: AgentWorld | None = None,
+    defer_status: bool = False,
 ) -> AgentReport:
-    """Make the agent's children match its spec and its open incidents; report what is observed."""
+    """Make the agent's children match its spec and its open incidents; report what is observed.
+
+    `world`: the children as a pass moments ago left them (skips reading them again).
+    `defer_status`: skip the status write when a drain waits for evidence (a second pass follows).
+    """
     now = now or _now()
     meta = body["metadata"]
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
@@ -132,7 +142,8 @@ async def reconcile_agent_deployment(
     if upstream is None:
         upstream = await _upstream(api, namespace, spec, incidents)
 
-    world = await gather(api, namespace, name, spec)
+    if world is None:
+        world = await gather(api, namespace, name, spec)
     missing = [f"{kind} {cname}" for (kind, cname), w in world.consumers.items() if w is None]
     problems = decide.spec_problems(spec, missing, namespace)
     if problems:
@@ -149,6 +160,7 @@ async def reconcile_agent_deployment(
     # 1. Pin spec.bundle as an immutable ConfigMap (pinning is not rolling out: a frozen agent pins too).
     if plan.create:
         stored.append(await _create_bundle(api, namespace, name, plan, owner))
+        world.bundle_data = {**world.bundle_data, names.bundle_configmap(name, plan.spec_revision): plan.data}
         report.actions.append(f"Pinned bundle revision {plan.spec_revision}")
     # 2. Record before changing: a revision taken out by an incident is marked bad first.
     for revision in plan.mark_bad:
@@ -211,7 +223,16 @@ async def reconcile_agent_deployment(
         now=now,
         generation=generation,
     )
-    await write_status(api, body, new_status)
+    if not (defer_status and containment.drain_waiting and not containment.drained):
+        await write_status(api, body, new_status)
+    report.body = {**body, "status": new_status}
+    report.world = AgentWorld(
+        stored=stored,
+        consumers=dict(consumers),
+        control=control,
+        policy=policy,
+        bundle_data=world.bundle_data,
+    )
     for action in report.actions:
         log.info("%s (agent %s/%s)", action, namespace, name)
     ready = next(c for c in new_status["conditions"] if c["type"] == "Ready")

@@ -20,7 +20,7 @@ from tourniquet.domain.containment import IncidentView, incident_problems, parse
 from tourniquet.domain.incident import LeverSeen, incident_status, invalid_incident_status, micro_time
 from tourniquet.models import AgentDeploymentSpec, AgentIncidentSpec, Lever
 from tourniquet.reconcilers.agentdeployment import AgentReport, list_incidents, reconcile_agent_deployment
-from tourniquet.reconcilers.events import post_events
+from tourniquet.reconcilers.events import post_events_later
 from tourniquet.reconcilers.evidence import capture_evidence
 from tourniquet.reconcilers.locks import lock_for
 
@@ -42,13 +42,23 @@ async def reconcile_agent_locked(
     name: str,
     views: list[IncidentView],
     upstream: dict[str, AgentDeploymentSpec] | None = None,
+    *,
+    previous: AgentReport | None = None,
+    defer_status: bool = False,
 ) -> AgentReport | None:
-    """Reconcile one agent from a fresh read, one pass at a time per agent."""
+    """Reconcile one agent, one pass at a time per agent: from a fresh read, or right after `previous`."""
     async with lock_for("AgentDeployment", namespace, name):
-        body = await api.get_or_none(AGENTDEPLOYMENTS, namespace, name)
+        world = None
+        if previous is not None and previous.body is not None and previous.world is not None:
+            body: dict[str, Any] | None = previous.body
+            world = previous.world
+        else:
+            body = await api.get_or_none(AGENTDEPLOYMENTS, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
-        return await reconcile_agent_deployment(api, body, incidents=views, upstream=upstream)
+        return await reconcile_agent_deployment(
+            api, body, incidents=views, upstream=upstream, world=world, defer_status=defer_status
+        )
 
 
 async def write_incident_status(api: KubeApi, body: dict[str, Any], new_status: dict[str, Any]) -> bool:
@@ -101,8 +111,17 @@ async def reconcile_incident(
     upstream = {n: s for n, s in agent_specs.items() if s is not None}
     targets = list(spec.agents) + (await _cascade_targets(api, namespace, spec) if spec.cascade else [])
 
-    async def contain_all(current: list[IncidentView], only: list[str]) -> dict[str, AgentReport]:
-        results = await asyncio.gather(*(reconcile_agent_locked(api, namespace, a, current, upstream) for a in only))
+    async def contain_all(
+        current: list[IncidentView], only: list[str], previous: dict[str, AgentReport] | None = None
+    ) -> dict[str, AgentReport]:
+        results = await asyncio.gather(
+            *(
+                reconcile_agent_locked(
+                    api, namespace, a, current, upstream, previous=(previous or {}).get(a), defer_status=not previous
+                )
+                for a in only
+            )
+        )
         return {a: r for a, r in zip(only, results, strict=True) if r is not None}
 
     def compute(previous: dict[str, Any], reports: dict[str, AgentReport], notes: list[Any]) -> dict[str, Any]:
@@ -123,14 +142,15 @@ async def reconcile_incident(
     reports = await contain_all(views, targets)
     if me.open and evidence is None and not deleting:
         status = compute(status, reports, [])
-        agents_for_evidence = {a: (agent_bodies[a], agent_specs[a]) for a in spec.agents if agent_bodies[a]}
-        evidence = await capture_evidence(api, body, agents_for_evidence, captured_at=micro_time(_now()))  # type: ignore[arg-type]
+        evidence = await capture_evidence(
+            api, body, {a: reports[a] for a in spec.agents if a in reports}, captured_at=micro_time(_now())
+        )
         me = dataclasses.replace(me, evidence_captured=True)
         views = [*views[:-1], me]
         waiting = [a for a, r in reports.items() if r.levers.get(Lever.DRAIN) and r.levers[Lever.DRAIN].pending]
         status = compute(status, {}, [])  # the evidence, in its place in the timeline
         if waiting:
-            reports.update(await contain_all(views, waiting))
+            reports.update(await contain_all(views, waiting, previous=reports))
 
     report = IncidentReport(name, True, agents=reports)
     if deleting:
@@ -147,7 +167,7 @@ async def reconcile_incident(
     new_status = compute(status, reports, extra)
     if await write_incident_status(api, body, new_status):
         already = len((body.get("status") or {}).get("timeline") or [])
-        await post_events(api, body, new_status["timeline"][already:])
+        post_events_later(api, body, new_status["timeline"][already:])
     report.status = new_status
     return report
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -44,3 +45,15 @@ async def post_events(api: KubeApi, involved: dict[str, Any], entries: list[dict
             await api.create(EVENTS, meta["namespace"], body)
         except ApiError as error:
             log.warning("Could not post the event %s on %s: %s", entry["event"], meta["name"], error)
+
+
+_pending: set[asyncio.Task[None]] = set()
+
+
+def post_events_later(api: KubeApi, involved: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+    """Post the events in the background: containment does not wait for its own paperwork."""
+    if not entries:
+        return
+    task = asyncio.get_running_loop().create_task(post_events(api, involved, entries))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)

@@ -6,11 +6,10 @@ import asyncio
 import json
 from typing import Any
 
-from tourniquet.adapters.kube import CONFIGMAPS, EVENTS, PODS, WORKLOADS, ApiError, KubeApi
+from tourniquet.adapters.kube import CONFIGMAPS, EVENTS, PODS, ApiError, KubeApi
 from tourniquet.domain import names
 from tourniquet.domain.evidence import EvidenceParts, build_evidence
-from tourniquet.domain.network import labels_for
-from tourniquet.models import AgentDeploymentSpec
+from tourniquet.reconcilers.agentdeployment import AgentReport
 
 MAX_PODS_WITH_LOGS = 10
 
@@ -19,25 +18,19 @@ def _selector(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
-async def _gather_agent(
-    api: KubeApi, namespace: str, agent: dict[str, Any], spec: AgentDeploymentSpec, parts: EvidenceParts
-) -> None:
-    name = agent["metadata"]["name"]
-    parts.agent[name] = {"spec": agent.get("spec"), "status": agent.get("status")}
-    active = ((agent.get("status") or {}).get("bundle") or {}).get("configMap")
+async def _gather_agent(api: KubeApi, namespace: str, report: AgentReport, parts: EvidenceParts) -> None:
+    """What the agent pass just observed, plus its pods, their logs and the recent events."""
+    body, world, spec = report.body or {}, report.world, report.spec
+    assert world is not None and spec is not None
+    name = report.agent
+    parts.agent[name] = {"spec": body.get("spec"), "status": body.get("status")}
+    active = ((body.get("status") or {}).get("bundle") or {}).get("configMap")
     if active:
-        cm = await api.get_or_none(CONFIGMAPS, namespace, active)
-        parts.bundle[name] = ((cm or {}).get("data") or {}).get("bundle.json", "")
-    for ref in spec.consumers:
-        workload = await api.get_or_none(WORKLOADS[ref.kind.value], namespace, ref.name)
+        parts.bundle[name] = world.bundle_data.get(active, {}).get("bundle.json", "")
+    for (kind, consumer), workload in sorted(world.consumers.items()):
         if workload is not None:
             parts.consumers.append(
-                {
-                    "kind": ref.kind.value,
-                    "name": ref.name,
-                    "spec": workload.get("spec"),
-                    "status": workload.get("status"),
-                }
+                {"kind": kind, "name": consumer, "spec": workload.get("spec"), "status": workload.get("status")}
             )
     labels = spec.pod_selector.match_labels or {}
     pods = await api.list(PODS, namespace, label_selector=_selector(labels)) if labels else []
@@ -52,13 +45,20 @@ async def _gather_agent(
         except ApiError as error:
             parts.errors.append(f"logs of pod {pod_name}: {error}")
 
-    await asyncio.gather(*(logs(p) for p in pods[:MAX_PODS_WITH_LOGS]))
+    async def events(involved: str) -> None:
+        try:
+            parts.events += await api.list(EVENTS, namespace, field_selector=f"involvedObject.name={involved}")
+        except ApiError as error:
+            parts.errors.append(f"events of {involved}: {error}")
+
+    involved = [name, *(c for _, c in world.consumers), *(p["metadata"]["name"] for p in pods[:MAX_PODS_WITH_LOGS])]
+    await asyncio.gather(*(logs(p) for p in pods[:MAX_PODS_WITH_LOGS]), *(events(i) for i in involved))
 
 
 async def capture_evidence(
     api: KubeApi,
     incident: dict[str, Any],
-    agents: dict[str, tuple[dict[str, Any], AgentDeploymentSpec]],
+    agents: dict[str, AgentReport],
     *,
     captured_at: str,
 ) -> dict[str, Any]:
@@ -69,21 +69,12 @@ async def capture_evidence(
     if existing is not None:
         return _evidence_status(existing)
     parts = EvidenceParts(agent={}, bundle={}, consumers=[], pods=[], events=[])
-    for body, spec in agents.values():
+    for report in agents.values():
         try:
-            await _gather_agent(api, namespace, body, spec, parts)
+            await _gather_agent(api, namespace, report, parts)
         except ApiError as error:
-            parts.errors.append(f"agent {body['metadata']['name']}: {error}")
-    try:
-        events = await api.list(EVENTS, namespace)
-        interesting = (
-            {n for n in parts.agent}
-            | {c["name"] for c in parts.consumers}
-            | {p["metadata"]["name"] for p in parts.pods}
-        )
-        parts.events = [e for e in events if (e.get("involvedObject") or {}).get("name") in interesting]
-    except ApiError as error:
-        parts.errors.append(f"events: {error}")
+            parts.errors.append(f"agent {report.agent}: {error}")
+    parts.events.sort(key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
     data, truncated = build_evidence(
         EvidenceParts(
             agent=parts.agent,
@@ -103,12 +94,14 @@ async def capture_evidence(
             "name": cm_name,
             "namespace": namespace,
             "labels": {
-                **labels_for(",".join(sorted(agents))[:63].rstrip(",-."), "evidence"),
-                f"{names.PREFIX}/incident": meta["name"][:63],
+                names.LABEL_MANAGED_BY: names.MANAGED_BY,
+                names.LABEL_COMPONENT: "evidence",
+                f"{names.PREFIX}/incident": meta["name"][:63].rstrip("-."),
             },
             "annotations": {
                 f"{names.PREFIX}/captured-at": captured_at,
                 f"{names.PREFIX}/truncated": str(truncated).lower(),
+                f"{names.PREFIX}/agents": ",".join(sorted(agents)),
             },
             "ownerReferences": [names.owner_reference("AgentIncident", meta["name"], meta["uid"])],
         },
