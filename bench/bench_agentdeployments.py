@@ -55,15 +55,20 @@ def agent_for(i: int, namespace: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def percentiles(values: list[float]) -> tuple[float, float]:
     ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
     return statistics.median(ordered), p99
 
 
 async def watch_wired(url: str, namespace: str, expected: int, seen: dict[str, float], ready: asyncio.Event) -> None:
     params = {"watch": "true", "allowWatchBookmarks": "false"}
-    async with aiohttp.ClientSession() as session, session.get(
-        f"{url}/apis/apps/v1/namespaces/{namespace}/deployments", params=params, timeout=aiohttp.ClientTimeout(total=None)
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{url}/apis/apps/v1/namespaces/{namespace}/deployments",
+            params=params,
+            timeout=aiohttp.ClientTimeout(total=None),
+        ) as response,
+    ):
         ready.set()
         async for line in response.content:
             event = json.loads(line)
@@ -122,16 +127,41 @@ async def measure_floor(api: KubeApi, namespace: str, n: int) -> list[float]:
         spec = AgentDeploymentSpec.model_validate(agent["spec"])
         owner = names.owner_reference("AgentDeployment", name, agent["metadata"]["uid"])
         meta = {"namespace": namespace, "ownerReferences": [owner]}
-        await api.create(CONFIGMAPS, namespace, {"metadata": {**meta, "name": names.bundle_configmap(name, 1)},
-                                                 "immutable": True, "data": bundles.bundle_data(spec.bundle)})
-        await api.create(CONFIGMAPS, namespace, {"metadata": {**meta, "name": names.control_configmap(name)},
-                                                 "data": network.desired_control_data("active", set())})
-        await api.create(NETWORKPOLICIES, namespace, {"metadata": {**meta, "name": names.network_policy(name)},
-                                                      "spec": network.desired_network_policy_spec(spec, set())})
-        await api.patch(DEPLOYMENTS, namespace, spec.consumers[0].name,
-                        {"spec": {"template": {"metadata": {"annotations": {"tourniquet.dev/bundle-revision": "1"}}}}},
-                        patch_type="strategic")
-        await api.patch(AGENTDEPLOYMENTS, namespace, name, {"status": {"bundle": {"revision": 1}}}, subresource="status")
+        await api.create(
+            CONFIGMAPS,
+            namespace,
+            {
+                "metadata": {**meta, "name": names.bundle_configmap(name, 1)},
+                "immutable": True,
+                "data": bundles.bundle_data(spec.bundle),
+            },
+        )
+        await api.create(
+            CONFIGMAPS,
+            namespace,
+            {
+                "metadata": {**meta, "name": names.control_configmap(name)},
+                "data": network.desired_control_data("active", set()),
+            },
+        )
+        await api.create(
+            NETWORKPOLICIES,
+            namespace,
+            {
+                "metadata": {**meta, "name": names.network_policy(name)},
+                "spec": network.desired_network_policy_spec(spec, set()),
+            },
+        )
+        await api.patch(
+            DEPLOYMENTS,
+            namespace,
+            spec.consumers[0].name,
+            {"spec": {"template": {"metadata": {"annotations": {"tourniquet.dev/bundle-revision": "1"}}}}},
+            patch_type="strategic",
+        )
+        await api.patch(
+            AGENTDEPLOYMENTS, namespace, name, {"status": {"bundle": {"revision": 1}}}, subresource="status"
+        )
         latencies.append(time.perf_counter() - start)
 
     tasks: list[asyncio.Task[None]] = []
@@ -168,12 +198,16 @@ async def run(sizes: list[int], timeout: float) -> None:
         env = {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONPATH": str(ROOT / "operator")}
         operator = subprocess.Popen(
             [sys.executable, "-m", "tourniquet.cli", "run", "--liveness", ""],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             await asyncio.sleep(4)  # the operator's start-up (import, discovery, first watches)
-            print(f"{'agents':>7} {'operator p50':>13} {'p99':>10} {'floor p50':>10} {'p99':>10} {'p50 ratio':>10}"
-                  f" {'operator CPU':>13} {'API server+bench CPU':>21}")
+            print(
+                f"{'agents':>7} {'operator p50':>13} {'p99':>10} {'floor p50':>10} {'p99':>10} {'p50 ratio':>10}"
+                f" {'operator CPU':>13} {'API server+bench CPU':>21}"
+            )
             for n in sizes:
                 server.apply_manifests([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"bench-{n}"}}])
                 op_cpu, my_cpu = cpu_seconds(operator.pid), cpu_seconds()
@@ -181,9 +215,12 @@ async def run(sizes: list[int], timeout: float) -> None:
                 op_cpu, my_cpu = cpu_seconds(operator.pid) - op_cpu, cpu_seconds() - my_cpu
                 op50, op99 = percentiles(measured)
                 fl50, fl99 = percentiles(floors[n])
-                print(f"{n:>7} {op50 * 1000:>10.1f} ms {op99 * 1000:>7.1f} ms {fl50 * 1000:>7.1f} ms "
-                      f"{fl99 * 1000:>7.1f} ms {op50 / fl50 if fl50 else float('nan'):>9.1f}x"
-                      f" {op_cpu:>11.1f} s {my_cpu:>19.1f} s", flush=True)
+                print(
+                    f"{n:>7} {op50 * 1000:>10.1f} ms {op99 * 1000:>7.1f} ms {fl50 * 1000:>7.1f} ms "
+                    f"{fl99 * 1000:>7.1f} ms {op50 / fl50 if fl50 else float('nan'):>9.1f}x"
+                    f" {op_cpu:>11.1f} s {my_cpu:>19.1f} s",
+                    flush=True,
+                )
         finally:
             await api.close()
             operator.terminate()

@@ -128,9 +128,7 @@ async def run(url: str, objects: int, concurrency: int) -> None:
         await timed("get ConfigMap by name", objects, concurrency, get)
         await timed("merge-patch ConfigMap", objects, concurrency, patch)
         await timed("list ConfigMaps with labelSelector", max(objects // 10, 10), concurrency, select)
-        async with session.post(
-            f"{url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=CRD
-        ) as resp:
+        async with session.post(f"{url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=CRD) as resp:
             await resp.read()
         await timed("create Widget (schema + CEL)", objects, concurrency, create_cr)
 
@@ -147,9 +145,7 @@ async def run(url: str, objects: int, concurrency: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()

@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT / "operator"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_agentdeployments import agent_for, cpu_seconds, percentiles  # noqa: E402
-
 from tourniquet import crdgen  # noqa: E402
 from tourniquet.adapters.kube import (  # noqa: E402
     AGENTDEPLOYMENTS,
@@ -54,10 +53,14 @@ def incident_for(agent: str, name: str) -> dict[str, Any]:
 
 
 async def watch_contained(url: str, names: set[str], seen: dict[str, float], ready: asyncio.Event) -> None:
-    async with aiohttp.ClientSession() as session, session.get(
-        f"{url}/apis/tourniquet.dev/v1alpha1/namespaces/{NAMESPACE}/agentincidents", params={"watch": "true"},
-        timeout=aiohttp.ClientTimeout(total=None),
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{url}/apis/tourniquet.dev/v1alpha1/namespaces/{NAMESPACE}/agentincidents",
+            params={"watch": "true"},
+            timeout=aiohttp.ClientTimeout(total=None),
+        ) as response,
+    ):
         ready.set()
         async for line in response.content:
             obj = json.loads(line).get("object") or {}
@@ -112,33 +115,66 @@ async def measure_floor(api: KubeApi, namespace: str, n: int) -> list[float]:
         await api.create(DEPLOYMENTS, namespace, worker)
         spec = AgentDeploymentSpec.model_validate(agent["spec"])
         for body, res in (
-            ({"metadata": {"name": names.control_configmap(f"agent-{i}")},
-              "data": network.desired_control_data("active", set())}, CONFIGMAPS),
-            ({"metadata": {"name": names.network_policy(f"agent-{i}")},
-              "spec": network.desired_network_policy_spec(spec, set())}, NETWORKPOLICIES),
+            (
+                {
+                    "metadata": {"name": names.control_configmap(f"agent-{i}")},
+                    "data": network.desired_control_data("active", set()),
+                },
+                CONFIGMAPS,
+            ),
+            (
+                {
+                    "metadata": {"name": names.network_policy(f"agent-{i}")},
+                    "spec": network.desired_network_policy_spec(spec, set()),
+                },
+                NETWORKPOLICIES,
+            ),
         ):
             await api.create(res, namespace, body)
         prepared.append((i, spec))
     latencies: list[float] = []
 
     async def contain(i: int, spec: AgentDeploymentSpec) -> None:
-        incident = await api.create(AGENTINCIDENTS, namespace, {**incident_for(f"agent-{i}", f"inc-{i}"),
-                                                                 "metadata": {"name": f"inc-{i}"}})
+        incident = await api.create(
+            AGENTINCIDENTS, namespace, {**incident_for(f"agent-{i}", f"inc-{i}"), "metadata": {"name": f"inc-{i}"}}
+        )
         start = time.perf_counter()
         agent = f"agent-{i}"
         revoked = {"issue_refund", "reverse_refund"}
-        await api.patch(CONFIGMAPS, namespace, names.control_configmap(agent),
-                        {"data": network.desired_control_data("active", revoked)})
-        await api.patch(NETWORKPOLICIES, namespace, names.network_policy(agent),
-                        [{"op": "replace", "path": "/spec", "value": network.desired_network_policy_spec(spec, revoked)}],
-                        patch_type="json")
-        await api.create(CONFIGMAPS, namespace, {"metadata": {"name": names.evidence_configmap(f"inc-{i}")},
-                                                 "data": {"agent.json": json.dumps(spec.to_api())}})
-        await api.patch(DEPLOYMENTS, namespace, f"agent-{i}-worker",
-                        {"metadata": {"annotations": {"tourniquet.dev/replicas-before-drain": "2"}},
-                         "spec": {"replicas": 0}})
-        await api.patch(AGENTINCIDENTS, namespace, incident["metadata"]["name"],
-                        {"status": {"phase": "Contained"}}, subresource="status")
+        await api.patch(
+            CONFIGMAPS,
+            namespace,
+            names.control_configmap(agent),
+            {"data": network.desired_control_data("active", revoked)},
+        )
+        await api.patch(
+            NETWORKPOLICIES,
+            namespace,
+            names.network_policy(agent),
+            [{"op": "replace", "path": "/spec", "value": network.desired_network_policy_spec(spec, revoked)}],
+            patch_type="json",
+        )
+        await api.create(
+            CONFIGMAPS,
+            namespace,
+            {
+                "metadata": {"name": names.evidence_configmap(f"inc-{i}")},
+                "data": {"agent.json": json.dumps(spec.to_api())},
+            },
+        )
+        await api.patch(
+            DEPLOYMENTS,
+            namespace,
+            f"agent-{i}-worker",
+            {"metadata": {"annotations": {"tourniquet.dev/replicas-before-drain": "2"}}, "spec": {"replicas": 0}},
+        )
+        await api.patch(
+            AGENTINCIDENTS,
+            namespace,
+            incident["metadata"]["name"],
+            {"status": {"phase": "Contained"}},
+            subresource="status",
+        )
         latencies.append(time.perf_counter() - start)
 
     await asyncio.gather(*(contain(i, spec) for i, spec in prepared))
@@ -162,23 +198,31 @@ async def run(agents: int, sizes: list[int], timeout: float) -> None:
             await api.create(DEPLOYMENTS, NAMESPACE, worker)
             await api.create(AGENTDEPLOYMENTS, NAMESPACE, agent)
         env = {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONPATH": str(ROOT / "operator")}
-        operator = subprocess.Popen([sys.executable, "-m", "tourniquet.cli", "run", "--liveness", ""], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "tourniquet.cli", "run", "--liveness", ""],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             took = await wait_converged(api, agents, timeout)
             print(f"{agents} agents pinned and wired by the operator in {took:.1f}s")
             await asyncio.sleep(2)
-            print(f"{'incidents':>9} {'operator p50':>13} {'p99':>10} {'floor p50':>10} {'p99':>10} {'p99 ratio':>10}"
-                  f" {'operator CPU':>13}")
+            print(
+                f"{'incidents':>9} {'operator p50':>13} {'p99':>10} {'floor p50':>10} {'p99':>10} {'p99 ratio':>10}"
+                f" {'operator CPU':>13}"
+            )
             for round_, n in enumerate(sizes):
                 cpu = cpu_seconds(operator.pid)
                 measured = await measure_operator(api, server.url, round_, n, timeout)
                 cpu = cpu_seconds(operator.pid) - cpu
                 op50, op99 = percentiles(measured)
                 fl50, fl99 = percentiles(floors[n])
-                print(f"{n:>9} {op50 * 1000:>10.1f} ms {op99 * 1000:>7.1f} ms {fl50 * 1000:>7.1f} ms "
-                      f"{fl99 * 1000:>7.1f} ms {op99 / fl99 if fl99 else float('nan'):>9.1f}x {cpu:>11.1f} s",
-                      flush=True)
+                print(
+                    f"{n:>9} {op50 * 1000:>10.1f} ms {op99 * 1000:>7.1f} ms {fl50 * 1000:>7.1f} ms "
+                    f"{fl99 * 1000:>7.1f} ms {op99 / fl99 if fl99 else float('nan'):>9.1f}x {cpu:>11.1f} s",
+                    flush=True,
+                )
         finally:
             await api.close()
             operator.terminate()

@@ -63,7 +63,9 @@ class Cluster:
         return self.server.call(self.emulator.get_object, resource, name, namespace=namespace)
 
     def list(self, resource: str, namespace: str | None = "default", label_selector: str | None = None) -> list[dict]:
-        return self.server.call(self.emulator.list_objects, resource, namespace=namespace, label_selector=label_selector)
+        return self.server.call(
+            self.emulator.list_objects, resource, namespace=namespace, label_selector=label_selector
+        )
 
     def apply(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return self.server.apply_manifests(docs)
@@ -135,9 +137,7 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         from kopf.testing import KopfRunner
 
-        self.runner = KopfRunner(
-            ["run", "--all-namespaces", "--standalone", "-m", "tourniquet.handlers"], timeout=60
-        )
+        self.runner = KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "tourniquet.handlers"], timeout=60)
         self.runner.__enter__()
         return self
 

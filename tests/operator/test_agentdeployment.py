@@ -82,7 +82,9 @@ def test_prompt_change_reverts_and_rollback(cluster: Cluster, operator, kubeconf
     # Forward again to 2, then the CLI rolls back to 1.
     cluster.apply(agent_doc(prompt="You are the refund assistant, v2."))
     wait_for(lambda: active_revision(cluster) == 2, what="revision 2 again")
-    result = CliRunner().invoke(cli, ["rollback", "refund-agent", "--to", "1", "--kubeconfig", kubeconfig, "-n", "default"])
+    result = CliRunner().invoke(
+        cli, ["rollback", "refund-agent", "--to", "1", "--kubeconfig", kubeconfig, "-n", "default"]
+    )
     assert result.exit_code == 0, result.output
     assert "runs revision 1" in result.output
     assert wired_revision(cluster) == "1"
@@ -97,14 +99,18 @@ def test_rollback_to_a_bad_revision_is_refused(cluster: Cluster, operator, kubec
     wait_for(lambda: active_revision(cluster) == 2, what="revision 2")
     cluster.patch(CM, "refund-agent-bundle-1", {"metadata": {"labels": {"tourniquet.dev/verdict": "bad"}}})
 
-    result = CliRunner().invoke(cli, ["rollback", "refund-agent", "--to", "1", "--kubeconfig", kubeconfig, "-n", "default"])
+    result = CliRunner().invoke(
+        cli, ["rollback", "refund-agent", "--to", "1", "--kubeconfig", kubeconfig, "-n", "default"]
+    )
     assert result.exit_code == 1
     assert "revision 1 is marked bad" in result.output and "not bad: 2" in result.output
 
     # Committed to Git instead, the operator refuses it the same way and keeps running revision 2.
     cluster.patch(AD, "refund-agent", {"spec": {"rollback": {"revision": 1}}})
     ready = wait_for(
-        lambda: next((c for c in cluster.status(AD, "refund-agent")["conditions"] if c["reason"] == "RollbackRefused"), None),
+        lambda: next(
+            (c for c in cluster.status(AD, "refund-agent")["conditions"] if c["reason"] == "RollbackRefused"), None
+        ),
         what="RollbackRefused",
     )
     assert "revision 1 is marked bad" in ready["message"]
@@ -150,7 +156,9 @@ def test_a_malformed_agent_is_refused_and_touches_nothing(cluster: Cluster, oper
     missing["spec"]["consumers"].append({"kind": "Deployment", "name": "no-such-worker"})
     cluster.apply([missing])
     ready = wait_for(
-        lambda: next((c for c in cluster.status(AD, "refund-agent").get("conditions", []) if c["type"] == "Ready"), None),
+        lambda: next(
+            (c for c in cluster.status(AD, "refund-agent").get("conditions", []) if c["type"] == "Ready"), None
+        ),
         what="Ready condition",
     )
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")

@@ -73,6 +73,7 @@ def test_a_sev1_incident_revokes_captures_evidence_then_drains(cluster: Cluster,
     assert evidence_cm["immutable"] is True and "refund-agent" in evidence_cm["data"]["agent.json"]
     agent_conditions = {c["type"]: c for c in cluster.status(AD, "refund-agent")["conditions"]}
     assert agent_conditions["Contained"]["status"] == "True"
+
     # Every timeline entry is also a Kubernetes Event on the incident (kubectl describe shows them).
     def reasons() -> list[str]:
         return sorted(e["reason"] for e in cluster.list("v1/events") if e["involvedObject"]["name"] == "dup-refunds")
@@ -133,7 +134,10 @@ def test_restarts_during_containment_and_release_lose_nothing(cluster: Cluster, 
     operator.start()
     wait_for(lambda: contained(cluster, "restart"), timeout=15, what="Contained after restart")
     assert replicas(cluster) == 0
-    assert cluster.get(DEPLOY, "refund-agent-worker")["metadata"]["annotations"]["tourniquet.dev/replicas-before-drain"] == "2"
+    assert (
+        cluster.get(DEPLOY, "refund-agent-worker")["metadata"]["annotations"]["tourniquet.dev/replicas-before-drain"]
+        == "2"
+    )
     # Stop again with the operator down while on-call resolves; the restart releases exactly.
     operator.stop()
     cluster.patch(AI, "restart", {"spec": {"resolved": True}})
@@ -143,7 +147,11 @@ def test_restarts_during_containment_and_release_lose_nothing(cluster: Cluster, 
 
 def test_bad_incidents_touch_nothing(cluster: Cluster, operator):
     start_agent(cluster)
-    before = (cluster.get(DEPLOY, "refund-agent-worker"), cluster.get(CM, "refund-agent-control"), egress_cidrs(cluster))
+    before = (
+        cluster.get(DEPLOY, "refund-agent-worker"),
+        cluster.get(CM, "refund-agent-control"),
+        egress_cidrs(cluster),
+    )
     cluster.apply([incident("ghost", agents=["refund-agent", "ghost-agent"], contain=["drain"])])
     cluster.apply([incident("teleport", contain=["revokeTools"], revokeTools=["teleport"])])
     for name, words in (("ghost", "AgentDeployment ghost-agent not found"), ("teleport", "has no tool 'teleport'")):
@@ -155,7 +163,9 @@ def test_bad_incidents_touch_nothing(cluster: Cluster, operator):
 
     time.sleep(1.5)  # a resync pass of the agent must not act on them either
     assert (cluster.get(DEPLOY, "refund-agent-worker")["spec"], cluster.get(CM, "refund-agent-control")["data"]) == (
-        before[0]["spec"], before[1]["data"])
+        before[0]["spec"],
+        before[1]["data"],
+    )
     assert egress_cidrs(cluster) == before[2]
 
 
@@ -177,8 +187,13 @@ def test_the_bundle_is_frozen_while_an_incident_is_open_unless_it_is_the_fix(clu
     docs = example()
     docs[1]["spec"]["bundle"]["prompt"]["template"] = "A hasty fix."
     cluster.apply(docs)
-    frozen = wait_for(lambda: condition(cluster, AD, "refund-agent", "BundleFrozen").get("status") == "True"
-                      and condition(cluster, AD, "refund-agent", "BundleFrozen"), what="BundleFrozen")
+    frozen = wait_for(
+        lambda: (
+            condition(cluster, AD, "refund-agent", "BundleFrozen").get("status") == "True"
+            and condition(cluster, AD, "refund-agent", "BundleFrozen")
+        ),
+        what="BundleFrozen",
+    )
     assert "revision 2 is pinned but not rolled out" in frozen["message"]
     assert wired_revision(cluster) == "1" and cluster.get(CM, "refund-agent-bundle-2") is not None
 
@@ -198,12 +213,16 @@ def test_an_incident_rolls_back_to_last_known_good_and_marks_the_culprit_bad(clu
     wait_for(lambda: wired_revision(cluster) == "1", what="rolled back to 1")
     labels = cluster.get(CM, "refund-agent-bundle-2")["metadata"]["labels"]
     assert labels["tourniquet.dev/verdict"] == "bad"
-    wait_for(lambda: any(e["event"] == "RolledBack" for e in cluster.status(AI, "culprit").get("timeline", [])),
-             what="RolledBack in the timeline")
+    wait_for(
+        lambda: any(e["event"] == "RolledBack" for e in cluster.status(AI, "culprit").get("timeline", [])),
+        what="RolledBack in the timeline",
+    )
     # Resolved, the bad revision does not come back by itself.
     cluster.patch(AI, "culprit", {"spec": {"resolved": True}})
-    reason = wait_for(lambda: condition(cluster, AD, "refund-agent", "BundlePinned").get("reason") == "RevisionBad",
-                      what="RevisionBad")
+    reason = wait_for(
+        lambda: condition(cluster, AD, "refund-agent", "BundlePinned").get("reason") == "RevisionBad",
+        what="RevisionBad",
+    )
     assert reason and wired_revision(cluster) == "1"
 
 
@@ -221,7 +240,10 @@ def test_cascade_contains_dependents_in_the_same_incident(cluster: Cluster, oper
     wait_for(lambda: contained(cluster, "cascade"), what="Contained")
     status = cluster.status(AI, "cascade")
     assert status["agents"] == ["refund-agent", "notify-agent"]
-    assert {(lv["agent"], lv["name"]) for lv in status["levers"]} >= {("refund-agent", "revokeTools"), ("notify-agent", "shadow")}
+    assert {(lv["agent"], lv["name"]) for lv in status["levers"]} >= {
+        ("refund-agent", "revokeTools"),
+        ("notify-agent", "shadow"),
+    }
 
 
 def test_deleting_an_open_incident_releases_through_its_finalizer(cluster: Cluster, operator):
@@ -241,8 +263,9 @@ def test_on_call_contains_and_releases_from_the_cli(cluster: Cluster, operator, 
 
     start_agent(cluster)
     common = ["--kubeconfig", kubeconfig, "-n", "default"]
-    result = CliRunner().invoke(cli, ["contain", "refund-agent", "--sev", "2", "--levers", "shadow,drain",
-                                      "--name", "oncall", *common])
+    result = CliRunner().invoke(
+        cli, ["contain", "refund-agent", "--sev", "2", "--levers", "shadow,drain", "--name", "oncall", *common]
+    )
     assert result.exit_code == 0, result.output
     assert "phase: Contained" in result.output and "refund-agent/drain: Applied" in result.output
     assert replicas(cluster) == 0 and control(cluster)[0] == "shadow"
@@ -268,8 +291,15 @@ KEDA_CRD = {
         "group": "keda.sh",
         "names": {"kind": "ScaledObject", "plural": "scaledobjects", "singular": "scaledobject"},
         "scope": "Namespaced",
-        "versions": [{"name": "v1alpha1", "served": True, "storage": True, "subresources": {"status": {}},
-                      "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+        "versions": [
+            {
+                "name": "v1alpha1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+            }
+        ],
     },
 }
 
@@ -277,15 +307,26 @@ KEDA_CRD = {
 def test_a_keda_scaled_consumer_is_paused_during_the_drain_and_resumed_after(cluster: Cluster, operator):
     cluster.apply([KEDA_CRD])
     start_agent(cluster)
-    cluster.apply([{"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
-                    "metadata": {"name": "refund-queue", "namespace": "default"},
-                    "spec": {"scaleTargetRef": {"name": "refund-agent-worker"}, "minReplicaCount": 1}}])
+    cluster.apply(
+        [
+            {
+                "apiVersion": "keda.sh/v1alpha1",
+                "kind": "ScaledObject",
+                "metadata": {"name": "refund-queue", "namespace": "default"},
+                "spec": {"scaleTargetRef": {"name": "refund-agent-worker"}, "minReplicaCount": 1},
+            }
+        ]
+    )
     cluster.apply([incident("keda", contain=["drain"])])
     wait_for(lambda: contained(cluster, "keda"), what="Contained")
     annotations = cluster.get("keda.sh/v1alpha1/scaledobjects", "refund-queue")["metadata"]["annotations"]
     assert annotations["autoscaling.keda.sh/paused-replicas"] == "0"
     cluster.patch(AI, "keda", {"spec": {"resolved": True}})
     wait_for(lambda: replicas(cluster) == 2, what="restored")
-    wait_for(lambda: "autoscaling.keda.sh/paused-replicas" not in (
-        cluster.get("keda.sh/v1alpha1/scaledobjects", "refund-queue")["metadata"].get("annotations") or {}),
-        what="KEDA resumed")
+    wait_for(
+        lambda: (
+            "autoscaling.keda.sh/paused-replicas"
+            not in (cluster.get("keda.sh/v1alpha1/scaledobjects", "refund-queue")["metadata"].get("annotations") or {})
+        ),
+        what="KEDA resumed",
+    )

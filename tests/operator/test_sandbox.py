@@ -20,7 +20,10 @@ def sandbox(tmp_path: Path):
     workdir = tmp_path / "sandbox"
     process = subprocess.Popen(
         [sys.executable, "-m", "tourniquet.cli", "sandbox", "--dir", str(workdir)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT / "operator")},
     )
     kubeconfig = workdir / "kubeconfig"
@@ -36,8 +39,9 @@ def sandbox(tmp_path: Path):
 
 
 def kubectl(kubeconfig: Path, *args: str) -> str:
-    result = subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", *args], capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(
+        ["kubectl", f"--kubeconfig={kubeconfig}", *args], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -47,8 +51,12 @@ def test_the_sandbox_serves_the_example_agent_pinned_at_revision_1(sandbox):
     kubeconfig, _ = sandbox
 
     def revision() -> int | None:
-        out = subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", "get", "agentdeployments", "-o", "json"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["kubectl", f"--kubeconfig={kubeconfig}", "get", "agentdeployments", "-o", "json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if out.returncode != 0:
             return None
         items = json.loads(out.stdout)["items"]
@@ -62,6 +70,9 @@ def test_the_sandbox_serves_the_example_agent_pinned_at_revision_1(sandbox):
     assert worker["spec"]["template"]["metadata"]["annotations"]["tourniquet.dev/bundle-revision"] == "1"
     status = subprocess.run(
         [sys.executable, "-m", "tourniquet.cli", "status", "--kubeconfig", str(kubeconfig)],
-        capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT / "operator")},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "operator")},
     )
     assert status.returncode == 0 and "refund-agent" in status.stdout, status.stderr

@@ -51,12 +51,22 @@ def test_keda_is_paused_at_zero_and_its_own_setting_restored():
 def test_secrets_are_redacted_from_text_and_specs():
     text = (
         "calling api with Authorization: Bearer abcdefghijklmnopqrstuvwxyz012345\n"
-        "password=hunter2 OPENAI_API_KEY=sk-proj-abcdefghijklmnopqrstuvwx token: eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abcdefghijkl"
+        "password=hunter2 OPENAI_API_KEY=sk-proj-abcdefghijklmnopqrstuvwx "
+        "token: eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abcdefghijkl"
     )
     clean = redact_text(text)
-    for secret in ("abcdefghijklmnopqrstuvwxyz012345", "hunter2", "sk-proj-abcdefghijklmnopqrstuvwx", "eyJhbGciOiJIUzI1NiJ9"):
+    for secret in (
+        "abcdefghijklmnopqrstuvwxyz012345",
+        "hunter2",
+        "sk-proj-abcdefghijklmnopqrstuvwx",
+        "eyJhbGciOiJIUzI1NiJ9",
+    ):
         assert secret not in clean
-    spec = {"containers": [{"env": [{"name": "STRIPE_SECRET", "value": "rk_live_123"}, {"name": "QUEUE", "value": "refunds"}]}]}
+    spec = {
+        "containers": [
+            {"env": [{"name": "STRIPE_SECRET", "value": "rk_live_123"}, {"name": "QUEUE", "value": "refunds"}]}
+        ]
+    }
     env = redact(spec)["containers"][0]["env"]
     assert env[0]["value"] == "[REDACTED]" and env[1]["value"] == "refunds"
 
