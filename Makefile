@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: sandbox test lint crds bench clean
+.PHONY: sandbox test lint crds bench clean prometheus
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,13 @@ lint: $(BIN)/.installed
 	$(BIN)/lint-imports
 	$(BIN)/tourniquet crds --check
 
-test: lint
+# Detection tests run a real Prometheus (Debian's package); without it they are skipped and say why.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null) ; } || \
+	  echo "prometheus is not installed and could not be: the detection tests against it will be skipped"
+
+test: lint prometheus
 	$(BIN)/pytest
 
 crds: $(BIN)/.installed
@@ -30,6 +36,7 @@ crds: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_agentdeployments.py
+	$(BIN)/python bench/bench_incidents.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .sandbox
