@@ -64,7 +64,7 @@ def test_the_sandbox_serves_the_example_agent_pinned_at_revision_1(sandbox):
 
     wait_for(lambda: revision() == 1, timeout=30, what="refund-agent at revision 1")
     table = kubectl(kubeconfig, "get", "agd")
-    assert "refund-agent" in table
+    assert "refund-agent" in table and "REVISION" in table and "READY" in table  # printer columns
     assert "refund-agent-bundle-1" in kubectl(kubeconfig, "get", "configmaps")
     worker = json.loads(kubectl(kubeconfig, "get", "deployment", "refund-agent-worker", "-o", "json"))
     assert worker["spec"]["template"]["metadata"]["annotations"]["tourniquet.dev/bundle-revision"] == "1"

@@ -346,9 +346,7 @@ def _not_found(qualified: str, name: str, details: Mapping[str, Any]) -> ApiErro
 
 
 def _endpoint_not_found() -> ApiError:
-    return ApiError(
-        404, "NotFound", "the server could not find the requested resource", {}, unknown_endpoint=True
-    )
+    return ApiError(404, "NotFound", "the server could not find the requested resource", {}, unknown_endpoint=True)
 
 
 def _bad_request(message: str) -> ApiError:
@@ -412,16 +410,13 @@ class LabelSelector:
                 op = {"==": "=", ">": "gt", "<": "lt"}.get(match.group(2), match.group(2))
                 if op in ("gt", "lt") and not re.fullmatch(r"-?\d+", match.group(3)):
                     raise ValueError(
-                        f'unable to parse requirement: for "{op}" operator, '
-                        f"the value must be an integer: {term}"
+                        f'unable to parse requirement: for "{op}" operator, the value must be an integer: {term}'
                     )
                 requirements.append(_Requirement(match.group(1), op, (match.group(3),)))
             elif re.fullmatch(_KEY, term):
                 requirements.append(_Requirement(term, "exists", ()))
             else:
-                raise ValueError(
-                    f"unable to parse requirement: found '{term}', expected: in, notin, =, ==, !=, gt, lt"
-                )
+                raise ValueError(f"unable to parse requirement: found '{term}', expected: in, notin, =, ==, !=, gt, lt")
         return cls(requirements)
 
     @classmethod
@@ -431,9 +426,7 @@ class LabelSelector:
         for key, value in sorted(((selector or {}).get("matchLabels") or {}).items()):
             requirements.append(_Requirement(key, "=", (str(value),)))
         for expr in (selector or {}).get("matchExpressions") or ():
-            op = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!"}.get(
-                expr.get("operator"), ""
-            )
+            op = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!"}.get(expr.get("operator"), "")
             requirements.append(_Requirement(expr.get("key", ""), op, tuple(expr.get("values") or ())))
         return cls(requirements)
 
@@ -580,9 +573,7 @@ def json_patch(target: Any, operations: Any) -> Any:
     try:
         return jsonpatch.apply_patch(_clone(target), operations, in_place=True)
     except jsonpatch.JsonPatchTestFailed as e:
-        raise ApiError(
-            422, "Invalid", f"the server rejected our request due to an error in our request: {e}"
-        ) from e
+        raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: {e}") from e
     except (
         jsonpatch.JsonPatchException,
         jsonpointer.JsonPointerException,
@@ -593,8 +584,7 @@ def json_patch(target: Any, operations: Any) -> Any:
         raise ApiError(
             422,
             "Invalid",
-            "the server rejected our request due to an error in our request: "
-            f"jsonpatch operation failed: {e}",
+            f"the server rejected our request due to an error in our request: jsonpatch operation failed: {e}",
         ) from e
 
 
@@ -603,9 +593,7 @@ def _merge_key(field: str, *lists: Any) -> str | None:
     if key is None:
         return None
     if key == "":  # container ports merge on containerPort, service ports on port
-        items = [
-            item for items in lists if isinstance(items, list) for item in items if isinstance(item, Mapping)
-        ]
+        items = [item for items in lists if isinstance(items, list) for item in items if isinstance(item, Mapping)]
         return "containerPort" if any("containerPort" in item for item in items) else "port"
     return key
 
@@ -756,11 +744,7 @@ def _pb_object_meta(data: bytes) -> JSON:
             if num in fields
         }
         ref.update(
-            {
-                key: bool(fields[num])
-                for num, key in ((6, "controller"), (7, "blockOwnerDeletion"))
-                if num in fields
-            }
+            {key: bool(fields[num]) for num, key in ((6, "controller"), (7, "blockOwnerDeletion")) if num in fields}
         )
         refs.append(ref)
     if refs:
@@ -879,9 +863,7 @@ def apply_builtin_defaults(group: str, plural: str, obj: JSON) -> None:
             spec.setdefault("podManagementPolicy", "OrderedReady")
             spec.setdefault("revisionHistoryLimit", 10)
             spec.setdefault("updateStrategy", {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
-            spec.setdefault(
-                "persistentVolumeClaimRetentionPolicy", {"whenDeleted": "Retain", "whenScaled": "Retain"}
-            )
+            spec.setdefault("persistentVolumeClaimRetentionPolicy", {"whenDeleted": "Retain", "whenScaled": "Retain"})
             _default_template(spec)
         case "apps", "replicasets" if spec is not None:
             spec.setdefault("replicas", 1)
@@ -947,6 +929,7 @@ class _CustomVersion:
     validator: crvalidate.SchemaValidator | None
     scale: ScalePaths | None
     selectable_fields: frozenset[str]
+    printer_columns: tuple[JSON, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1280,9 +1263,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
     load_builtin_resources: bool = True  # register the bundled built-in resources for discovery
 
     _rv: int = attrs.field(default=1000, init=False)
-    _keys: dict[references.resource, dict[tuple[str | None, str], None]] = attrs.field(
-        factory=dict, init=False
-    )
+    _keys: dict[references.resource, dict[tuple[str | None, str], None]] = attrs.field(factory=dict, init=False)
     _known_len: int = attrs.field(default=0, init=False)
     _history: dict[references.resource, collections.deque[_Event]] = attrs.field(factory=dict, init=False)
     _compacted: dict[references.resource, int] = attrs.field(factory=dict, init=False)
@@ -1418,18 +1399,14 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                 continue
             if wanted is not None and (request.resource is None or not wanted.check(request.resource)):
                 continue
-            calls.append(
-                ApiCall(str(request.method.value), request.url.path, dict(request.params), request.data)
-            )
+            calls.append(ApiCall(str(request.method.value), request.url.path, dict(request.params), request.data))
         return calls
 
     # ----------------------------------------------------------------------------------------------
     # User reactions (KMock DSL), matched without scanning the request history
     # ----------------------------------------------------------------------------------------------
 
-    async def _react(
-        self, request: rendering.Request, *, before_builtins: bool
-    ) -> aiohttp.web.StreamResponse | None:
+    async def _react(self, request: rendering.Request, *, before_builtins: bool) -> aiohttp.web.StreamResponse | None:
         if not self._payloads:
             return None
         priorities = [payload.priorities for payload in self._payloads]
@@ -1461,17 +1438,13 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             case dsl.Priority():
                 return self._sees(view._source, request)
             case dsl.Exclusion():
-                return self._sees(view._source, request) and not any(
-                    self._sees(v, request) for v in view._exclusions
-                )
+                return self._sees(view._source, request) and not any(self._sees(v, request) for v in view._exclusions)
             case dsl.OrGroup():
                 return any(self._sees(v, request) for v in view._sources)
             case dsl.AndGroup():
                 return all(self._sees(v, request) for v in view._sources)
             case dsl.Slicer() if (
-                view.s.step in (None, 1)
-                and (view.s.start or 0) >= 0
-                and (view.s.stop is None or view.s.stop >= 0)
+                view.s.step in (None, 1) and (view.s.start or 0) >= 0 and (view.s.stop is None or view.s.stop >= 0)
             ):
                 return self._slice_sees(view, request)
             case _:
@@ -1479,9 +1452,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
 
     def _slice_sees(self, view: dsl.Slicer, request: rendering.Request) -> bool:
         # The position of this request among those the slicer's source sees, counted incrementally.
-        _, checked_upto, count, last_id, last_result = self._slice_counts.get(
-            id(view), (view, 0, 0, -1, False)
-        )
+        _, checked_upto, count, last_id, last_result = self._slice_counts.get(id(view), (view, 0, 0, -1, False))
         if last_id == request.id:
             return last_result
         first_id = self._requests[0].id if self._requests else request.id
@@ -1527,9 +1498,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             fault = api.call(api.emulator.inject_fault, "patch", "apps/v1/deployments", subresource="scale")
         """
         res = kmock.resource(resource) if isinstance(resource, str) else resource
-        handle = FaultHandle(
-            verb=verb, resource=str(resource), status=status, count=count, delay=delay, _root=self
-        )
+        handle = FaultHandle(verb=verb, resource=str(resource), status=status, count=count, delay=delay, _root=self)
         criteria: list[Any] = [res]
         if verb not in ("*", "", None):
             try:
@@ -1618,20 +1587,23 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         name, namespace = parsed.name, parsed.namespace
         verb = self._verb(method, name, params)
         if spec.verbs and verb not in spec.verbs and not (verb == "get" and sub):
-            raise ApiError(
-                405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
-            )
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         if name is not None and spec.namespaced and namespace is None:
             raise _endpoint_not_found()
 
         if verb == "watch":
             return await self._stream_watch(request, spec, namespace, name, params)
         reply: _Reply
+        wants_table = "as=Table" in (request.headers.get("Accept") or "") and spec.resource in self._custom
         match verb:
             case "list":
-                reply = _Reply(200, self._list(spec, namespace, params))
+                listed = self._list(spec, namespace, params)
+                reply = _Reply(
+                    200, self._as_table(spec, listed["items"], listed["metadata"]) if wants_table else listed
+                )
             case "get":
-                reply = _Reply(200, self._get(spec, namespace, name or "", sub))
+                got = self._get(spec, namespace, name or "", sub)
+                reply = _Reply(200, self._as_table(spec, [got], {}) if wants_table and not sub else got)
             case "create":
                 if name is not None:
                     raise ApiError(
@@ -1669,6 +1641,59 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                     405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
                 )
         return reply.render()
+
+    def _as_table(self, spec: ResourceSpec, items: list[JSON], list_meta: JSON) -> JSON:
+        """A meta.k8s.io/v1 Table built from the CRD's additionalPrinterColumns, as `kubectl get` asks for."""
+        columns = [
+            {
+                "name": "Name",
+                "type": "string",
+                "format": "name",
+                "priority": 0,
+                "description": "Name must be unique within a namespace.",
+            }
+        ]
+        printer = list(self._custom[spec.resource].printer_columns) or [
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+        ]
+        columns += [
+            {
+                "name": c["name"],
+                "type": c.get("type", "string"),
+                "format": c.get("format", ""),
+                "description": c.get("description", ""),
+                "priority": c.get("priority", 0),
+            }
+            for c in printer
+        ]
+        now = datetime.datetime.now(datetime.UTC)
+        rows = []
+        for obj in items:
+            cells: list[Any] = [obj["metadata"]["name"]]
+            for column in printer:
+                value = _json_path(obj, column.get("jsonPath", ""))
+                if column.get("type") == "date" and isinstance(value, str):
+                    value = _age(value, now)
+                elif isinstance(value, list):
+                    value = ",".join(str(v) for v in value)
+                cells.append(value)
+            rows.append(
+                {
+                    "cells": cells,
+                    "object": {
+                        "kind": "PartialObjectMetadata",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": obj["metadata"],
+                    },
+                }
+            )
+        return {
+            "kind": "Table",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": dict(list_meta),
+            "columnDefinitions": columns,
+            "rows": rows,
+        }
 
     @staticmethod
     def _verb(method: str, name: str | None, params: Mapping[str, str]) -> str:
@@ -1744,8 +1769,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                         "kind": "APIGroupList",
                         "apiVersion": "v1",
                         "groups": [
-                            self._group_doc(group, versions)
-                            for group, versions in sorted(self._groups().items())
+                            self._group_doc(group, versions) for group, versions in sorted(self._groups().items())
                         ],
                     },
                 )
@@ -1753,9 +1777,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                 groups = self._groups()
                 if group not in groups:
                     raise _endpoint_not_found()
-                return _Reply(
-                    200, {"kind": "APIGroup", "apiVersion": "v1", **self._group_doc(group, groups[group])}
-                )
+                return _Reply(200, {"kind": "APIGroup", "apiVersion": "v1", **self._group_doc(group, groups[group])})
             case ["apis", group, version]:
                 if version not in self._groups().get(group, []):
                     raise _endpoint_not_found()
@@ -1979,9 +2001,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             return self._scale_of(spec, obj)
         return self._present(spec, obj)
 
-    def _selectors(
-        self, spec: ResourceSpec, params: Mapping[str, str]
-    ) -> tuple[LabelSelector, _FieldSelector]:
+    def _selectors(self, spec: ResourceSpec, params: Mapping[str, str]) -> tuple[LabelSelector, _FieldSelector]:
         try:
             labels = LabelSelector.parse(params.get("labelSelector"))
         except ValueError as e:
@@ -2147,8 +2167,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             len(watches)
             for storage, watches in self._watches.items()
             for watch in [next(iter(watches), None)]
-            if watch is not None
-            and (wanted is None or wanted.check(watch.spec.resource) or wanted.check(storage))
+            if watch is not None and (wanted is None or wanted.check(watch.spec.resource) or wanted.check(storage))
         )
 
     def close_watches(self) -> None:
@@ -2182,9 +2201,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                 spec.details(name),
             )
 
-    def _normalize_metadata(
-        self, spec: ResourceSpec, obj: JSON, opts: _WriteOptions
-    ) -> list[crvalidate.FieldError]:
+    def _normalize_metadata(self, spec: ResourceSpec, obj: JSON, opts: _WriteOptions) -> list[crvalidate.FieldError]:
         """Check and clean ``metadata`` the way the API server does for every kind."""
         meta = obj.get("metadata")
         if meta is None:
@@ -2217,9 +2234,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         for index, ref in enumerate(meta.get("ownerReferences") or []):
             for field in ("apiVersion", "kind", "name", "uid"):
                 if not isinstance(ref, dict) or not ref.get(field):
-                    errors.append(
-                        crvalidate.FieldError(f"metadata.ownerReferences[{index}].{field}", "Required")
-                    )
+                    errors.append(crvalidate.FieldError(f"metadata.ownerReferences[{index}].{field}", "Required"))
         finalizers = meta.get("finalizers")
         if finalizers is not None and not (
             isinstance(finalizers, list) and all(isinstance(f, str) for f in finalizers)
@@ -2248,9 +2263,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             )
         if len(value) > 63:
             errors.append(
-                crvalidate.FieldError(
-                    "metadata.labels", "Invalid", value, "must be no more than 63 characters"
-                )
+                crvalidate.FieldError("metadata.labels", "Invalid", value, "must be no more than 63 characters")
             )
         elif not _LABEL_VALUE.fullmatch(value):
             errors.append(crvalidate.FieldError("metadata.labels", "Invalid", value, _LABEL_VALUE_MSG))
@@ -2273,14 +2286,10 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         text = ", ".join(str(e) for e in errors)
         text = text if len(errors) == 1 else f"[{text}]"
         details = spec.details(name, kind=spec.kind)
-        details["causes"] = [
-            {"reason": e.reason, "message": e.message, "field": e.path or "<nil>"} for e in errors
-        ]
+        details["causes"] = [{"reason": e.reason, "message": e.message, "field": e.path or "<nil>"} for e in errors]
         return ApiError(422, "Invalid", f'{spec.qualified_kind} "{name}" is invalid: {text}', details)
 
-    def _finish(
-        self, spec: ResourceSpec, obj: JSON, old: JSON | None, opts: _WriteOptions, name: str
-    ) -> JSON:
+    def _finish(self, spec: ResourceSpec, obj: JSON, old: JSON | None, opts: _WriteOptions, name: str) -> JSON:
         """Defaulting, pruning and validation shared by create and update. Returns the object to store."""
         errors = self._normalize_metadata(spec, obj, opts)
         if self.builtin_defaults and not spec.custom:
@@ -2298,19 +2307,13 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         errors: list[crvalidate.FieldError] = []
         if (spec.group, spec.plural) in BUILTIN_SCALABLE:
             replicas = (obj.get("spec") or {}).get("replicas")
-            if replicas is not None and (
-                not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0
-            ):
+            if replicas is not None and (not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0):
                 errors.append(
-                    crvalidate.FieldError(
-                        "spec.replicas", "Invalid", replicas, "must be greater than or equal to 0"
-                    )
+                    crvalidate.FieldError("spec.replicas", "Invalid", replicas, "must be greater than or equal to 0")
                 )
             if spec.group == "apps" and isinstance(obj.get("spec"), dict):
                 selector = obj["spec"].get("selector")
-                template_labels = ((obj["spec"].get("template") or {}).get("metadata") or {}).get(
-                    "labels"
-                ) or {}
+                template_labels = ((obj["spec"].get("template") or {}).get("metadata") or {}).get("labels") or {}
                 if not selector:
                     errors.append(crvalidate.FieldError("spec.selector", "Required"))
                 elif not LabelSelector.from_structured(selector).matches(template_labels):
@@ -2339,9 +2342,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
 
     def _check_identity(self, spec: ResourceSpec, obj: Any) -> JSON:
         if not isinstance(obj, dict):
-            raise _bad_request(
-                "the body of the request was in an unknown format - the object must be a JSON object"
-            )
+            raise _bad_request("the body of the request was in an unknown format - the object must be a JSON object")
         api_version = obj.get("apiVersion")
         if api_version not in (None, spec.api_version):
             raise _bad_request(
@@ -2350,9 +2351,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             )
         kind = obj.get("kind")
         if kind not in (None, spec.kind):
-            raise _bad_request(
-                f"the kind in the data ({kind}) does not match the expected kind ({spec.kind})"
-            )
+            raise _bad_request(f"the kind in the data ({kind}) does not match the expected kind ({spec.kind})")
         # Custom resources are stored in the CRD's storage version (and converted back when read).
         storage = spec.storage
         head = {
@@ -2384,20 +2383,14 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             raise self._invalid(
                 spec,
                 "",
-                [
-                    crvalidate.FieldError(
-                        "metadata.name", "Required", None, "name or generateName is required"
-                    )
-                ],
+                [crvalidate.FieldError("metadata.name", "Required", None, "name or generateName is required")],
             )
         label_like = spec.plural in ("namespaces", "services")
         pattern, message, limit = (
             (_DNS_LABEL, _DNS_LABEL_MSG, 63) if label_like else (_DNS_SUBDOMAIN, _DNS_SUBDOMAIN_MSG, 253)
         )
         if not isinstance(name, str) or len(name) > limit or not pattern.fullmatch(name):
-            raise self._invalid(
-                spec, str(name), [crvalidate.FieldError("metadata.name", "Invalid", name, message)]
-            )
+            raise self._invalid(spec, str(name), [crvalidate.FieldError("metadata.name", "Invalid", name, message)])
         self._check_namespace_open(spec, namespace, name)
         if spec.custom and self._crd_terminating(spec):
             raise ApiError(
@@ -2426,9 +2419,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         obj = self._finish(spec, obj, None, opts, name)
         key_ns = namespace if spec.namespaced else None
         if self._live(spec.storage, key_ns, name) is not None:
-            raise ApiError(
-                409, "AlreadyExists", f'{spec.qualified} "{name}" already exists', spec.details(name)
-            )
+            raise ApiError(409, "AlreadyExists", f'{spec.qualified} "{name}" already exists', spec.details(name))
         if spec.resource == CRD_RESOURCE:
             obj["status"] = self._crd_status(obj, None)
         if opts.dry_run:
@@ -2444,9 +2435,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             name = prefix + "".join(random.choice(_GENERATE_NAME_CHARS) for _ in range(5))
             if self._live(spec.storage, namespace if spec.namespaced else None, name) is None:
                 return name
-        raise ApiError(
-            409, "AlreadyExists", f'{spec.qualified} "{prefix}" already exists', spec.details(prefix)
-        )
+        raise ApiError(409, "AlreadyExists", f'{spec.qualified} "{prefix}" already exists', spec.details(prefix))
 
     def _update(
         self,
@@ -2471,9 +2460,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                 f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})"
             )
         if spec.namespaced and meta.get("namespace") not in (None, "", namespace):
-            raise _bad_request(
-                "the namespace of the provided object does not match the namespace sent on the request"
-            )
+            raise _bad_request("the namespace of the provided object does not match the namespace sent on the request")
         rv = meta.get("resourceVersion")
         if rv and str(rv) != old_meta.get("resourceVersion"):
             raise ApiError(
@@ -2569,9 +2556,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         if sub == "scale":
             return self._write_scale(spec, namespace, name, body, opts)
         if sub not in ("", "status"):
-            raise ApiError(
-                405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
-            )
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         return self._update(spec, namespace, name, sub, body, opts, require_rv=True)
 
     def _patch(
@@ -2595,13 +2580,9 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             return self._apply(spec, namespace, name, sub, data, opts)
         if sub == "scale":
             current = self._scale_of(spec, self._require(spec, namespace, name))
-            return 200, self._write_scale(
-                spec, namespace, name, self._patched(spec, current, content_type, data), opts
-            )
+            return 200, self._write_scale(spec, namespace, name, self._patched(spec, current, content_type, data), opts)
         if sub not in ("", "status"):
-            raise ApiError(
-                405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
-            )
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         current = self._require(spec, namespace, name)
         patched = self._patched(spec, current, content_type, data)
         return 200, self._update(spec, namespace, name, sub, patched, opts, require_rv=False)
@@ -2619,8 +2600,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             case "application/strategic-merge-patch+json" if not spec.custom:
                 if not isinstance(data, dict):
                     raise _bad_request(
-                        "the body of the request was in an unknown format - "
-                        "a strategic merge patch must be an object"
+                        "the body of the request was in an unknown format - a strategic merge patch must be an object"
                     )
                 return strategic_merge_patch(current, data)
             case _:
@@ -2638,9 +2618,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
     ) -> tuple[int, JSON]:
         """Server-side apply, approximated: create when absent, else merge (no field ownership)."""
         if not isinstance(data, dict):
-            raise _bad_request(
-                "the body of the request was in an unknown format - apply patch must be an object"
-            )
+            raise _bad_request("the body of the request was in an unknown format - apply patch must be an object")
         meta = data.get("metadata") or {}
         if meta.get("name") not in (None, name):
             raise _bad_request(
@@ -2656,9 +2634,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             body.setdefault("metadata", {})["name"] = name
             return 201, self._create(spec, namespace, body, opts)
         if sub == "scale":
-            return 200, self._write_scale(
-                spec, namespace, name, merge_patch(self._scale_of(spec, current), data), opts
-            )
+            return 200, self._write_scale(spec, namespace, name, merge_patch(self._scale_of(spec, current), data), opts)
         merged = merge_patch(current, data) if spec.custom else strategic_merge_patch(current, data)
         return 200, self._update(spec, namespace, name, sub, merged, opts, require_rv=False)
 
@@ -2762,9 +2738,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                 f"UID in object meta: {meta.get('uid')}",
                 spec.details(name),
             )
-        if preconditions.get("resourceVersion") and preconditions["resourceVersion"] != meta.get(
-            "resourceVersion"
-        ):
+        if preconditions.get("resourceVersion") and preconditions["resourceVersion"] != meta.get("resourceVersion"):
             raise ApiError(
                 409,
                 "Conflict",
@@ -2817,9 +2791,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             "details": dict(spec.details(name), uid=meta.get("uid")),
         }
 
-    def _delete_collection(
-        self, spec: ResourceSpec, namespace: str | None, params: Mapping[str, str]
-    ) -> JSON:
+    def _delete_collection(self, spec: ResourceSpec, namespace: str | None, params: Mapping[str, str]) -> JSON:
         listing = self._list(
             spec, namespace, {k: v for k, v in params.items() if k in ("labelSelector", "fieldSelector")}
         )
@@ -2903,9 +2875,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             )
         if names.get("plural") and group and name != f"{names['plural']}.{group}":
             errors.append(
-                crvalidate.FieldError(
-                    "metadata.name", "Invalid", name, 'must be spec.names.plural+"."+spec.group'
-                )
+                crvalidate.FieldError("metadata.name", "Invalid", name, 'must be spec.names.plural+"."+spec.group')
             )
         versions = spec.get("versions") or []
         if not versions:
@@ -2940,9 +2910,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                 continue
             for problem in crvalidate.check_schema(schema, f"spec.versions[{index}].schema.openAPIV3Schema"):
                 path, _, detail = problem.partition(": ")
-                errors.append(
-                    crvalidate.FieldError(path, "Invalid", None, detail.partition(": ")[2] or detail)
-                )
+                errors.append(crvalidate.FieldError(path, "Invalid", None, detail.partition(": ")[2] or detail))
         return errors
 
     @staticmethod
@@ -3027,6 +2995,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                 selectable_fields=frozenset(
                     f.get("jsonPath", "").lstrip(".") for f in version.get("selectableFields") or ()
                 ),
+                printer_columns=tuple(version.get("additionalPrinterColumns") or ()),
             )
 
     def _unregister_crd(self, crd: JSON) -> None:
@@ -3065,9 +3034,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         crd_name = crd["metadata"]["name"]
         served = [res for res, c in self._custom.items() if c.crd_name == crd_name]
         storage = self._custom[served[0]].storage if served else None
-        if storage is not None and any(
-            self._live(storage, ns, n) is not None for ns, n in self._keys.get(storage, {})
-        ):
+        if storage is not None and any(self._live(storage, ns, n) is not None for ns, n in self._keys.get(storage, {})):
             return
         spec = self._spec("apiextensions.k8s.io", "v1", "customresourcedefinitions")
         if spec is not None and CRD_FINALIZER in (crd["metadata"].get("finalizers") or []):
@@ -3100,11 +3067,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                     obj = self._live(res, ns, name)
                     meta = (obj or {}).get("metadata") or {}
                     refs = meta.get("ownerReferences") or []
-                    if (
-                        refs
-                        and not meta.get("deletionTimestamp")
-                        and all(ref.get("uid") not in uids for ref in refs)
-                    ):
+                    if refs and not meta.get("deletionTimestamp") and all(ref.get("uid") not in uids for ref in refs):
                         orphans.append((res, ns, name))
             if not orphans:
                 return deleted
@@ -3154,9 +3117,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         """Current objects, sorted by namespace and name, filtered as a list request would."""
         spec = self._spec_or_raise(resource)
         self._sync_index()
-        params = {
-            k: v for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector)) if v
-        }
+        params = {k: v for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector)) if v}
         return _clone(self._list(spec, namespace, params)["items"])
 
     def patch_object(
@@ -3223,3 +3184,42 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             details={"causes": [{"message": line} for line in traceback.format_exception(exc)[-3:]]},
         )
         return _Reply(500, body).render()
+
+
+_JSON_PATH_FILTER = re.compile(r"^\[\?\(@\.([\w.-]+)\s*==\s*[\"']([^\"']*)[\"']\)\]")
+
+
+def _json_path(obj: Any, path: str) -> Any:
+    """The subset of JSONPath printer columns use: .a.b, [0], [?(@.k=="v")]. None when absent."""
+    current: Any = obj
+    rest = path.strip()
+    while rest and current is not None:
+        if rest.startswith("."):
+            match = re.match(r"^\.([\w-]+)", rest)
+            if match is None:
+                return None
+            current = current.get(match.group(1)) if isinstance(current, dict) else None
+            rest = rest[match.end() :]
+        elif (found := _JSON_PATH_FILTER.match(rest)) is not None:
+            key, wanted = found.groups()
+            current = next((i for i in current or [] if isinstance(i, dict) and str(i.get(key)) == wanted), None)
+            rest = rest[found.end() :]
+        elif (index := re.match(r"^\[(\d+)\]", rest)) is not None:
+            position = int(index.group(1))
+            current = current[position] if isinstance(current, list) and position < len(current) else None
+            rest = rest[index.end() :]
+        else:
+            return None
+    return current
+
+
+def _age(timestamp: str, now: datetime.datetime) -> str:
+    try:
+        then = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return timestamp
+    seconds = max(0, int((now - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
