@@ -260,6 +260,17 @@ class KubeApi:
     async def create(self, res: Resource, namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
         return await self.request("POST", res.path(namespace), body=body, query={"fieldManager": FIELD_MANAGER})
 
+    async def create_or_get(
+        self, res: Resource, namespace: str | None, body: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
+        """Create; when it already exists (a deterministic name: an earlier pass made it), read it instead."""
+        try:
+            return await self.create(res, namespace, body), True
+        except ApiError as error:
+            if not error.already_exists:
+                raise
+        return await self.get(res, namespace, body["metadata"]["name"]), False
+
     async def patch(
         self,
         res: Resource,

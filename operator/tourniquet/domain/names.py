@@ -61,3 +61,23 @@ def owner_reference(kind: str, name: str, uid: str, api_version: str = "tourniqu
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def owned(
+    api_version: str,
+    kind: str,
+    name: str,
+    namespace: str,
+    owner: dict[str, object],
+    *,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    **fields: object,
+) -> dict[str, object]:
+    """The body of an object the operator creates, owned (for garbage collection) by `owner`."""
+    metadata: dict[str, object] = {"name": name, "namespace": namespace, "ownerReferences": [owner]}
+    if labels:
+        metadata["labels"] = labels
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"apiVersion": api_version, "kind": kind, "metadata": metadata, **fields}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tourniquet.adapters.kube import CONFIGMAPS, ApiError, KubeApi
+from tourniquet.adapters.kube import CONFIGMAPS, KubeApi
 from tourniquet.domain import names, network
 from tourniquet.domain.containment import Containment
 from tourniquet.levers.common import LeverObservation
@@ -28,25 +28,19 @@ async def apply_control(
     data = network.desired_control_data(containment.mode, containment.revoked_tools)
     cm_name = names.control_configmap(agent)
     if observed is None:
-        body = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": cm_name,
-                "namespace": namespace,
-                "labels": network.labels_for(agent, names.COMPONENT_CONTROL),
-                "ownerReferences": [owner],
-            },
-            "data": data,
-        }
-        try:
-            result = await api.create(CONFIGMAPS, namespace, body)
-        except ApiError as error:
-            if not error.already_exists:
-                raise
-            result = await api.patch(CONFIGMAPS, namespace, cm_name, {"data": data})
-        actions.append(f"Created control ConfigMap {cm_name} (mode {containment.mode})")
-        return result
+        body = names.owned(
+            "v1",
+            "ConfigMap",
+            cm_name,
+            namespace,
+            owner,
+            labels=network.labels_for(agent, names.COMPONENT_CONTROL),
+            data=data,
+        )
+        observed, created = await api.create_or_get(CONFIGMAPS, namespace, body)
+        if created:
+            actions.append(f"Created control ConfigMap {cm_name} (mode {containment.mode})")
+            return observed
     if {k: (observed.get("data") or {}).get(k) for k in data} != data:
         result = await api.patch(CONFIGMAPS, namespace, cm_name, {"data": data})
         actions.append(f"Set control ConfigMap {cm_name}: mode {data['mode']}, revoked {data['revokedTools']}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tourniquet.adapters.kube import NETWORKPOLICIES, ApiError, KubeApi
+from tourniquet.adapters.kube import NETWORKPOLICIES, KubeApi
 from tourniquet.domain import names, network
 from tourniquet.domain.containment import Containment
 from tourniquet.levers.common import LeverObservation
@@ -28,25 +28,19 @@ async def apply_policy(
     desired = network.desired_network_policy_spec(spec, containment.revoked_tools)
     np_name = names.network_policy(agent)
     if observed is None:
-        body = {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "NetworkPolicy",
-            "metadata": {
-                "name": np_name,
-                "namespace": namespace,
-                "labels": network.labels_for(agent, "egress"),
-                "ownerReferences": [owner],
-            },
-            "spec": desired,
-        }
-        try:
-            result = await api.create(NETWORKPOLICIES, namespace, body)
-        except ApiError as error:
-            if not error.already_exists:
-                raise
-            result = await replace_policy_spec(api, namespace, np_name, desired)
-        actions.append(f"Created NetworkPolicy {np_name} with {len(desired['egress'])} egress rule(s)")
-        return result
+        body = names.owned(
+            "networking.k8s.io/v1",
+            "NetworkPolicy",
+            np_name,
+            namespace,
+            owner,
+            labels=network.labels_for(agent, "egress"),
+            spec=desired,
+        )
+        observed, created = await api.create_or_get(NETWORKPOLICIES, namespace, body)
+        if created:
+            actions.append(f"Created NetworkPolicy {np_name} with {len(desired['egress'])} egress rule(s)")
+            return observed
     if observed.get("spec") != desired:
         result = await replace_policy_spec(api, namespace, np_name, desired)
         actions.append(f"Set NetworkPolicy {np_name} to {len(desired['egress'])} egress rule(s)")

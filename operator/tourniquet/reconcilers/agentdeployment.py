@@ -272,30 +272,24 @@ async def _create_bundle(
     api: KubeApi, namespace: str, agent: str, plan: decide.BundlePlan, owner: dict[str, Any]
 ) -> bundles.StoredRevision:
     cm_name = names.bundle_configmap(agent, plan.spec_revision)
-    body = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": cm_name,
-            "namespace": namespace,
-            "labels": {
-                **network.labels_for(agent, names.COMPONENT_BUNDLE),
-                names.LABEL_REVISION: str(plan.spec_revision),
-                names.LABEL_HASH: bundles.short_hash(plan.sha256),
-            },
-            "annotations": {names.ANNOTATION_SHA256: plan.sha256},
-            "ownerReferences": [owner],
-        },
-        "immutable": True,
-        "data": plan.data,
+    labels = {
+        **network.labels_for(agent, names.COMPONENT_BUNDLE),
+        names.LABEL_REVISION: str(plan.spec_revision),
+        names.LABEL_HASH: bundles.short_hash(plan.sha256),
     }
-    try:
-        created = await api.create(CONFIGMAPS, namespace, body)
-    except ApiError as error:
-        if not error.already_exists:
-            raise
-        # A previous pass (or an operator that died mid-way) created it: use it if it is ours.
-        created = await api.get(CONFIGMAPS, namespace, cm_name)
+    body = names.owned(
+        "v1",
+        "ConfigMap",
+        cm_name,
+        namespace,
+        owner,
+        labels=labels,
+        annotations={names.ANNOTATION_SHA256: plan.sha256},
+        immutable=True,
+        data=plan.data,
+    )
+    # Already there: a previous pass (or an operator that died mid-way) made it; used if it is ours.
+    created, _ = await api.create_or_get(CONFIGMAPS, namespace, body)
     stored = bundles.stored_revision_from_configmap(created)
     if stored is None or stored.hash != plan.sha256:
         raise ApiError(409, "Conflict", f"ConfigMap {cm_name} exists with other content; will re-read and retry")

@@ -65,9 +65,10 @@ async def capture_evidence(
     """Create `<incident>-evidence` (or find the one a previous pass made); returns status.evidence."""
     meta = incident["metadata"]
     namespace, cm_name = meta["namespace"], names.evidence_configmap(meta["name"])
-    existing = await api.get_or_none(CONFIGMAPS, namespace, cm_name)
-    if existing is not None:
-        return _evidence_status(existing)
+    if (incident.get("status") or {}).get("evidence"):
+        existing = await api.get_or_none(CONFIGMAPS, namespace, cm_name)
+        if existing is not None:
+            return _evidence_status(existing)
     parts = EvidenceParts(agent={}, bundle={}, consumers=[], pods=[], events=[])
     for report in agents.values():
         try:
@@ -87,33 +88,22 @@ async def capture_evidence(
         ),
         captured_at=captured_at,
     )
-    body = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": cm_name,
-            "namespace": namespace,
-            "labels": {
-                names.LABEL_MANAGED_BY: names.MANAGED_BY,
-                names.LABEL_COMPONENT: "evidence",
-                f"{names.PREFIX}/incident": meta["name"][:63].rstrip("-."),
-            },
-            "annotations": {
-                f"{names.PREFIX}/captured-at": captured_at,
-                f"{names.PREFIX}/truncated": str(truncated).lower(),
-                f"{names.PREFIX}/agents": ",".join(sorted(agents)),
-            },
-            "ownerReferences": [names.owner_reference("AgentIncident", meta["name"], meta["uid"])],
-        },
-        "immutable": True,
-        "data": data,
+    labels = {
+        names.LABEL_MANAGED_BY: names.MANAGED_BY,
+        names.LABEL_COMPONENT: "evidence",
+        f"{names.PREFIX}/incident": meta["name"][:63].rstrip("-."),
     }
-    try:
-        created = await api.create(CONFIGMAPS, namespace, body)
-    except ApiError as error:
-        if not error.already_exists:
-            raise
-        created = await api.get(CONFIGMAPS, namespace, cm_name)
+    annotations = {
+        f"{names.PREFIX}/captured-at": captured_at,
+        f"{names.PREFIX}/truncated": str(truncated).lower(),
+        f"{names.PREFIX}/agents": ",".join(sorted(agents)),
+    }
+    owner = names.owner_reference("AgentIncident", meta["name"], meta["uid"])
+    body = names.owned(
+        "v1", "ConfigMap", cm_name, namespace, owner, labels=labels, annotations=annotations, immutable=True, data=data
+    )
+    # A previous pass that died after creating it: the first capture stands (evidence is immutable).
+    created, _ = await api.create_or_get(CONFIGMAPS, namespace, body)
     return _evidence_status(created)
 
 
