@@ -34,7 +34,7 @@ def apply_strategic(obj: dict, patch: dict) -> dict:
             if isinstance(v, dict):
                 dst[k] = merge(dst.get(k) or {}, v)
             elif isinstance(v, list) and v and isinstance(v[0], dict):
-                mk = "mountPath" if k == "volumeMounts" else "name"
+                mk = "mountPath" if k == "volumeMounts" else "name"  # env, volumes, containers: by name
                 existing = dst.get(k) or []
                 for item in v:
                     idx = next((i for i, e in enumerate(existing) if e.get(mk) == item.get(mk)), None)
@@ -70,6 +70,7 @@ def test_wiring_names_the_revision_and_mounts_the_bundle_in_every_container():
     assert [v["name"] for v in template["spec"]["volumes"]] == ["cache", "tourniquet-bundle", "tourniquet-control"]
     for container in template["spec"]["containers"]:
         assert wiring.BUNDLE_MOUNT in [m["mountPath"] for m in container["volumeMounts"]]
+        assert {"name": "TOURNIQUET_AGENT", "value": "refund-agent"} in container["env"]
     assert wired["spec"]["replicas"] == 2
     assert "replicas" not in patch["spec"]
 
@@ -95,8 +96,8 @@ def test_unwiring_restores_the_users_template():
     assert after["metadata"] == before["metadata"]
     assert after["spec"]["volumes"] == before["spec"]["volumes"]
     for old, new in zip(before["spec"]["containers"], after["spec"]["containers"], strict=True):
-        assert (new.get("volumeMounts") or []) == (old.get("volumeMounts") or [])
-        assert {k: v for k, v in new.items() if k != "volumeMounts"} == {
-            k: v for k, v in old.items() if k != "volumeMounts"
-        }
+        ours = ("volumeMounts", "env")
+        for key in ours:
+            assert (new.get(key) or []) == (old.get(key) or [])
+        assert {k: v for k, v in new.items() if k not in ours} == {k: v for k, v in old.items() if k not in ours}
     assert wiring.plan_unwiring_patch(unwired) is None

@@ -14,6 +14,8 @@ from tourniquet.domain import names
 BUNDLE_VOLUME = "tourniquet-bundle"
 CONTROL_VOLUME = "tourniquet-control"
 BUNDLE_MOUNT = "/etc/tourniquet/bundle"
+ENV_AGENT = "TOURNIQUET_AGENT"
+ENV_NAMESPACE = "TOURNIQUET_NAMESPACE"
 CONTROL_MOUNT = "/etc/tourniquet/control"
 
 
@@ -45,6 +47,14 @@ def _desired_mounts() -> list[dict[str, Any]]:
     ]
 
 
+def _desired_env(agent: str) -> list[dict[str, Any]]:
+    """What the agent runtime (`tourniquet.runtime.Runtime.from_env`) needs to find its control ConfigMap."""
+    return [
+        {"name": ENV_AGENT, "value": agent},
+        {"name": ENV_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+
+
 def _contains(observed: dict[str, Any], desired: dict[str, Any]) -> bool:
     """Every desired key is present with the desired value (the observed side may have more)."""
     for key, value in desired.items():
@@ -72,6 +82,7 @@ def plan_wiring_patch(
     desired_volumes = _desired_volumes(bundle_cm, control_cm)
     containers = pod_spec.get("containers") or []
     desired_mounts = _desired_mounts()
+    desired_env = _desired_env(agent)
 
     annotations_ok = all(annotations.get(k) == v for k, v in desired_annotations.items())
     volumes_ok = all(v["name"] in volumes and _contains(volumes[v["name"]], v) for v in desired_volumes)
@@ -80,7 +91,10 @@ def plan_wiring_patch(
         for container in containers
         for want in desired_mounts
     )
-    if annotations_ok and volumes_ok and mounts_ok:
+    env_ok = all(
+        any(_contains(e, want) for e in container.get("env") or []) for container in containers for want in desired_env
+    )
+    if annotations_ok and volumes_ok and mounts_ok and env_ok:
         return None
     return {
         "spec": {
@@ -89,7 +103,9 @@ def plan_wiring_patch(
                 "spec": {
                     "volumes": desired_volumes,
                     "containers": [
-                        {"name": c["name"], "volumeMounts": desired_mounts} for c in containers if c.get("name")
+                        {"name": c["name"], "volumeMounts": desired_mounts, "env": desired_env}
+                        for c in containers
+                        if c.get("name")
                     ],
                 },
             }
@@ -104,18 +120,18 @@ def plan_unwiring_patch(workload: dict[str, Any]) -> dict[str, Any] | None:
     annotations = (template.get("metadata") or {}).get("annotations") or {}
     ours = [names.ANNOTATION_BUNDLE, names.ANNOTATION_BUNDLE_REVISION, names.LABEL_AGENT]
     our_volumes = [v["name"] for v in pod_spec.get("volumes") or [] if v.get("name") in (BUNDLE_VOLUME, CONTROL_VOLUME)]
-    containers = [
-        {
-            "name": c["name"],
-            "volumeMounts": [
-                {"mountPath": m["mountPath"], "$patch": "delete"}
-                for m in c.get("volumeMounts") or []
-                if m.get("mountPath") in (BUNDLE_MOUNT, CONTROL_MOUNT)
-            ],
-        }
-        for c in pod_spec.get("containers") or []
-        if any(m.get("mountPath") in (BUNDLE_MOUNT, CONTROL_MOUNT) for m in c.get("volumeMounts") or [])
-    ]
+    ours_mounts, ours_env = (BUNDLE_MOUNT, CONTROL_MOUNT), (ENV_AGENT, ENV_NAMESPACE)
+    containers = []
+    for c in pod_spec.get("containers") or []:
+        mounts = [m["mountPath"] for m in c.get("volumeMounts") or [] if m.get("mountPath") in ours_mounts]
+        env = [e["name"] for e in c.get("env") or [] if e.get("name") in ours_env]
+        if mounts or env:
+            entry: dict[str, Any] = {"name": c["name"]}
+            if mounts:
+                entry["volumeMounts"] = [{"mountPath": m, "$patch": "delete"} for m in mounts]
+            if env:
+                entry["env"] = [{"name": e, "$patch": "delete"} for e in env]
+            containers.append(entry)
     present = [a for a in ours if a in annotations]
     if not (present or our_volumes or containers):
         return None
