@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 from kopf.testing import KopfRunner
 
@@ -83,13 +84,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
 @pytest.fixture()
 def operator_module(
     tmp_path: Path, emulator_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
-) -> tuple[Path, Path]:
+) -> Iterator[tuple[Path, Path]]:
     calls = tmp_path / "calls.jsonl"
     module = tmp_path / "widget_operator.py"
     module.write_text(OPERATOR)
     monkeypatch.setenv("KUBECONFIG", str(emulator_kubeconfig))
     monkeypatch.setenv("WIDGET_CALLS", str(calls))
-    return module, calls
+    # Only this operator's handlers: other tests' operators (Tourniquet's) share Kopf's default registry.
+    saved = kopf.get_default_registry()
+    kopf.set_default_registry(kopf.OperatorRegistry())
+    yield module, calls
+    kopf.set_default_registry(saved)
 
 
 def test_kopf_full_lifecycle_invokes_each_handler_once(

@@ -21,7 +21,9 @@ _PATTERNS = [
     re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/-]{16,}=*)"),
     # key=value, key: value, "key": "value"
     # Bounded key lengths keep this linear on long lines (an unbounded [\w]* backtracks quadratically).
-    re.compile(rf"(?i)(\"?[\w.-]{{0,40}}{_SECRET_WORDS}[\w.-]{{0,40}}\"?\s{{0,3}}[:=]\s{{0,3}}\"?)((?!\[REDACTED\])[^\s\",;]+)"),
+    re.compile(
+        rf"(?i)(\"?[\w.-]{{0,40}}{_SECRET_WORDS}[\w.-]{{0,40}}\"?\s{{0,3}}[:=]\s{{0,3}}\"?)((?!\[REDACTED\])[^\s\",;]+)"
+    ),
     re.compile(r"()(sk-[A-Za-z0-9_-]{16,})"),  # API keys in the style of LLM providers
     re.compile(r"()(AKIA[0-9A-Z]{16})"),  # AWS access key ids
     re.compile(r"()(eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"),  # JWTs
@@ -126,6 +128,7 @@ def build_evidence(
         {"capturedAt": captured_at, "truncated": truncated, "errors": parts.errors, "logLines": LOG_LINES},
         indent=1,
     )
+
     def final_size() -> int:
         return sum(len(k) + len(v.encode()) for k, v in data.items())
 

@@ -253,7 +253,12 @@ class DetectionRule(ApiModel):
     )
 
     name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    expr: str | None = Field(default=None, min_length=1, description="PromQL; any sample returned fires.")
+    expr: str | None = Field(
+        default=None,
+        min_length=1,
+        description="PromQL; any sample returned fires. $agent stands for this agent's name; samples whose agent "
+        "label names another agent are ignored.",
+    )
     template: DetectionTemplate | None = None
     params: dict[str, Any] = Field(default_factory=dict, json_schema_extra=PRESERVE_UNKNOWN)
     for_: str = Field(default="0s", alias="for", pattern=r"^([0-9]+(ms|s|m|h))+$")
@@ -268,7 +273,7 @@ class DetectionRule(ApiModel):
 
 
 class Detection(ApiModel):
-    interval_seconds: int = Field(default=15, ge=5, le=3600, alias="intervalSeconds")
+    interval_seconds: int = Field(default=15, ge=1, le=3600, alias="intervalSeconds")
     rules: list[DetectionRule] = Field(default_factory=list)
 
 
@@ -380,6 +385,9 @@ class RuleStatus(ApiModel):
     name: str
     expr: str | None = Field(default=None, description="The PromQL evaluated, ready to paste into Grafana.")
     state: str = Field(default="Inactive", description="Inactive | Pending | Firing | Invalid")
+    active_at: str | None = Field(
+        default=None, alias="activeAt", description="When the rule started returning samples (Pending or Firing)."
+    )
     error: str | None = None
 
 

@@ -171,6 +171,11 @@ class DetectionRecord(ApiModel):
     count: int = 1
     first_seen: str | None = Field(default=None, alias="firstSeen")
     last_seen: str | None = Field(default=None, alias="lastSeen")
+    cleared_at: str | None = Field(
+        default=None,
+        alias="clearedAt",
+        description="When the source last reported the signal gone; the incident stays open until a human resolves.",
+    )
 
 
 class AgentIncidentStatus(ApiModel):

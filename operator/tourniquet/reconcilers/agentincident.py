@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from tourniquet import observability
 from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, KubeApi
 from tourniquet.domain import agent as agent_domain
 from tourniquet.domain.containment import IncidentView, incident_problems, parse_incident_spec
@@ -168,6 +169,7 @@ async def reconcile_incident(
     if await write_incident_status(api, body, new_status):
         already = len((body.get("status") or {}).get("timeline") or [])
         post_events_later(api, body, new_status["timeline"][already:])
+        observability.observe_incident_timings(body.get("status") or {}, new_status)
     report.status = new_status
     return report
 

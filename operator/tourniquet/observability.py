@@ -1,0 +1,121 @@
+"""The operator's own metrics, served on /metrics next to the Alertmanager receiver.
+
+==============================================  =========  ===================================================
+name                                            type       labels and meaning
+==============================================  =========  ===================================================
+``tourniquet_detection_latency_seconds``        histogram  ``source`` (prometheus|alertmanager): from the
+                                                           moment the signal started (the rule first returned
+                                                           samples, `for:` included; the alert's startsAt) to
+                                                           its incident existing
+``tourniquet_detection_evaluation_errors_total``  counter  ``reason``: queries that gave no verdict
+                                                           (PrometheusUnreachable, PrometheusTimeout, ...,
+                                                           QueryRejected for a rule Prometheus refused)
+``tourniquet_detection_signals_total``          counter    ``source, outcome``: opened | updated | suppressed
+                                                           (its episode's incident was resolved) | cleared
+``tourniquet_incidents_open``                   gauge      ``severity, class``: open AgentIncidents
+``tourniquet_containment_latency_seconds``      histogram  ``lever`` (shadow|revokeTools|drain): from an
+                                                           incident's creation to the lever observed applied
+``tourniquet_incident_resolution_seconds``      histogram  from an incident's creation to its resolution
+==============================================  =========  ===================================================
+
+One registry per operator process. Imports nothing of Tourniquet, so any layer may record into it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+REGISTRY = CollectorRegistry()
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
+_CONTAINMENT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
+
+DETECTION_LATENCY = Histogram(
+    "tourniquet_detection_latency_seconds",
+    "From the start of a signal (rule first returning samples, alert startsAt) to its incident existing.",
+    ["source"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+EVALUATION_ERRORS = Counter(
+    "tourniquet_detection_evaluation_errors",
+    "Rule queries that gave no verdict, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+SIGNALS = Counter(
+    "tourniquet_detection_signals",
+    "Signals handled, by source and outcome (opened, updated, suppressed, cleared).",
+    ["source", "outcome"],
+    registry=REGISTRY,
+)
+OPEN_INCIDENTS = Gauge(
+    "tourniquet_incidents_open",
+    "Open AgentIncidents by severity and class.",
+    ["severity", "class"],
+    registry=REGISTRY,
+)
+CONTAINMENT_LATENCY = Histogram(
+    "tourniquet_containment_latency_seconds",
+    "From an incident's creation to a lever observed applied.",
+    ["lever"],
+    buckets=_CONTAINMENT_BUCKETS,
+    registry=REGISTRY,
+)
+RESOLUTION = Histogram(
+    "tourniquet_incident_resolution_seconds",
+    "From an incident's creation to its resolution.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+
+_incidents: dict[tuple[str, str], tuple[str, str] | None] = {}  # (namespace, name) -> (severity, class) if open
+_incidents_lock = threading.Lock()
+
+
+def exposition() -> bytes:
+    return generate_latest(REGISTRY)
+
+
+def track_incident(namespace: str, name: str, body: dict[str, Any] | None) -> None:
+    """Count an incident as open (by severity and class) or not; `body` None: it is gone."""
+    spec = (body or {}).get("spec") or {}
+    meta = (body or {}).get("metadata") or {}
+    open_ = body is not None and not spec.get("resolved") and not meta.get("deletionTimestamp")
+    key = (str(spec.get("severity") or "unknown"), str(spec.get("class") or "other")) if open_ else None
+    with _incidents_lock:
+        previous = _incidents.pop((namespace, name), None)
+        if key is not None:
+            _incidents[(namespace, name)] = key
+        if previous == key:
+            return
+        if previous is not None:
+            OPEN_INCIDENTS.labels(*previous).dec()
+        if key is not None:
+            OPEN_INCIDENTS.labels(*key).inc()
+
+
+def forget_incidents() -> None:
+    """The operator is stopping: it no longer knows what is open."""
+    with _incidents_lock:
+        for key in {k for k in _incidents.values() if k is not None}:
+            OPEN_INCIDENTS.labels(*key).set(0)
+        _incidents.clear()
+
+
+def observe_incident_timings(before: dict[str, Any], after: dict[str, Any]) -> None:
+    """Record the containment and resolution times an incident's status gained in one write."""
+    old = before.get("timings") or {}
+    new = after.get("timings") or {}
+    seen_levers = old.get("levers") or {}
+    for key, seconds in (new.get("levers") or {}).items():
+        if key not in seen_levers and isinstance(seconds, int | float):
+            CONTAINMENT_LATENCY.labels(key.rsplit("/", 1)[-1]).observe(seconds)
+    resolved = new.get("resolvedSeconds")
+    if old.get("resolvedSeconds") is None and isinstance(resolved, int | float):
+        RESOLUTION.observe(resolved)

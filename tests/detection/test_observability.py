@@ -1,0 +1,52 @@
+"""The operator's metrics: open incidents follow the cluster, latencies are observed once."""
+
+from __future__ import annotations
+
+from tourniquet import observability
+
+REGISTRY = observability.REGISTRY
+
+
+def value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def incident(severity: str = "SEV1", klass: str = "tool-misuse", resolved: bool = False) -> dict:
+    return {"spec": {"severity": severity, "class": klass, "resolved": resolved}, "metadata": {}}
+
+
+def test_open_incidents_follow_severity_class_resolution_and_deletion():
+    observability.forget_incidents()
+    gauge = "tourniquet_incidents_open"
+    observability.track_incident("ns", "a", incident())
+    observability.track_incident("ns", "a", incident())  # the same event again: counted once
+    observability.track_incident("ns", "b", incident("SEV2", "cost-runaway"))
+    assert value(gauge, severity="SEV1", **{"class": "tool-misuse"}) == 1
+    assert value(gauge, severity="SEV2", **{"class": "cost-runaway"}) == 1
+    observability.track_incident("ns", "a", incident("SEV2", "cost-runaway"))  # on-call re-classified it
+    assert value(gauge, severity="SEV1", **{"class": "tool-misuse"}) == 0
+    assert value(gauge, severity="SEV2", **{"class": "cost-runaway"}) == 2
+    observability.track_incident("ns", "a", incident("SEV2", "cost-runaway", resolved=True))
+    observability.track_incident("ns", "b", None)  # deleted
+    assert value(gauge, severity="SEV2", **{"class": "cost-runaway"}) == 0
+    observability.forget_incidents()
+
+
+def test_lever_and_resolution_times_are_observed_once_each():
+    def count(name: str, **labels: str) -> float:
+        return value(f"{name}_count", **labels)
+
+    before = (
+        count("tourniquet_containment_latency_seconds", lever="shadow"),
+        count("tourniquet_incident_resolution_seconds"),
+    )
+    first = {"timings": {"levers": {"refund-agent/shadow": 0.4}, "containedSeconds": 0.4}}
+    observability.observe_incident_timings({}, first)
+    observability.observe_incident_timings(first, first)  # a later write: nothing new
+    resolved = {"timings": {**first["timings"], "resolvedSeconds": 600.0}}
+    observability.observe_incident_timings(first, resolved)
+    after = (
+        count("tourniquet_containment_latency_seconds", lever="shadow"),
+        count("tourniquet_incident_resolution_seconds"),
+    )
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1]
