@@ -35,6 +35,7 @@ from tourniquet.adapters.kube import (  # noqa: E402
     AGENTINCIDENTS,
     CONFIGMAPS,
     DEPLOYMENTS,
+    EVENTS,
     NETWORKPOLICIES,
     KubeApi,
 )
@@ -105,7 +106,12 @@ async def measure_operator(api: KubeApi, url: str, round_: int, n: int, timeout:
 
 
 async def measure_floor(api: KubeApi, namespace: str, n: int) -> list[float]:
-    """The containment writes for one incident, issued directly, all incidents at once."""
+    """Every write the operator makes for one incident, issued directly, all incidents at once.
+
+    Control ConfigMap, NetworkPolicy, evidence ConfigMap, the drain, the agent's status, the incident's
+    status, and one Event per timeline entry (Opened, two LeverApplied, EvidenceCaptured, Contained).
+    Not included: Kopf's own bookkeeping patches (finalizer, progress), and every read.
+    """
     from tourniquet.domain import names, network
     from tourniquet.models import AgentDeploymentSpec
 
@@ -113,6 +119,7 @@ async def measure_floor(api: KubeApi, namespace: str, n: int) -> list[float]:
     for i in range(n):
         worker, agent = agent_for(i, namespace)
         await api.create(DEPLOYMENTS, namespace, worker)
+        await api.create(AGENTDEPLOYMENTS, namespace, agent)
         spec = AgentDeploymentSpec.model_validate(agent["spec"])
         for body, res in (
             (
@@ -175,6 +182,21 @@ async def measure_floor(api: KubeApi, namespace: str, n: int) -> list[float]:
             {"status": {"phase": "Contained"}},
             subresource="status",
         )
+        await api.patch(
+            AGENTDEPLOYMENTS,
+            namespace,
+            agent,
+            {"status": {"containment": {"incidents": [f"inc-{i}"]}}},
+            subresource="status",
+        )
+        for n, reason in enumerate(("Opened", "LeverApplied", "LeverApplied", "EvidenceCaptured", "Contained")):
+            event = {
+                "metadata": {"name": f"inc-{i}.{n}"},
+                "reason": reason,
+                "message": reason,
+                "involvedObject": {"kind": "AgentIncident", "name": f"inc-{i}", "namespace": namespace},
+            }
+            await api.create(EVENTS, namespace, event)
         latencies.append(time.perf_counter() - start)
 
     await asyncio.gather(*(contain(i, spec) for i, spec in prepared))
@@ -190,8 +212,9 @@ async def run(agents: int, sizes: list[int], timeout: float) -> None:
         for n in sizes:
             server.apply_manifests([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"floor-{n}"}}])
             floors[n] = await measure_floor(api, f"floor-{n}", n)
-            for incident in await api.list(AGENTINCIDENTS, f"floor-{n}"):
-                await api.delete(AGENTINCIDENTS, f"floor-{n}", incident["metadata"]["name"])
+            for res in (AGENTINCIDENTS, AGENTDEPLOYMENTS):  # the operator, started next, must not act on them
+                for obj in await api.list(res, f"floor-{n}"):
+                    await api.delete(res, f"floor-{n}", obj["metadata"]["name"])
         server.apply_manifests([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}])
         for i in range(agents):
             worker, agent = agent_for(i, NAMESPACE)

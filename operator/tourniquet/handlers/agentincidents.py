@@ -25,7 +25,12 @@ async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger, index: kop
     meta = body["metadata"]
     try:
         async with lock_for("AgentIncident", meta["namespace"], meta["name"]):
-            fresh = await memo.api.get_or_none(AGENTINCIDENTS, meta["namespace"], meta["name"])
+            # A brand-new incident (no status yet) is as Kopf delivered it; later passes read it fresh, so a
+            # timer and a change handler never compute the timeline from each other's stale copies.
+            if not body.get("status"):
+                fresh: dict[str, Any] | None = plain(body)
+            else:
+                fresh = await memo.api.get_or_none(AGENTINCIDENTS, meta["namespace"], meta["name"])
             if fresh is None:
                 return
             others = incident_views(index, meta["namespace"])

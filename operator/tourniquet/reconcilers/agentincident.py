@@ -46,14 +46,15 @@ async def reconcile_agent_locked(
     *,
     previous: AgentReport | None = None,
     defer_status: bool = False,
+    body: dict[str, Any] | None = None,
 ) -> AgentReport | None:
-    """Reconcile one agent, one pass at a time per agent: from a fresh read, or right after `previous`."""
+    """Reconcile one agent, one pass at a time per agent: from `body` just read, a fresh read, or right after
+    `previous` (reusing what that pass observed)."""
     async with lock_for("AgentDeployment", namespace, name):
         world = None
         if previous is not None and previous.body is not None and previous.world is not None:
-            body: dict[str, Any] | None = previous.body
-            world = previous.world
-        else:
+            body, world = previous.body, previous.world
+        elif body is None:
             body = await api.get_or_none(AGENTDEPLOYMENTS, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
@@ -118,7 +119,14 @@ async def reconcile_incident(
         results = await asyncio.gather(
             *(
                 reconcile_agent_locked(
-                    api, namespace, a, current, upstream, previous=(previous or {}).get(a), defer_status=not previous
+                    api,
+                    namespace,
+                    a,
+                    current,
+                    upstream,
+                    previous=(previous or {}).get(a),
+                    defer_status=not previous,
+                    body=agent_bodies.get(a) if not previous else None,
                 )
                 for a in only
             )
