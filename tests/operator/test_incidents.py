@@ -330,3 +330,17 @@ def test_a_keda_scaled_consumer_is_paused_during_the_drain_and_resumed_after(clu
         ),
         what="KEDA resumed",
     )
+
+
+def test_re_assert_passes_add_nothing_to_the_timeline_of_a_contained_incident(cluster: Cluster, operator):
+    start_agent(cluster)
+    cluster.apply([incident("steady")])  # SEV1 playbook: revoke, drain, and a rollback that is refused (no LKG)
+    wait_for(lambda: contained(cluster, "steady"), what="Contained")
+    import time
+
+    first = cluster.status(AI, "steady")["timeline"]
+    events = [(e["event"], e.get("agent"), e.get("message", "").split(":")[0]) for e in first]
+    assert len(events) == len(set(events)), events  # each lever applied once, the refusal said once
+    assert any(e["event"] == "Failed" and "rollback" in e["message"] for e in first)
+    time.sleep(3)  # three re-assert passes (every second in tests)
+    assert cluster.status(AI, "steady")["timeline"] == first

@@ -13,6 +13,9 @@ from typing import Any
 
 from tourniquet.domain.conditions import condition_is, parse_time, rfc3339, set_condition
 
+# Timeline events recorded once per distinct message (DriftRepaired repeats: each override is news).
+ONCE_EVENTS = frozenset({"Failed", "RolledBack"})
+
 
 def micro_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -96,6 +99,12 @@ def incident_status(
             {"name": seen.lever, "agent": seen.agent, "state": state, "observedAt": observed_at, "detail": detail}
         )
     for event, message, agent in notes:
+        # A failure or rollback that a re-assert pass finds again is not news: one entry, not one per pass.
+        repeated = any(
+            e.get("event") == event and e.get("message") == message and e.get("agent") == agent for e in timeline
+        )
+        if event in ONCE_EVENTS and repeated:
+            continue
         note(event, message, agent)
 
     conditions = list(status.get("conditions") or [])

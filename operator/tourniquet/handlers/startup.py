@@ -35,8 +35,6 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
     logger.info("Connected to the Kubernetes API at %s", memo.api.host)
 
 
-@kopf.on.cleanup()
-async def close(memo: Any, **_: Any) -> None:
-    api = getattr(memo, "api", None)
-    if api is not None:
-        await api.close()
+# No cleanup closes `memo.api`: Kopf runs cleanup while cancelled handlers may still be in a request, and
+# closing the connection pool under them turns a clean stop into errors Kopf re-raises at exit. The
+# pool goes with the process.

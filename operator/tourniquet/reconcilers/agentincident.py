@@ -157,7 +157,7 @@ async def reconcile_incident(
         me = dataclasses.replace(me, evidence_captured=True)
         views = [*views[:-1], me]
         waiting = [a for a, r in reports.items() if r.levers.get(Lever.DRAIN) and r.levers[Lever.DRAIN].pending]
-        status = compute(status, {}, [])  # the evidence, in its place in the timeline
+        status = compute(status, reports, [])  # the evidence, in its place in the timeline
         if waiting:
             reports.update(await contain_all(views, waiting, previous=reports))
 
