@@ -1,6 +1,7 @@
 # The Tourniquet operator image: `tourniquet run` as a non-root user on a read-only root filesystem.
 #   docker build -t tourniquet/operator:0.1.0 .
-# The chart (charts/tourniquet) passes the arguments: --liveness, --namespace or --all-namespaces, --peering.
+# The chart (charts/tourniquet) passes the arguments: --liveness, --namespace or --all-namespaces, --peering,
+# --log-format.
 
 # ---------------------------------------------------------------- build: a virtualenv with the operator
 FROM python:3.11.14-slim-bookworm AS build

@@ -92,9 +92,7 @@ def start_operator(kubeconfig: str, prometheus_url: str) -> subprocess.Popen[byt
     )
 
 
-async def create_agents(
-    api: KubeApi, names: list[tuple[int, str]], rules: list[dict[str, Any]], interval: int
-) -> None:
+async def create_agents(api: KubeApi, names: list[tuple[int, str]], rules: list[dict[str, Any]], interval: int) -> None:
     semaphore = asyncio.Semaphore(50)
 
     async def create(i: int, name: str) -> None:
@@ -184,9 +182,7 @@ async def watch_incidents(url: str, agents: set[str], seen: dict[str, float], re
                     seen.setdefault(agent, time.perf_counter())
 
 
-async def time_to_detect(
-    api: KubeApi, url: str, registry: CollectorRegistry, interval: int, runs: int
-) -> list[float]:
+async def time_to_detect(api: KubeApi, url: str, registry: CollectorRegistry, interval: int, runs: int) -> list[float]:
     names = [(10_000 + interval * 1000 + i, f"detect-{interval}s-{i}") for i in range(runs)]
     guards = {}
     for _, name in names:

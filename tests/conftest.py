@@ -130,14 +130,16 @@ async def kube(kubeconfig: str) -> Any:
 class OperatorProcess:
     """The real operator (Kopf) in its own thread and loop; can be stopped and started again."""
 
-    def __init__(self, kubeconfig: str) -> None:
+    def __init__(self, kubeconfig: str, extra_args: tuple[str, ...] = ()) -> None:
         self.kubeconfig = kubeconfig
+        self.extra_args = extra_args  # more `kopf run` arguments, e.g. --liveness=URL
         self.runner: Any = None
 
     def start(self) -> OperatorProcess:
         from kopf.testing import KopfRunner
 
-        self.runner = KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "tourniquet.handlers"], timeout=60)
+        args = ["run", "--all-namespaces", "--standalone", *self.extra_args, "-m", "tourniquet.handlers"]
+        self.runner = KopfRunner(args, timeout=60)
         self.runner.__enter__()
         return self
 
@@ -147,6 +149,30 @@ class OperatorProcess:
             runner.__exit__(None, None, None)
             return str(runner.output)
         return ""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The operator's /metrics as {(sample name, sorted labels): value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import sys
 import time
@@ -65,19 +64,28 @@ def main() -> None:
 @click.option("--liveness", default="http://0.0.0.0:8080/healthz", show_default=True, help="Kopf probe endpoint.")
 @click.option("--priority", type=int, default=0, help="Kopf peering priority (when running several replicas).")
 @click.option("--peering", default=None, help="Kopf peering object name; standalone when unset.")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="TOURNIQUET_LOG_FORMAT",
+    help="json: one object per line (time, level, logger, message, object). Env: TOURNIQUET_LOG_FORMAT.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs.")
 def run(
     namespaces: tuple[str, ...],
     all_namespaces: bool,
     liveness: str,
     priority: int,
     peering: str | None,
+    log_format: str,
     verbose: bool,
 ) -> None:
     """Run the operator against the cluster in $KUBECONFIG (or in-cluster)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
-    )
+    from tourniquet import logs
+
+    logs.configure(log_format, verbose=verbose)
     _run(lambda: run_operator(list(namespaces), liveness=liveness, priority=priority, peering=peering))
 
 
@@ -103,6 +111,7 @@ async def run_operator(
         liveness_endpoint=liveness or None,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
+        memo=kopf.Memo(served_namespaces=tuple(namespaces)),
     )
 
 

@@ -14,9 +14,23 @@ name                                            type       labels and meaning
                                                            (its episode's incident was resolved) | cleared
 ``tourniquet_incidents_open``                   gauge      ``severity, class``: open AgentIncidents
 ``tourniquet_containment_latency_seconds``      histogram  ``lever`` (shadow|revokeTools|drain): from an
-                                                           incident's creation to the lever observed applied
+                                                           incident's creation to the lever observed applied;
+                                                           ``lever="all"``: to every lever observed applied
+                                                           (the incident Contained)
 ``tourniquet_incident_resolution_seconds``      histogram  from an incident's creation to its resolution
+``tourniquet_watch_last_event_age_seconds``     gauge      ``resource`` (agentdeployments|agentincidents):
+                                                           since the last watch event of that resource (or
+                                                           since start-up); grows on a quiet cluster too
+``tourniquet_watch_canary_lag_seconds``         gauge      ``canary_namespace``: the canary's round trip,
+                                                           from its write to the AgentIncidents watch
+                                                           delivering it; while one is outstanding, the time
+                                                           since it was written
+``tourniquet_watch_stale``                      gauge      ``canary_namespace``: 1 when the canary has not
+                                                           come back within the stale threshold
 ==============================================  =========  ===================================================
+
+The watch gauges are computed when /metrics is scraped (:func:`before_scrape`), by
+:mod:`tourniquet.freshness`.
 
 One registry per operator process. Imports nothing of Tourniquet, so any layer may record into it.
 """
@@ -24,6 +38,7 @@ One registry per operator process. Imports nothing of Tourniquet, so any layer m
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -31,6 +46,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 REGISTRY = CollectorRegistry()
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+ALL_LEVERS = "all"  # the containment-latency label of a whole incident
 
 _LATENCY_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
 _CONTAINMENT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
@@ -62,7 +79,7 @@ OPEN_INCIDENTS = Gauge(
 )
 CONTAINMENT_LATENCY = Histogram(
     "tourniquet_containment_latency_seconds",
-    "From an incident's creation to a lever observed applied.",
+    "From an incident's creation to a lever observed applied (lever=all: to every lever observed applied).",
     ["lever"],
     buckets=_CONTAINMENT_BUCKETS,
     registry=REGISTRY,
@@ -74,12 +91,47 @@ RESOLUTION = Histogram(
     registry=REGISTRY,
 )
 
+WATCH_LAST_EVENT_AGE = Gauge(
+    "tourniquet_watch_last_event_age_seconds",
+    "Seconds since the operator last received a watch event of the resource (or since it started).",
+    ["resource"],
+    registry=REGISTRY,
+)
+WATCH_CANARY_LAG = Gauge(
+    "tourniquet_watch_canary_lag_seconds",
+    "The canary's round trip from its write to the AgentIncidents watch delivering it; "
+    "while one is outstanding, the time since it was written.",
+    ["canary_namespace"],
+    registry=REGISTRY,
+)
+WATCH_STALE = Gauge(
+    "tourniquet_watch_stale",
+    "1 when the canary has not come back through the AgentIncidents watch within the stale threshold.",
+    ["canary_namespace"],
+    registry=REGISTRY,
+)
+
+_scrape_hooks: list[Callable[[], None]] = []
+
 _incidents: dict[tuple[str, str], tuple[str, str] | None] = {}  # (namespace, name) -> (severity, class) if open
 _incidents_lock = threading.Lock()
 
 
 def exposition() -> bytes:
+    for hook in list(_scrape_hooks):
+        hook()
     return generate_latest(REGISTRY)
+
+
+def before_scrape(hook: Callable[[], None]) -> Callable[[], None]:
+    """Run `hook` before every scrape (to set gauges that are ages); returns the function that removes it."""
+    _scrape_hooks.append(hook)
+
+    def remove() -> None:
+        if hook in _scrape_hooks:
+            _scrape_hooks.remove(hook)
+
+    return remove
 
 
 def track_incident(namespace: str, name: str, body: dict[str, Any] | None) -> None:
@@ -116,6 +168,9 @@ def observe_incident_timings(before: dict[str, Any], after: dict[str, Any]) -> N
     for key, seconds in (new.get("levers") or {}).items():
         if key not in seen_levers and isinstance(seconds, int | float):
             CONTAINMENT_LATENCY.labels(key.rsplit("/", 1)[-1]).observe(seconds)
+    contained = new.get("containedSeconds")
+    if old.get("containedSeconds") is None and isinstance(contained, int | float):
+        CONTAINMENT_LATENCY.labels(ALL_LEVERS).observe(contained)  # the incident as a whole: every lever applied
     resolved = new.get("resolvedSeconds")
     if old.get("resolvedSeconds") is None and isinstance(resolved, int | float):
         RESOLUTION.observe(resolved)

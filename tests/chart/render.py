@@ -45,6 +45,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "rbac": {"oncall": {"create": False}},
         "operator": {
             "verbose": True,
+            "logFormat": "json",
             "extraArgs": ["--priority=5"],
             "extraEnv": [{"name": "TOURNIQUET_PROMETHEUS_TOKEN_FILE", "value": "/etc/prometheus-token/token"}],
         },

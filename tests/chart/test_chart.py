@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import click
 import helm_python as helm
 import jsonschema
 import kubernetes_validate
@@ -141,7 +142,10 @@ def parse_run(args: list[str]) -> dict[str, Any]:
     from tourniquet.cli import main
 
     command = main.commands["run"]
-    context = command.make_context("run", list(args))
+    # Under the group's context, as the command line does: a context made without it would make Click cache a
+    # help option without the group's `-h`.
+    parent = click.Context(main, info_name="tourniquet", **main.context_settings)
+    context = command.make_context("run", list(args), parent=parent)
     return dict(context.params)
 
 
@@ -155,6 +159,7 @@ def test_the_arguments_are_what_tourniquet_run_accepts(variant: str) -> None:
     assert params["all_namespaces"] is (not namespaces)
     assert params["peering"] == ("tourniquet" if values.get("replicas", 1) > 1 else None)
     assert params["verbose"] is bool(values.get("operator", {}).get("verbose"))
+    assert params["log_format"] == values.get("operator", {}).get("logFormat", "text")
 
 
 def test_one_replica_is_recreated_not_rolled() -> None:
@@ -449,6 +454,7 @@ def test_the_dashboard_reads_the_operators_metrics() -> None:
         ({"detection": {"prometheusUrl": "prometheus:9090"}}, "/detection/prometheusUrl"),
         ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory"),
         ({"http": {"port": 70000}}, "/http/port"),
+        ({"operator": {"logFormat": "yaml"}}, "/operator/logFormat"),
     ],
 )
 def test_values_schema_refuses_mistakes(values: dict[str, Any], complaint: str) -> None:

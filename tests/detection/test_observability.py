@@ -38,6 +38,7 @@ def test_lever_and_resolution_times_are_observed_once_each():
 
     before = (
         count("tourniquet_containment_latency_seconds", lever="shadow"),
+        count("tourniquet_containment_latency_seconds", lever="all"),
         count("tourniquet_incident_resolution_seconds"),
     )
     first = {"timings": {"levers": {"refund-agent/shadow": 0.4}, "containedSeconds": 0.4}}
@@ -47,6 +48,7 @@ def test_lever_and_resolution_times_are_observed_once_each():
     observability.observe_incident_timings(first, resolved)
     after = (
         count("tourniquet_containment_latency_seconds", lever="shadow"),
+        count("tourniquet_containment_latency_seconds", lever="all"),  # the incident as a whole
         count("tourniquet_incident_resolution_seconds"),
     )
-    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]

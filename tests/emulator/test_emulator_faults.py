@@ -141,3 +141,27 @@ def test_inject_fault_rejects_unknown_verbs() -> None:
 
 def test_kmock_resource_helpers_are_reexported() -> None:
     assert kmock.resource("apps/v1/deployments").group == "apps"
+
+
+def test_a_frozen_watch_stays_open_delivers_nothing_then_everything_on_thaw(api: ApiServerThread, http: Any) -> None:
+    import threading
+
+    since = str(api.call(lambda: api.emulator.resource_version))
+    freeze = api.call(api.emulator.freeze_watches, "v1/configmaps")
+    result: dict[str, Any] = {}
+    reader = threading.Thread(
+        target=lambda: result.update(events=http.watch(CMS, {"resourceVersion": since, "timeoutSeconds": "0.3"})[1])
+    )
+    reader.start()
+    assert http.post(CMS, {"metadata": {"name": "held"}})[0] == 201  # writes still work
+    started = time.monotonic()
+    http.watch(DEPLOYS, {"resourceVersion": since, "timeoutSeconds": "0.2"})  # other resources are not frozen
+    assert time.monotonic() - started < 1
+    reader.join(timeout=1.5)
+    assert reader.is_alive(), "a frozen stream neither delivers nor ends at timeoutSeconds"
+    api.call(freeze.thaw)
+    reader.join(timeout=5)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in result["events"]] == [("ADDED", "held")]
+    # A thawed resource watches normally again.
+    _, events = http.watch(CMS, {"resourceVersion": since, "timeoutSeconds": "0.2"})
+    assert [e["object"]["metadata"]["name"] for e in events] == ["held"]

@@ -18,6 +18,11 @@ ANNOTATION_VERDICT_REASON = f"{PREFIX}/verdict-reason"
 ANNOTATION_BUNDLE = f"{PREFIX}/bundle"  # on a consumer's pod template: the bundle ConfigMap it mounts
 ANNOTATION_BUNDLE_REVISION = f"{PREFIX}/bundle-revision"
 
+# The watch-freshness canary: an AgentIncident the operator owns, never an incident (tourniquet.freshness).
+CANARY_NAME = "tourniquet-canary"
+LABEL_CANARY = f"{PREFIX}/canary"
+ANNOTATION_CANARY_WRITTEN = f"{PREFIX}/canary-written"
+
 COMPONENT_BUNDLE = "bundle"
 COMPONENT_CONTROL = "control"
 

@@ -10,6 +10,7 @@ import kopf
 
 from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError
 from tourniquet.domain.containment import IncidentView, incident_view
+from tourniquet.handlers.freshness import NOT_CANARY
 from tourniquet.reconcilers import agentdeployment as reconciler
 from tourniquet.reconcilers.agentincident import reconcile_agent_locked, reconcile_incident
 from tourniquet.reconcilers.locks import lock_for
@@ -31,7 +32,7 @@ def incident_views(index: kopf.Index[str, dict[str, Any]], namespace: str) -> li
     return [v for v in views if v is not None]
 
 
-@kopf.index("tourniquet.dev", "v1alpha1", "agentincidents")
+@kopf.index("tourniquet.dev", "v1alpha1", "agentincidents", labels=NOT_CANARY)
 def incidents_by_namespace(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     return {body["metadata"]["namespace"]: plain(body)}
 

@@ -9,6 +9,7 @@ import kopf
 
 from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError
 from tourniquet.handlers.agentdeployments import incident_views, plain
+from tourniquet.handlers.freshness import NOT_CANARY
 from tourniquet.reconcilers import agentincident as reconciler
 from tourniquet.reconcilers.locks import lock_for
 
@@ -44,20 +45,20 @@ async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger, index: kop
         logger.info("Reconciled incident: phase %s", phase)
 
 
-@kopf.on.resume(*RESOURCE)
-@kopf.on.create(*RESOURCE)
-@kopf.on.update(*RESOURCE, field="spec")
+@kopf.on.resume(*RESOURCE, labels=NOT_CANARY)
+@kopf.on.create(*RESOURCE, labels=NOT_CANARY)
+@kopf.on.update(*RESOURCE, field="spec", labels=NOT_CANARY)
 async def incident_changed(body: kopf.Body, memo: Any, logger: kopf.Logger, **kwargs: Any) -> None:
     await _reconcile(body, memo, logger, kwargs["incidents_by_namespace"])
 
 
-@kopf.timer(*RESOURCE, interval=REASSERT_SECONDS, initial_delay=REASSERT_SECONDS, when=_is_open)
+@kopf.timer(*RESOURCE, interval=REASSERT_SECONDS, initial_delay=REASSERT_SECONDS, when=_is_open, labels=NOT_CANARY)
 async def incident_reassert(body: kopf.Body, memo: Any, logger: kopf.Logger, **kwargs: Any) -> None:
     """Drift repair: re-assert every lever this incident holds, and record what was overridden."""
     await _reconcile(body, memo, logger, kwargs["incidents_by_namespace"])
 
 
-@kopf.on.delete(*RESOURCE)
+@kopf.on.delete(*RESOURCE, labels=NOT_CANARY)
 async def incident_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **kwargs: Any) -> None:
     """Release what this incident held (levers another open incident holds stay in force)."""
     try:

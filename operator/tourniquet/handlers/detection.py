@@ -23,6 +23,7 @@ from tourniquet import observability
 from tourniquet.adapters.kube import ApiError
 from tourniquet.adapters.prometheus import PrometheusQuerier, PrometheusSettings
 from tourniquet.handlers.agentdeployments import RESOURCE, plain
+from tourniquet.handlers.freshness import NOT_CANARY
 from tourniquet.receiver import Receiver, TokenSource, listen_address
 from tourniquet.reconcilers.detection import DEFAULT_INTERVAL_SECONDS, AgentDetector, interval_seconds
 
@@ -103,7 +104,7 @@ async def detect(body: kopf.Body, memo: Any, logger: kopf.Logger, stopped: kopf.
         await stopped.wait(max(0.05, interval - (loop.time() - started)))
 
 
-@kopf.on.event(*INCIDENTS)
+@kopf.on.event(*INCIDENTS, labels=NOT_CANARY)
 async def incident_seen(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     """Keep the open-incidents gauge (by severity and class) in step with the cluster."""
     meta = body.get("metadata") or {}

@@ -35,8 +35,8 @@ that operators and ``kubectl`` rely on:
 
 Extensions over a real server, for tests: ``timeoutSeconds`` may be fractional; objects put into
 ``emulator.objects`` directly are served (stamped with a uid and resourceVersion on first read);
-:meth:`~RealisticEmulator.inject_fault`, :meth:`~RealisticEmulator.writes` and
-:meth:`~RealisticEmulator.collect_garbage`.
+:meth:`~RealisticEmulator.inject_fault`, :meth:`~RealisticEmulator.freeze_watches`,
+:meth:`~RealisticEmulator.writes` and :meth:`~RealisticEmulator.collect_garbage`.
 
 What is **not** emulated (a real cluster is needed for these):
 
@@ -95,6 +95,7 @@ __all__ = [
     "FaultHandle",
     "LabelSelector",
     "RealisticEmulator",
+    "WatchFreeze",
     "json_patch",
     "merge_patch",
     "strategic_merge_patch",
@@ -1066,6 +1067,25 @@ class FaultHandle:
         return True
 
 
+@dataclasses.dataclass(eq=False)
+class WatchFreeze:
+    """
+    A frozen watch (see :meth:`RealisticEmulator.freeze_watches`); ``thaw()`` delivers what was held.
+
+    From another thread: ``api.call(freeze.thaw)``.
+    """
+
+    resource: str
+    _frozen: collections.Counter[Any] = dataclasses.field(repr=False)
+    _storage: Any = dataclasses.field(repr=False)
+    thawed: bool = False
+
+    def thaw(self) -> None:
+        if not self.thawed:
+            self.thawed = True
+            self._frozen[self._storage] -= 1
+
+
 _VERBS: dict[str, Any] = {
     "get": kmock.action.FETCH,
     "list": kmock.action.LIST,
@@ -1270,6 +1290,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
     _watches: dict[references.resource, set[_Watch]] = attrs.field(factory=dict, init=False)
     _custom: dict[references.resource, _CustomVersion] = attrs.field(factory=dict, init=False)
     _closing: bool = attrs.field(default=False, init=False)
+    _frozen: collections.Counter[references.resource] = attrs.field(factory=collections.Counter, init=False)
     _request_seq: int = attrs.field(default=0, init=False)
     _slice_counts: dict[int, tuple[Any, int, int, int, bool]] = attrs.field(factory=dict, init=False)
 
@@ -1560,6 +1581,23 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             reaction = reaction << failure
         handle._reaction = reaction
         return handle
+
+    def freeze_watches(self, resource: str | references.resource) -> WatchFreeze:
+        """
+        Freeze every watch stream of ``resource``, open or opened later, until ``thaw()``.
+
+        The streams stay open and deliver nothing: no event, no BOOKMARK, and not the end of the stream
+        at ``timeoutSeconds`` either. That is a watch frozen behind a load balancer, as a client sees it
+        (its connection looks healthy). Writes and reads keep working. The events are held, not lost:
+        ``thaw()`` delivers them, in order, as a stuck connection that comes back does.
+        """
+        storage = self.spec_for(resource).storage
+        self._frozen[storage] += 1
+        return WatchFreeze(resource=str(resource), _frozen=self._frozen, _storage=storage)
+
+    async def _while_frozen(self, spec: ResourceSpec) -> None:
+        while self._frozen[spec.storage] > 0 and not self._closing:
+            await asyncio.sleep(0.02)
 
     # ----------------------------------------------------------------------------------------------
     # Routing
@@ -2103,6 +2141,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         response.enable_chunked_encoding()
         try:
             await response.prepare(raw)
+            await self._while_frozen(spec)
             if expired is not None:
                 await response.write(_json_bytes({"type": "ERROR", "object": expired}) + b"\n")
             else:
@@ -2124,6 +2163,9 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         last_sent = loop.time()
         spec = watch.spec
         while not self._closing:
+            if self._frozen[spec.storage] > 0:
+                await self._while_frozen(spec)
+                last_sent = loop.time()  # the bookmark timer restarts when the connection does
             now = loop.time()
             if now >= deadline:
                 return
@@ -2135,6 +2177,8 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                     await response.write(self._line(spec, "BOOKMARK", self._bookmark(spec)))
                     last_sent = loop.time()
                 continue
+            if self._frozen[spec.storage] > 0:
+                await self._while_frozen(spec)
             events = [event]
             while not watch.queue.empty():
                 events.append(watch.queue.get_nowait())

@@ -13,12 +13,12 @@ import yaml
 
 from tourniquet import crdgen
 
+# The base agent. The other files in examples/ are scenarios (incidents, a rollback, ...) to apply by hand.
+BASE_EXAMPLE = "refund-agent.yaml"
 
-def example_documents(directory: Path) -> list[dict[str, Any]]:
-    docs: list[dict[str, Any]] = []
-    for path in sorted(directory.glob("*.yaml")):
-        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
-    return docs
+
+def example_documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
 def run_sandbox(*, workdir: Path, port: int = 0, examples: bool = True, examples_dir: Path = Path("examples")) -> None:
@@ -33,10 +33,12 @@ def run_sandbox(*, workdir: Path, port: int = 0, examples: bool = True, examples
         kubeconfig = Path(server.write_kubeconfig(workdir.resolve() / "kubeconfig"))
         os.environ["KUBECONFIG"] = str(kubeconfig)
         applied = []
-        if examples and examples_dir.is_dir():
-            docs = example_documents(examples_dir)
+        base = examples_dir / BASE_EXAMPLE
+        if examples and base.is_file():
+            docs = example_documents(base)
             server.apply_manifests(docs)
             applied = [f"{d['kind']}/{d['metadata']['name']}" for d in docs]
+        scenarios = sorted(p.name for p in examples_dir.glob("*.yaml") if p.name != BASE_EXAMPLE)
         print(
             f"\nTourniquet sandbox: an embedded Kubernetes API at {server.url}, with the CRDs installed and the\n"
             f"operator running against it. In another shell:\n\n"
@@ -45,7 +47,13 @@ def run_sandbox(*, workdir: Path, port: int = 0, examples: bool = True, examples
             f"  kubectl get configmaps,networkpolicies\n"
             f"  kubectl apply --validate=false -f examples/refund-agent.yaml\n"
             f"  tourniquet status\n\n"
-            + (f"Applied from examples/: {', '.join(applied)}\n" if applied else "")
+            + (f"Applied from examples/{BASE_EXAMPLE}: {', '.join(applied)}\n" if applied else "")
+            + (
+                f"Scenarios to try (each file's header says what it does): {', '.join(scenarios)},\n"
+                f"  e.g. kubectl apply --validate=false -f examples/sev1-incident.yaml\n"
+                if applied and scenarios
+                else ""
+            )
             + "It is an emulator: no pods run and nothing is persisted. Press Ctrl-C to stop.\n",
             flush=True,
         )
