@@ -7,6 +7,7 @@ workload whose replicas are 0, so only KEDA, which would, needs pausing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tourniquet.adapters.kube import PODS, SCALEDOBJECTS, WORKLOADS, ApiError, KubeApi
@@ -55,12 +56,16 @@ async def apply_drain(
                     api, resource, namespace, ref.name, patch, drain.plan_drain_patch
                 )
                 actions.append(f"Scaled {ref.kind.value} {ref.name} from {before} to 0 replicas")
-            for scaled in scaled_objects:
-                if drain.targets(scaled, ref.kind.value, ref.name):
-                    keda = drain.plan_keda_pause(scaled)
-                    if keda is not None:
-                        await api.patch(SCALEDOBJECTS, namespace, scaled["metadata"]["name"], keda)
-                        actions.append(f"Paused KEDA ScaledObject {scaled['metadata']['name']} at 0 replicas")
+            await _apply_keda(
+                api,
+                namespace,
+                scaled_objects,
+                ref.kind.value,
+                ref.name,
+                drain.plan_keda_pause,
+                "Paused KEDA ScaledObject {} at 0 replicas",
+                actions,
+            )
             pods_left[key] = await _count_pods(api, namespace, consumers[key])
         else:
             patch = drain.plan_restore_patch(workload)
@@ -69,13 +74,36 @@ async def apply_drain(
                     api, resource, namespace, ref.name, patch, drain.plan_restore_patch
                 )
                 actions.append(f"Restored {ref.kind.value} {ref.name} to {drain.replicas(consumers[key])} replicas")
-            for scaled in scaled_objects:
-                if drain.targets(scaled, ref.kind.value, ref.name):
-                    keda = drain.plan_keda_restore(scaled)
-                    if keda is not None:
-                        await api.patch(SCALEDOBJECTS, namespace, scaled["metadata"]["name"], keda)
-                        actions.append(f"Resumed KEDA ScaledObject {scaled['metadata']['name']}")
+            await _apply_keda(
+                api,
+                namespace,
+                scaled_objects,
+                ref.kind.value,
+                ref.name,
+                drain.plan_keda_restore,
+                "Resumed KEDA ScaledObject {}",
+                actions,
+            )
     return pods_left
+
+
+async def _apply_keda(
+    api: KubeApi,
+    namespace: str,
+    scaled_objects: list[dict[str, Any]],
+    kind: str,
+    name: str,
+    plan: Callable[[dict[str, Any]], dict[str, Any] | None],
+    done: str,
+    actions: list[str],
+) -> None:
+    """Pause or resume the KEDA ScaledObjects that drive one consumer."""
+    for scaled in scaled_objects:
+        if drain.targets(scaled, kind, name):
+            patch = plan(scaled)
+            if patch is not None:
+                await api.patch(SCALEDOBJECTS, namespace, scaled["metadata"]["name"], patch)
+                actions.append(done.format(scaled["metadata"]["name"]))
 
 
 async def _patch_workload(
