@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tourniquet.domain import drain
-from tourniquet.domain.evidence import EvidenceParts, build_evidence, redact, redact_text
+from tourniquet.domain.evidence import EvidenceParts, build_evidence, redact, redact_all_patterns, redact_text
 
 
 def workload(replicas: int | None, **annotations: str) -> dict:
@@ -69,6 +72,45 @@ def test_secrets_are_redacted_from_text_and_specs():
     }
     env = redact(spec)["containers"][0]["env"]
     assert env[0]["value"] == "[REDACTED]" and env[1]["value"] == "refunds"
+
+
+_FRAGMENTS = st.sampled_from(
+    [
+        "password",
+        "PassWD",
+        "token",
+        "API-key",
+        "access_key",
+        "Authorization: ",
+        "Bearer ",
+        "bearer",
+        "sk-",
+        "AKIA",
+        "eyJ",
+        "-----BEGIN RSA PRIVATE KEY-----",
+        "-----END",
+        "credentials",
+        "auth",
+        "=",
+        ": ",
+        '"',
+        " ",
+        "\n",
+        ",",
+        "abcdefghijklmnopqrstuvwxyz0123456789",
+        "ABCDEFGHIJKLMNOP",
+        "hunter2",
+        "replicas",
+        "image: ghcr.io/acme/refund-agent:1.4.2",
+        "phase Running",
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(_FRAGMENTS, st.text(max_size=6)), max_size=14).map("".join))
+def test_the_quick_check_never_skips_a_string_a_pattern_would_redact(text: str) -> None:
+    assert redact_text(text) == redact_all_patterns(text)
 
 
 def test_evidence_is_bounded_by_cutting_the_oldest_log_lines_first():

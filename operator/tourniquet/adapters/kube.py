@@ -12,10 +12,11 @@ import asyncio
 import json
 import logging
 import random
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 from kubernetes.aio import client as aio_client
@@ -120,6 +121,28 @@ async def with_retries(
     raise AssertionError("unreachable")
 
 
+def _settle_proxy(configuration: aio_client.Configuration) -> None:
+    """Decide the proxy once, not per request.
+
+    With `trust_env`, aiohttp re-reads the proxy variables and ~/.netrc (a file read in a thread) on every
+    request: at a hundred simultaneous incidents that was a tenth of the operator's CPU. The API server
+    is reached with tokens or certificates, never netrc, so the environment's proxy (HTTPS_PROXY,
+    NO_PROXY, as the Go clients honour them) is resolved here, once, unless the kubeconfig names one.
+    """
+    configuration.client_session_kwargs = {
+        **(getattr(configuration, "client_session_kwargs", None) or {}),
+        "trust_env": False,
+    }
+    if configuration.proxy:
+        return
+    host = urlsplit(configuration.host)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(host.scheme or "https")
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # public, not in typeshed
+    if proxy and not bypass(host.hostname or "", proxies):
+        configuration.proxy = proxy
+
+
 class KubeApi:
     """A small async client over `kubernetes.aio`'s transport. Create once per event loop."""
 
@@ -142,6 +165,7 @@ class KubeApi:
             if kubeconfig or context:
                 raise
             aio_config.load_incluster_config(client_configuration=configuration)
+        _settle_proxy(configuration)
         return cls(aio_client.ApiClient(configuration))
 
     @property

@@ -26,19 +26,20 @@ def plain(body: kopf.Body) -> dict[str, Any]:
     return result
 
 
-def incident_views(index: kopf.Index[str, dict[str, Any]], namespace: str) -> list[IncidentView]:
+def incident_views(index: kopf.Index[str, IncidentView], namespace: str) -> list[IncidentView]:
     """The namespace's incidents from the operator's in-memory index (no API call on the hot path)."""
-    views = [incident_view(body) for body in index.get(namespace, [])]
-    return [v for v in views if v is not None]
+    return list(index.get(namespace, []))
 
 
 @kopf.index("tourniquet.dev", "v1alpha1", "agentincidents", labels=NOT_CANARY)
-def incidents_by_namespace(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
-    return {body["metadata"]["namespace"]: plain(body)}
+async def incidents_by_namespace(body: kopf.Body, **_: Any) -> dict[str, IncidentView] | None:
+    """Each incident parsed once, when it changes (async: Kopf runs sync handlers in a thread pool)."""
+    view = incident_view(plain(body))
+    return {body["metadata"]["namespace"]: view} if view is not None else None
 
 
 async def _reconcile(
-    body: kopf.Body, memo: Any, logger: kopf.Logger, incidents_by_namespace: kopf.Index[str, dict[str, Any]]
+    body: kopf.Body, memo: Any, logger: kopf.Logger, incidents_by_namespace: kopf.Index[str, IncidentView]
 ) -> None:
     meta = body["metadata"]
     try:

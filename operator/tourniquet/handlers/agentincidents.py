@@ -8,6 +8,7 @@ from typing import Any
 import kopf
 
 from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError
+from tourniquet.domain.containment import IncidentView
 from tourniquet.handlers.agentdeployments import incident_views, plain
 from tourniquet.handlers.freshness import NOT_CANARY
 from tourniquet.reconcilers import agentincident as reconciler
@@ -22,7 +23,7 @@ def _is_open(spec: kopf.Spec, **_: Any) -> bool:
     return not spec.get("resolved", False)
 
 
-async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger, index: kopf.Index[str, dict[str, Any]]) -> None:
+async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger, index: kopf.Index[str, IncidentView]) -> None:
     meta = body["metadata"]
     try:
         async with lock_for("AgentIncident", meta["namespace"], meta["name"]):

@@ -1,0 +1,68 @@
+"""The operator's API client: proxies from the environment are honoured, decided once."""
+
+from __future__ import annotations
+
+import netrc
+import socket
+from typing import Any
+
+import pytest
+
+from tourniquet.adapters.kube import CONFIGMAPS, ApiError, KubeApi
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
+
+
+async def test_a_proxy_in_the_environment_carries_the_requests(kubeconfig: str, no_proxy_env: Any) -> None:
+    no_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{_closed_port()}")
+    api = await KubeApi.from_config(kubeconfig)
+    try:
+        with pytest.raises(ApiError) as caught:
+            await api.list(CONFIGMAPS, "default")
+        assert caught.value.transient, "a proxy that refuses connections is an unreachable API, retried"
+    finally:
+        await api.close()
+
+
+async def test_no_proxy_exempts_the_api_server(kubeconfig: str, no_proxy_env: Any) -> None:
+    no_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{_closed_port()}")
+    no_proxy_env.setenv("NO_PROXY", "127.0.0.1,localhost")
+    api = await KubeApi.from_config(kubeconfig)
+    try:
+        assert isinstance(await api.list(CONFIGMAPS, "default"), list)
+    finally:
+        await api.close()
+
+
+async def test_requests_do_not_read_netrc_each_time(
+    kubeconfig: str, no_proxy_env: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    (tmp_path / "netrc").write_text("machine example.com login me password hunter2\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    reads = []
+    original = netrc.netrc.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        reads.append(args)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(netrc.netrc, "__init__", counting)
+    api = await KubeApi.from_config(kubeconfig)
+    try:
+        for _ in range(5):
+            await api.list(CONFIGMAPS, "default")
+    finally:
+        await api.close()
+    assert reads == []
