@@ -82,6 +82,16 @@ class Cluster:
     def writes(self, resource: str | None = None, since: int = 0) -> list[Any]:
         return self.server.call(self.emulator.writes, resource, since=since)
 
+    def requests_to(self, path_part: str, since: int = 0) -> list[str]:
+        """Every request (reads too) since `since` whose path contains `path_part`, as "METHOD path"."""
+        return self.server.call(
+            lambda: [
+                f"{r.method.value} {r.url.path}"
+                for r in self.emulator._requests
+                if r.id >= since and path_part in r.url.path
+            ]
+        )
+
     def fault(self, verb: str, resource: str, **kw: Any) -> Any:
         return self.server.call(self.emulator.inject_fault, verb, resource, **kw)
 

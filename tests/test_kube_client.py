@@ -66,3 +66,16 @@ async def test_requests_do_not_read_netrc_each_time(
     finally:
         await api.close()
     assert reads == []
+
+
+async def test_simultaneous_callers_ask_a_missing_api_once(kube: KubeApi, cluster: Any) -> None:
+    import asyncio
+
+    from tourniquet.adapters.kube import SCALEDOBJECTS
+
+    mark = cluster.mark()
+    results = await asyncio.gather(*(kube.list_if_served(SCALEDOBJECTS, "default") for _ in range(50)))
+    assert results == [[]] * 50
+    assert len(cluster.requests_to("/keda.sh/", since=mark)) == 1
+    await kube.list_if_served(SCALEDOBJECTS, "default")  # remembered as absent
+    assert len(cluster.requests_to("/keda.sh/", since=mark)) == 1

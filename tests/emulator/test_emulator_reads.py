@@ -87,6 +87,30 @@ def test_cluster_wide_and_namespaced_lists(http: Any) -> None:
     ]
 
 
+def test_lists_are_in_namespace_then_name_order_through_deletes_and_recreates(http: Any) -> None:
+    for ns in ("zeta", "alpha"):
+        http.post("/api/v1/namespaces", {"metadata": {"name": ns}})
+    for ns, name in [("zeta", "m"), ("alpha", "q"), ("zeta", "b"), ("alpha", "a"), ("zeta", "z")]:
+        http.post(f"/api/v1/namespaces/{ns}/configmaps", {"metadata": {"name": name}})
+    assert http.delete("/api/v1/namespaces/zeta/configmaps/m")[0] == 200
+    http.post("/api/v1/namespaces/alpha/configmaps", {"metadata": {"name": "m"}})
+    http.post("/api/v1/namespaces/zeta/configmaps", {"metadata": {"name": "m"}})
+    everywhere = http.get("/api/v1/configmaps")[1]["items"]
+    assert [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in everywhere] == [
+        ("alpha", "a"),
+        ("alpha", "m"),
+        ("alpha", "q"),
+        ("zeta", "b"),
+        ("zeta", "m"),
+        ("zeta", "z"),
+    ]
+    assert names(http.get("/api/v1/namespaces/zeta/configmaps")[1]) == ["b", "m", "z"]
+    http.delete("/api/v1/namespaces/alpha/configmaps/a")
+    http.delete("/api/v1/namespaces/alpha/configmaps/m")
+    http.delete("/api/v1/namespaces/alpha/configmaps/q")
+    assert names(http.get("/api/v1/namespaces/alpha/configmaps")[1]) == []
+
+
 def test_pagination_with_limit_and_continue(http: Any) -> None:
     for i in range(5):
         http.post(CMS, {"metadata": {"name": f"cm{i}"}})

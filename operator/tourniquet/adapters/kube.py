@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -152,6 +153,7 @@ class KubeApi:
         self.requests = 0  # for tests and benchmarks: how many requests this client made
         self._closed = False
         self._absent: dict[str, float] = {}  # API paths found not served (e.g. KEDA not installed) -> until
+        self._probes: dict[str, asyncio.Future[None]] = {}  # optional APIs being asked about right now
 
     @classmethod
     async def from_config(cls, kubeconfig: str | None = None, context: str | None = None) -> KubeApi:
@@ -267,12 +269,21 @@ class KubeApi:
     async def list_if_served(
         self, res: Resource, namespace: str | None = None, *, recheck_seconds: float = 300.0
     ) -> Objects:
-        """List an optional API (one that may not be installed); remembered as absent for a while."""
-        import time
+        """List an optional API (one that may not be installed); remembered as absent for a while.
 
+        While nobody knows yet whether it is served, one caller asks and the others wait for its answer,
+        so a hundred simultaneous drains do not send a hundred lists to a missing API.
+        """
         key = f"{res.group}/{res.version}/{res.plural}"
         if self._absent.get(key, 0.0) > time.monotonic():
             return []
+        probe = self._probes.get(key)
+        if probe is not None:
+            await asyncio.shield(probe)
+            if self._absent.get(key, 0.0) > time.monotonic():
+                return []
+            return await self.list(res, namespace)
+        probe = self._probes[key] = asyncio.get_running_loop().create_future()
         try:
             return await self.list(res, namespace)
         except ApiError as error:
@@ -280,6 +291,9 @@ class KubeApi:
                 raise
             self._absent[key] = time.monotonic() + recheck_seconds
             return []
+        finally:
+            probe.set_result(None)
+            del self._probes[key]
 
     async def create(self, res: Resource, namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
         return await self.request("POST", res.path(namespace), body=body, query={"fieldManager": FIELD_MANAGER})

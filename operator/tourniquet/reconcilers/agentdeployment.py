@@ -166,10 +166,10 @@ async def reconcile_agent_deployment(
     for revision in plan.mark_bad:
         stored = await _set_verdict(api, namespace, stored, revision, RevisionVerdict.BAD)
         report.actions.append(f"Marked bundle revision {revision} bad")
-    # 3. The fast, non-destructive levers: shadow and revoke.
-    control = await control_lever.apply_control(api, namespace, name, world.control, containment, owner, report.actions)
-    policy = await egress_lever.apply_policy(
-        api, namespace, name, spec, world.policy, containment, owner, report.actions
+    # 3. The fast, non-destructive levers, shadow and revoke, at once.
+    control, policy = await asyncio.gather(
+        control_lever.apply_control(api, namespace, name, world.control, containment, owner, report.actions),
+        egress_lever.apply_policy(api, namespace, name, spec, world.policy, containment, owner, report.actions),
     )
     # 4. Roll consumers to the active revision.
     active = next((r for r in stored if r.revision == plan.active_revision), None)

@@ -21,7 +21,7 @@ from tourniquet.domain.containment import IncidentView, incident_problems, parse
 from tourniquet.domain.incident import LeverSeen, incident_status, invalid_incident_status, micro_time
 from tourniquet.models import AgentDeploymentSpec, AgentIncidentSpec, Lever
 from tourniquet.reconcilers.agentdeployment import AgentReport, list_incidents, reconcile_agent_deployment
-from tourniquet.reconcilers.events import post_events_later
+from tourniquet.reconcilers.events import containment_pass, post_events_later
 from tourniquet.reconcilers.evidence import capture_evidence
 from tourniquet.reconcilers.locks import lock_for
 
@@ -80,6 +80,18 @@ async def reconcile_incident(
     others: list[IncidentView] | None = None,
 ) -> IncidentReport:
     """`others`: the namespace's incidents as the operator's index holds them; read from the API if None."""
+    async with containment_pass():
+        return await _reconcile_incident(api, body, now=now, notes=notes, others=others)
+
+
+async def _reconcile_incident(
+    api: KubeApi,
+    body: dict[str, Any],
+    *,
+    now: datetime | None,
+    notes: list[tuple[str, str, str | None]] | None,
+    others: list[IncidentView] | None,
+) -> IncidentReport:
     meta = body["metadata"]
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
     status = body.get("status") or {}

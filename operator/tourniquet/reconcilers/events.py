@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
+import weakref
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,13 +50,55 @@ async def post_events(api: KubeApi, involved: dict[str, Any], entries: list[dict
             log.warning("Could not post the event %s on %s: %s", entry["event"], meta["name"], error)
 
 
-_pending: set[asyncio.Task[None]] = set()
+# Containment first, paperwork after: events wait while a containment pass is running in this
+# loop (so a burst of incidents is not slowed by its own Events), but never longer than this.
+EVENT_DEFER_SECONDS = 2.0
+
+
+class _LoopState:
+    def __init__(self) -> None:
+        self.busy = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.pending: set[asyncio.Task[None]] = set()
+
+
+_states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
+
+
+def _state() -> _LoopState:
+    loop = asyncio.get_running_loop()
+    state = _states.get(loop)
+    if state is None:
+        state = _states[loop] = _LoopState()
+    return state
+
+
+@contextlib.asynccontextmanager
+async def containment_pass() -> AsyncIterator[None]:
+    """Mark a containment pass as running: events posted meanwhile wait for it."""
+    state = _state()
+    state.busy += 1
+    state.idle.clear()
+    try:
+        yield
+    finally:
+        state.busy -= 1
+        if state.busy == 0:
+            state.idle.set()
 
 
 def post_events_later(api: KubeApi, involved: dict[str, Any], entries: list[dict[str, Any]]) -> None:
-    """Post the events in the background: containment does not wait for its own paperwork."""
+    """Post the events in the background, once no containment pass runs (or after EVENT_DEFER_SECONDS)."""
     if not entries:
         return
-    task = asyncio.get_running_loop().create_task(post_events(api, involved, entries))
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
+    state = _state()
+
+    async def when_idle() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.idle.wait(), EVENT_DEFER_SECONDS)
+        await post_events(api, involved, entries)
+
+    task = asyncio.get_running_loop().create_task(when_idle())
+    state.pending.add(task)
+    task.add_done_callback(state.pending.discard)

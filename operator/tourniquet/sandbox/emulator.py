@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import collections
 import dataclasses
 import datetime
@@ -115,6 +116,53 @@ SERVER_VERSION = {
 
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 UNDELETABLE_NAMESPACES = frozenset({"default", "kube-system", "kube-public"})
+
+class _KeySet(dict[tuple[str | None, str], None]):
+    """One resource's stored (namespace, name) keys, with each namespace's names kept sorted.
+
+    Lists walk one namespace in name order without sorting every key of the resource per request.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_namespace: dict[str | None, list[str]] = {}
+
+    def __setitem__(self, key: tuple[str | None, str], value: None) -> None:
+        if key not in self:
+            bisect.insort(self.by_namespace.setdefault(key[0], []), key[1])
+        super().__setitem__(key, value)
+
+    def pop(self, key: tuple[str | None, str], default: Any = None) -> Any:
+        if key in self:
+            names = self.by_namespace[key[0]]
+            del names[bisect.bisect_left(names, key[1])]
+            if not names:
+                del self.by_namespace[key[0]]
+        return super().pop(key, default)
+
+    def __delitem__(self, key: tuple[str | None, str]) -> None:
+        self.pop(key)
+
+    def clear(self) -> None:
+        super().clear()
+        self.by_namespace.clear()
+
+    def sorted_keys(self, namespace: str | None, *, every_namespace: bool) -> Iterator[tuple[str | None, str]]:
+        """Keys in (namespace, name) order: of one namespace, or of all when `every_namespace`."""
+        if not every_namespace:
+            for name in list(self.by_namespace.get(namespace, ())):
+                yield namespace, name
+            return
+        for ns in sorted(self.by_namespace, key=lambda n: n or ""):
+            for name in list(self.by_namespace[ns]):
+                yield ns, name
+
+
+@functools.lru_cache(maxsize=4096)
+def _resource(group: str, version: str, plural: str) -> references.resource:
+    """KMock's resource reference, built once per name (its constructor's protocol checks are slow)."""
+    return references.resource(group, version, plural)
+
 
 CRD_RESOURCE = references.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 NAMESPACES = references.resource("", "v1", "namespaces")
@@ -1283,7 +1331,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
     load_builtin_resources: bool = True  # register the bundled built-in resources for discovery
 
     _rv: int = attrs.field(default=1000, init=False)
-    _keys: dict[references.resource, dict[tuple[str | None, str], None]] = attrs.field(factory=dict, init=False)
+    _keys: dict[references.resource, _KeySet] = attrs.field(factory=dict, init=False)
     _known_len: int = attrs.field(default=0, init=False)
     _history: dict[references.resource, collections.deque[_Event]] = attrs.field(factory=dict, init=False)
     _compacted: dict[references.resource, int] = attrs.field(factory=dict, init=False)
@@ -1350,7 +1398,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         resource = None
         action = None
         if path.group is not None:
-            resource = references.resource(path.group, path.version, path.plural)
+            resource = _resource(path.group, path.version, path.plural)
             if raw.method == "GET":
                 action = (
                     kmock.action.WATCH
@@ -1884,7 +1932,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         }
 
     def _spec(self, group: str, version: str, plural: str) -> ResourceSpec | None:
-        res = references.resource(group, version, plural)
+        res = _resource(group, version, plural)
         info = self._resources._resources.get(res)
         custom = self._custom.get(res)
         if info is None:
@@ -1940,7 +1988,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         self._keys.clear()
         for (res, namespace, name), obj in self._objects.items():
             if not obj.deleted:
-                self._keys.setdefault(res, {})[namespace, name] = None
+                self._keys.setdefault(res, _KeySet())[namespace, name] = None
         self._known_len = len(self._objects)
 
     def _live(self, res: references.resource, namespace: str | None, name: str) -> JSON | None:
@@ -1975,10 +2023,10 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         return raw
 
     def _iter_live(self, spec: ResourceSpec, namespace: str | None) -> Iterator[JSON]:
-        keys = sorted(self._keys.get(spec.storage, {}), key=lambda key: (key[0] or "", key[1]))
-        for ns, name in keys:
-            if namespace is not None and ns != namespace:
-                continue
+        keyset = self._keys.get(spec.storage)
+        if keyset is None:
+            return
+        for ns, name in keyset.sorted_keys(namespace, every_namespace=namespace is None):
             obj = self._live(spec.storage, ns, name)
             if obj is not None:
                 yield obj
@@ -2000,16 +2048,17 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         if event_type == "DELETED":
             if stored is not None:
                 stored.delete()
-            self._keys.get(spec.storage, {}).pop((namespace, meta["name"]), None)
+            if spec.storage in self._keys:
+                self._keys[spec.storage].pop((namespace, meta["name"]), None)
         elif stored is None:
             self._objects[key] = new
             self._known_len += 1
-            self._keys.setdefault(spec.storage, {})[namespace, meta["name"]] = None
+            self._keys.setdefault(spec.storage, _KeySet())[namespace, meta["name"]] = None
         else:
             stored.history.append(new)
             if self.object_history_limit is not None and len(stored.history) > self.object_history_limit:
                 del stored.history[: len(stored.history) - self.object_history_limit]
-            self._keys.setdefault(spec.storage, {})[namespace, meta["name"]] = None
+            self._keys.setdefault(spec.storage, _KeySet())[namespace, meta["name"]] = None
         self._emit(spec.storage, _Event(self._rv, event_type, new, old))
         return new
 
