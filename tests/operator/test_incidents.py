@@ -344,3 +344,34 @@ def test_re_assert_passes_add_nothing_to_the_timeline_of_a_contained_incident(cl
     assert any(e["event"] == "Failed" and "rollback" in e["message"] for e in first)
     time.sleep(3)  # three re-assert passes (every second in tests)
     assert cluster.status(AI, "steady")["timeline"] == first
+
+
+def _bundle_lists(cluster: Cluster, since: int) -> list[str]:
+    return [
+        r
+        for r in cluster.requests_to("/namespaces/default/configmaps", since=since)
+        if r.startswith("GET ") and r.endswith("/configmaps")
+    ]
+
+
+def test_an_incident_pass_reuses_the_bundle_revisions_this_operator_last_saw(cluster: Cluster, operator):
+    start_agent(cluster)
+    wait_for(lambda: cluster.status(AD, "refund-agent").get("bundle", {}).get("revision") == 1, what="status")
+    mark = cluster.mark()
+    cluster.apply([incident("fast")])
+    wait_for(lambda: contained(cluster, "fast"), what="Contained")
+    assert _bundle_lists(cluster, mark) == [], "the namespace's ConfigMaps are not scanned on the way to Contained"
+
+
+def test_an_agent_status_written_elsewhere_makes_the_incident_pass_list_again(cluster: Cluster, operator):
+    start_agent(cluster)
+    wait_for(lambda: cluster.status(AD, "refund-agent").get("bundle", {}).get("revision") == 1, what="status")
+    status = copy.deepcopy(cluster.status(AD, "refund-agent"))
+    status["bundle"]["history"] = []  # as if another writer (an older operator replica) had reported otherwise
+    cluster.patch(AD, "refund-agent", {"status": status}, subresource="status")
+    mark = cluster.mark()
+    cluster.apply([incident("after-a-foreign-write")])
+    wait_for(lambda: contained(cluster, "after-a-foreign-write"), what="Contained")
+    assert len(_bundle_lists(cluster, mark)) >= 1
+    history = cluster.status(AD, "refund-agent")["bundle"]["history"]
+    assert [h["revision"] for h in history] == [1], "the history is rebuilt from the stored revisions"

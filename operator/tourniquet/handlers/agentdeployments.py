@@ -86,6 +86,7 @@ async def agent_resync(body: kopf.Body, memo: Any, logger: kopf.Logger, **kwargs
 @kopf.on.delete(*RESOURCE)
 async def agent_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Unwire the consumers, so their pods do not reference a bundle ConfigMap that is going away."""
+    reconciler.forget_agent(body["metadata"]["namespace"], body["metadata"]["name"])
     try:
         await reconciler.unwire_agent_deployment(memo.api, plain(body))
     except ApiError as error:

@@ -13,6 +13,7 @@ Settings, read once at start-up:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from typing import Any
@@ -22,7 +23,7 @@ import kopf
 from tourniquet import observability
 from tourniquet.adapters.kube import ApiError
 from tourniquet.adapters.prometheus import PrometheusQuerier, PrometheusSettings
-from tourniquet.handlers.agentdeployments import RESOURCE, plain
+from tourniquet.handlers.agentdeployments import RESOURCE
 from tourniquet.handlers.freshness import NOT_CANARY
 from tourniquet.receiver import Receiver, TokenSource, listen_address
 from tourniquet.reconcilers.detection import DEFAULT_INTERVAL_SECONDS, AgentDetector, interval_seconds
@@ -71,6 +72,20 @@ async def stop_detection(memo: Any, **_: Any) -> None:
     observability.forget_incidents()
 
 
+def _detection_snapshot(body: kopf.Body) -> dict[str, Any]:
+    """What a detection pass reads: the rules and what the status says about them (not the whole agent,
+    whose bundle and history a thousand daemons would otherwise copy every interval)."""
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    meta = body["metadata"]
+    picked = {
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "generation": meta.get("generation")},
+        "spec": {"detection": spec.get("detection")} if "detection" in spec else {},
+        "status": {k: status[k] for k in ("detection", "conditions") if k in status},
+    }
+    copied: dict[str, Any] = json.loads(json.dumps(picked))
+    return copied
+
+
 @kopf.daemon(*RESOURCE, id="detection", cancellation_timeout=5.0)
 async def detect(body: kopf.Body, memo: Any, logger: kopf.Logger, stopped: kopf.DaemonStopped, **_: Any) -> None:
     """Evaluate this agent's rules every spec.detection.intervalSeconds, until the agent goes away."""
@@ -85,7 +100,7 @@ async def detect(body: kopf.Body, memo: Any, logger: kopf.Logger, stopped: kopf.
     degraded: str | None = None
     while not stopped:
         started = loop.time()
-        snapshot = plain(body)
+        snapshot = _detection_snapshot(body)
         interval = interval_seconds((snapshot.get("spec") or {}).get("detection"))
         try:
             report = await detector.evaluate(snapshot)

@@ -8,6 +8,7 @@ agent's containment is the union of its open incidents, recomputed on every pass
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -68,18 +69,60 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def gather(api: KubeApi, namespace: str, name: str, spec: AgentDeploymentSpec) -> AgentWorld:
+@dataclass
+class _KnownBundles:
+    """The bundle revisions this process last saw stored for one agent, and the status they went with."""
+
+    status_key: str
+    stored: list[bundles.StoredRevision]
+    bundle_data: dict[str, dict[str, str]]
+
+
+# Bundle ConfigMaps change only through this operator's passes, and every such change is reported in the
+# agent's status. So while an agent's generation and status.bundle are what a pass here left them, its
+# stored revisions are what that pass saw, and an incident pass can skip listing them (a label-selected
+# list scans the namespace on the API server). A status written by anyone else misses, and reads again.
+_known_bundles: dict[tuple[str, str, str], _KnownBundles] = {}
+
+
+def _status_key(generation: Any, status: dict[str, Any]) -> str:
+    return json.dumps([generation, status.get("bundle")], sort_keys=True)
+
+
+def forget_agent(namespace: str, name: str) -> None:
+    for key in [k for k in _known_bundles if k[:2] == (namespace, name)]:
+        del _known_bundles[key]
+
+
+async def gather(
+    api: KubeApi, namespace: str, name: str, spec: AgentDeploymentSpec, known: _KnownBundles | None = None
+) -> AgentWorld:
+    async def stored_configmaps() -> list[dict[str, Any]] | None:
+        if known is not None:
+            return None
+        return await api.list(CONFIGMAPS, namespace, label_selector=names.bundle_selector(name))
+
     stored_cms, control, policy, *workloads = await asyncio.gather(
-        api.list(CONFIGMAPS, namespace, label_selector=names.bundle_selector(name)),
+        stored_configmaps(),
         api.get_or_none(CONFIGMAPS, namespace, names.control_configmap(name)),
         api.get_or_none(NETWORKPOLICIES, namespace, names.network_policy(name)),
         *(api.get_or_none(WORKLOADS[ref.kind.value], namespace, ref.name) for ref in spec.consumers),
     )
+    consumers = {(ref.kind.value, ref.name): w for ref, w in zip(spec.consumers, workloads, strict=True)}
+    if stored_cms is None and known is not None:
+        return AgentWorld(
+            stored=list(known.stored),
+            consumers=consumers,
+            control=control,
+            policy=policy,
+            bundle_data=dict(known.bundle_data),
+        )
+    stored_cms = stored_cms or []
     stored = [s for s in (bundles.stored_revision_from_configmap(cm) for cm in stored_cms) if s is not None]
     return AgentWorld(
         bundle_data={cm["metadata"]["name"]: cm.get("data") or {} for cm in stored_cms},
         stored=stored,
-        consumers={(ref.kind.value, ref.name): w for ref, w in zip(spec.consumers, workloads, strict=True)},
+        consumers=consumers,
         control=control,
         policy=policy,
     )
@@ -123,11 +166,14 @@ async def reconcile_agent_deployment(
     now: datetime | None = None,
     world: AgentWorld | None = None,
     defer_status: bool = False,
+    known_bundles: bool = False,
 ) -> AgentReport:
     """Make the agent's children match its spec and its open incidents; report what is observed.
 
     `world`: the children as a pass moments ago left them (skips reading them again).
     `defer_status`: skip the status write when a drain waits for evidence (a second pass follows).
+    `known_bundles`: take the stored bundle revisions from this process's last pass when the agent's
+    generation and status.bundle show nothing changed since (incident passes: speed matters).
     """
     now = now or _now()
     meta = body["metadata"]
@@ -142,8 +188,12 @@ async def reconcile_agent_deployment(
     if upstream is None:
         upstream = await _upstream(api, namespace, spec, incidents)
 
+    cache_key = (namespace, name, str(meta.get("uid")))
     if world is None:
-        world = await gather(api, namespace, name, spec)
+        known = _known_bundles.get(cache_key) if known_bundles else None
+        if known is not None and known.status_key != _status_key(generation, status):
+            known = None
+        world = await gather(api, namespace, name, spec, known)
     missing = [f"{kind} {cname}" for (kind, cname), w in world.consumers.items() if w is None]
     problems = decide.spec_problems(spec, missing, namespace)
     if problems:
@@ -225,6 +275,9 @@ async def reconcile_agent_deployment(
     )
     if not (defer_status and containment.drain_waiting and not containment.drained):
         await write_status(api, body, new_status)
+        _known_bundles[cache_key] = _KnownBundles(
+            _status_key(generation, new_status), list(stored), dict(world.bundle_data)
+        )
     report.body = {**body, "status": new_status}
     report.world = AgentWorld(
         stored=stored,

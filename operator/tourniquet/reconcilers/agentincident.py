@@ -47,6 +47,7 @@ async def reconcile_agent_locked(
     previous: AgentReport | None = None,
     defer_status: bool = False,
     body: dict[str, Any] | None = None,
+    known_bundles: bool = False,
 ) -> AgentReport | None:
     """Reconcile one agent, one pass at a time per agent: from `body` just read, a fresh read, or right after
     `previous` (reusing what that pass observed)."""
@@ -59,7 +60,13 @@ async def reconcile_agent_locked(
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
         return await reconcile_agent_deployment(
-            api, body, incidents=views, upstream=upstream, world=world, defer_status=defer_status
+            api,
+            body,
+            incidents=views,
+            upstream=upstream,
+            world=world,
+            defer_status=defer_status,
+            known_bundles=known_bundles,
         )
 
 
@@ -139,6 +146,7 @@ async def _reconcile_incident(
                     previous=(previous or {}).get(a),
                     defer_status=not previous,
                     body=agent_bodies.get(a) if not previous else None,
+                    known_bundles=True,
                 )
                 for a in only
             )
