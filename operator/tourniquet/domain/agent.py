@@ -22,6 +22,11 @@ def parse_spec(raw: dict[str, Any] | None) -> tuple[AgentDeploymentSpec | None, 
         return None, describe_validation_error(error)
 
 
+def bundle_identity(spec: AgentDeploymentSpec) -> tuple[dict[str, str], str]:
+    """The bundle's ConfigMap data and its sha256."""
+    return bundles.bundle_data(spec.bundle), bundles.bundle_sha256(spec.bundle)
+
+
 def spec_problems(spec: AgentDeploymentSpec, missing_consumers: list[str], namespace: str) -> list[str]:
     """What is wrong with a spec that its schema alone cannot tell."""
     problems = [f"consumer {c} not found in namespace {namespace}" for c in missing_consumers]
@@ -66,11 +71,13 @@ def plan_bundle(
     *,
     current: int | None = None,
     containment: Containment | None = None,
+    identity: tuple[dict[str, str], str] | None = None,
 ) -> BundlePlan:
-    """Decide the revisions. Never raises: a refused bundle keeps the agent on what it runs now."""
+    """Decide the revisions. Never raises: a refused bundle keeps the agent on what it runs now.
+
+    `identity`: `bundle_identity(spec)`, when the caller already has it."""
     containment = containment or Containment()
-    data = bundles.bundle_data(spec.bundle)
-    sha = bundles.bundle_sha256(spec.bundle)
+    data, sha = identity if identity is not None else bundle_identity(spec)
     by_revision = {r.revision: r for r in stored}
     if current not in by_revision:
         current = None

@@ -85,6 +85,34 @@ class _KnownBundles:
 _known_bundles: dict[tuple[str, str, str], _KnownBundles] = {}
 
 
+@dataclass(frozen=True)
+class _ParsedSpec:
+    spec: AgentDeploymentSpec | None
+    invalid: str | None
+    identity: tuple[dict[str, str], str] | None  # the bundle's data and sha256
+
+
+# A spec is the same for one uid and generation (the API server bumps generation on every spec change), so
+# a pass does not re-validate it and re-hash its bundle each time. Bounded: oldest entries go first.
+_parsed_specs: dict[tuple[str, Any], _ParsedSpec] = {}
+_PARSED_SPECS_LIMIT = 4096
+
+
+def parse_agent(body: dict[str, Any]) -> _ParsedSpec:
+    meta = body.get("metadata") or {}
+    key = (str(meta.get("uid")), meta.get("generation"))
+    known = _parsed_specs.get(key) if meta.get("uid") and meta.get("generation") else None
+    if known is not None:
+        return known
+    spec, invalid = decide.parse_spec(body.get("spec"))
+    parsed = _ParsedSpec(spec, invalid, decide.bundle_identity(spec) if spec is not None else None)
+    if meta.get("uid") and meta.get("generation"):
+        if len(_parsed_specs) >= _PARSED_SPECS_LIMIT:
+            del _parsed_specs[next(iter(_parsed_specs))]
+        _parsed_specs[key] = parsed
+    return parsed
+
+
 def _status_key(generation: Any, status: dict[str, Any]) -> str:
     return json.dumps([generation, status.get("bundle")], sort_keys=True)
 
@@ -180,7 +208,8 @@ async def reconcile_agent_deployment(
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
     status = body.get("status") or {}
 
-    spec, invalid = decide.parse_spec(body.get("spec"))
+    parsed = parse_agent(body)
+    spec, invalid = parsed.spec, parsed.invalid
     if spec is None:
         return await _refuse(api, body, "InvalidSpec", invalid or "invalid spec", now)
     if incidents is None:
@@ -201,7 +230,12 @@ async def reconcile_agent_deployment(
 
     containment = plan_containment(name, spec, incidents, upstream)
     plan = decide.plan_bundle(
-        spec, world.stored, _highest_seen(status), current=_current_revision(status, world), containment=containment
+        spec,
+        world.stored,
+        _highest_seen(status),
+        current=_current_revision(status, world),
+        containment=containment,
+        identity=parsed.identity,
     )
     owner = names.owner_reference("AgentDeployment", name, meta["uid"])
     report = AgentReport(name, namespace, True, "", "", spec=spec)

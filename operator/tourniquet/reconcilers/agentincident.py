@@ -16,11 +16,15 @@ from typing import Any
 
 from tourniquet import observability
 from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, KubeApi
-from tourniquet.domain import agent as agent_domain
 from tourniquet.domain.containment import IncidentView, incident_problems, parse_incident_spec
 from tourniquet.domain.incident import LeverSeen, incident_status, invalid_incident_status, micro_time
 from tourniquet.models import AgentDeploymentSpec, AgentIncidentSpec, Lever
-from tourniquet.reconcilers.agentdeployment import AgentReport, list_incidents, reconcile_agent_deployment
+from tourniquet.reconcilers.agentdeployment import (
+    AgentReport,
+    list_incidents,
+    parse_agent,
+    reconcile_agent_deployment,
+)
 from tourniquet.reconcilers.events import containment_pass, post_events_later
 from tourniquet.reconcilers.evidence import capture_evidence
 from tourniquet.reconcilers.locks import lock_for
@@ -114,7 +118,7 @@ async def _reconcile_incident(
             strict=True,
         )
     )
-    agent_specs = {n: (agent_domain.parse_spec(b.get("spec"))[0] if b else None) for n, b in agent_bodies.items()}
+    agent_specs = {n: (parse_agent(b).spec if b else None) for n, b in agent_bodies.items()}
     problems = incident_problems(spec, agent_specs, namespace)
     problems += [
         f"AgentDeployment {n} has an invalid spec; see its Ready condition"
