@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -45,14 +46,20 @@ def redact_text(text: str) -> str:
     return redact_all_patterns(text) if _MAYBE_SECRET.search(text) else text
 
 
+@functools.lru_cache(maxsize=4096)
+def _secret_name(name: str) -> bool:
+    """Whether a key or env var name says it holds a secret (the same few keys recur in every object)."""
+    return _SECRET_NAME.search(name) is not None
+
+
 def redact(value: Any) -> Any:
     """Redact a JSON-like value: secret-looking keys lose their values, strings are scrubbed."""
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         # An env entry {"name": "API_TOKEN", "value": "..."} hides its value.
-        secret_env = isinstance(value.get("name"), str) and _SECRET_NAME.search(value["name"]) and "value" in value
+        secret_env = isinstance(value.get("name"), str) and _secret_name(value["name"]) and "value" in value
         for key, item in value.items():
-            if (secret_env and key == "value") or (_SECRET_NAME.search(str(key)) and isinstance(item, str)):
+            if (secret_env and key == "value") or (isinstance(item, str) and _secret_name(str(key))):
                 out[key] = REDACTED
             else:
                 out[key] = redact(item)
