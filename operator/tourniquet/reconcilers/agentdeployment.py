@@ -100,13 +100,13 @@ _PARSED_SPECS_LIMIT = 4096
 
 def parse_agent(body: dict[str, Any]) -> _ParsedSpec:
     meta = body.get("metadata") or {}
-    key = (str(meta.get("uid")), meta.get("generation"))
-    known = _parsed_specs.get(key) if meta.get("uid") and meta.get("generation") else None
+    key = (str(meta.get("uid")), meta.get("generation")) if meta.get("uid") and meta.get("generation") else None
+    known = _parsed_specs.get(key) if key else None
     if known is not None:
         return known
     spec, invalid = decide.parse_spec(body.get("spec"))
     parsed = _ParsedSpec(spec, invalid, decide.bundle_identity(spec) if spec is not None else None)
-    if meta.get("uid") and meta.get("generation"):
+    if key:
         if len(_parsed_specs) >= _PARSED_SPECS_LIMIT:
             del _parsed_specs[next(iter(_parsed_specs))]
         _parsed_specs[key] = parsed
@@ -125,32 +125,25 @@ def forget_agent(namespace: str, name: str) -> None:
 async def gather(
     api: KubeApi, namespace: str, name: str, spec: AgentDeploymentSpec, known: _KnownBundles | None = None
 ) -> AgentWorld:
-    async def stored_configmaps() -> list[dict[str, Any]] | None:
-        if known is not None:
-            return None
-        return await api.list(CONFIGMAPS, namespace, label_selector=names.bundle_selector(name))
+    """Read the agent's children; the stored bundle revisions come from `known` when given."""
 
-    stored_cms, control, policy, *workloads = await asyncio.gather(
-        stored_configmaps(),
+    async def stored_revisions() -> tuple[list[bundles.StoredRevision], dict[str, dict[str, str]]]:
+        if known is not None:
+            return list(known.stored), dict(known.bundle_data)
+        cms = await api.list(CONFIGMAPS, namespace, label_selector=names.bundle_selector(name))
+        stored = [s for s in (bundles.stored_revision_from_configmap(cm) for cm in cms) if s is not None]
+        return stored, {cm["metadata"]["name"]: cm.get("data") or {} for cm in cms}
+
+    (stored, bundle_data), control, policy, *workloads = await asyncio.gather(
+        stored_revisions(),
         api.get_or_none(CONFIGMAPS, namespace, names.control_configmap(name)),
         api.get_or_none(NETWORKPOLICIES, namespace, names.network_policy(name)),
         *(api.get_or_none(WORKLOADS[ref.kind.value], namespace, ref.name) for ref in spec.consumers),
     )
-    consumers = {(ref.kind.value, ref.name): w for ref, w in zip(spec.consumers, workloads, strict=True)}
-    if stored_cms is None and known is not None:
-        return AgentWorld(
-            stored=list(known.stored),
-            consumers=consumers,
-            control=control,
-            policy=policy,
-            bundle_data=dict(known.bundle_data),
-        )
-    stored_cms = stored_cms or []
-    stored = [s for s in (bundles.stored_revision_from_configmap(cm) for cm in stored_cms) if s is not None]
     return AgentWorld(
-        bundle_data={cm["metadata"]["name"]: cm.get("data") or {} for cm in stored_cms},
+        bundle_data=bundle_data,
         stored=stored,
-        consumers=consumers,
+        consumers={(ref.kind.value, ref.name): w for ref, w in zip(spec.consumers, workloads, strict=True)},
         control=control,
         policy=policy,
     )

@@ -117,6 +117,7 @@ SERVER_VERSION = {
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 UNDELETABLE_NAMESPACES = frozenset({"default", "kube-system", "kube-public"})
 
+
 class _KeySet(dict[tuple[str | None, str], None]):
     """One resource's stored (namespace, name) keys, with each namespace's names kept sorted.
 
