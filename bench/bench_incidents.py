@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -44,6 +45,16 @@ from tourniquet.adapters.kube import (  # noqa: E402
 from tourniquet.sandbox.server import ApiServerThread  # noqa: E402
 
 NAMESPACE = "bench"
+
+
+def settle_api_server_heap() -> None:
+    """Before each measured burst: the emulated API server (this process) collects and freezes its heap.
+
+    A real API server is not a Python process; without this, a full collection over the emulator's
+    objects (thousands with 1,000 agents, far fewer in a floor round) lands in some bursts and not others.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def incident_for(agent: str, name: str) -> dict[str, Any]:
@@ -148,6 +159,7 @@ async def measure_floor(api: KubeApi, url: str, namespace: str, n: int) -> list[
             await api.create(res, namespace, body)
         prepared.append((i, spec))
     incident_names = {f"inc-{i}" for i, _ in prepared}
+    settle_api_server_heap()
     seen: dict[str, float] = {}
     ready = asyncio.Event()
     watcher = asyncio.create_task(watch_contained(url, namespace, incident_names, seen, ready))
@@ -271,6 +283,7 @@ async def run(agents: int, sizes: list[int], timeout: float, settle: float) -> N
                 f" {'operator CPU':>13} {'API server CPU':>15}"
             )
             for round_, n in enumerate(sizes):
+                settle_api_server_heap()
                 cpu, server_cpu = cpu_seconds(operator.pid), cpu_seconds(os.getpid())
                 measured = await measure_operator(api, server.url, round_, sum(sizes[:round_]), n, timeout)
                 cpu, server_cpu = cpu_seconds(operator.pid) - cpu, cpu_seconds(os.getpid()) - server_cpu

@@ -40,6 +40,19 @@ def test_a_500_once_then_success(
     assert fault.hits == 1 and fault.exhausted
 
 
+def test_a_fault_on_the_main_endpoint_only_spares_the_subresources(
+    api: ApiServerThread, http: Any, make_deployment: Any
+) -> None:
+    http.post(DEPLOYS, make_deployment("web", replicas=3))
+    fault = api.call(api.emulator.inject_fault, "patch", "apps/v1/deployments", subresource="", count=None)
+
+    status, _, _ = http.patch(f"{DEPLOYS}/web/scale", {"spec": {"replicas": 0}})
+    assert status == 200
+    status, _, _ = http.patch(f"{DEPLOYS}/web", {"metadata": {"labels": {"a": "b"}}})
+    assert status == 500
+    assert fault.hits == 1
+
+
 def test_an_injected_conflict_looks_like_a_real_one(
     api: ApiServerThread, http: Any, make_deployment: Any
 ) -> None:

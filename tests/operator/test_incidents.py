@@ -250,10 +250,71 @@ def test_deleting_an_open_incident_releases_through_its_finalizer(cluster: Clust
     start_agent(cluster)
     cluster.apply([incident("delete-me", contain=["drain"])])
     wait_for(lambda: contained(cluster, "delete-me"), what="Contained")
-    assert "tourniquet.dev/finalizer" in cluster.get(AI, "delete-me")["metadata"]["finalizers"]
+    assert "tourniquet.dev/release-levers" in cluster.get(AI, "delete-me")["metadata"]["finalizers"]
     cluster.delete(AI, "delete-me")
     wait_for(lambda: cluster.get(AI, "delete-me") is None, what="deleted")
     wait_for(lambda: replicas(cluster) == 2, what="released")
+
+
+def _finalizers(cluster: Cluster, name: str) -> list[str]:
+    return (cluster.get(AI, name) or {}).get("metadata", {}).get("finalizers") or []
+
+
+def test_on_the_way_to_contained_the_only_write_to_the_incident_is_its_status(cluster: Cluster, operator):
+    start_agent(cluster)
+    mark = cluster.mark()
+    cluster.apply([incident("quick", contain=["drain"])])
+    wait_for(lambda: contained(cluster, "quick"), what="Contained")
+    wait_for(lambda: "tourniquet.dev/release-levers" in _finalizers(cluster, "quick"), what="the finalizer")
+    writes = [r.split(" ")[0] + " " + r.split("/quick")[-1] for r in cluster.requests_to("/agentincidents/quick", mark)]
+    writes = [w for w in writes if not w.startswith("GET")]
+    # No finalizer round trip and no progress annotation first: the status saying Contained, then the finalizer.
+    assert writes == ["PATCH /status", "PATCH "], writes
+
+
+def test_an_incident_deleted_before_its_finalizer_was_added_still_releases(cluster: Cluster, operator):
+    start_agent(cluster)
+    cluster.fault("patch", AI, subresource="", count=None)  # its finalizer can never be added
+    cluster.apply([incident("brief", contain=["drain"])])
+    wait_for(lambda: contained(cluster, "brief"), what="Contained")
+    assert replicas(cluster) == 0 and _finalizers(cluster, "brief") == []
+    cluster.delete(AI, "brief")
+    wait_for(lambda: replicas(cluster) == 2, what="released on its DELETED event")
+
+
+def test_with_the_finalizer_removed_by_hand_while_the_operator_is_down_the_restart_releases(
+    cluster: Cluster, operator
+):
+    start_agent(cluster)
+    cluster.apply([incident("stuck", contain=["shadow", "drain"])])
+    wait_for(lambda: contained(cluster, "stuck"), what="Contained")
+    wait_for(lambda: _finalizers(cluster, "stuck") == ["tourniquet.dev/release-levers"], what="the finalizer")
+    operator.stop()
+    cluster.delete(AI, "stuck")
+    assert cluster.get(AI, "stuck")["metadata"]["deletionTimestamp"], "held by its finalizer"
+    cluster.patch(AI, "stuck", {"metadata": {"finalizers": None}})  # the documented escape hatch
+    assert cluster.get(AI, "stuck") is None
+    operator.start()
+    wait_for(lambda: replicas(cluster) == 2 and control(cluster)[0] == "active", timeout=15, what="released")
+
+
+def test_a_failed_incident_pass_is_retried(cluster: Cluster, operator):
+    start_agent(cluster)
+    fault = cluster.fault("patch", AI, status=500, count=2, subresource="status")
+    cluster.apply([incident("flaky", contain=["drain"])])
+    wait_for(lambda: contained(cluster, "flaky"), timeout=15, what="Contained after two failed status writes")
+    assert fault.hits == 2
+
+
+def test_a_resolved_incident_holds_nothing_and_loses_its_finalizer(cluster: Cluster, operator):
+    start_agent(cluster)
+    cluster.apply([incident("done", contain=["drain"])])
+    wait_for(lambda: _finalizers(cluster, "done") == ["tourniquet.dev/release-levers"], what="the finalizer")
+    cluster.patch(AI, "done", {"spec": {"resolved": True}})
+    wait_for(lambda: replicas(cluster) == 2, what="released")
+    wait_for(lambda: _finalizers(cluster, "done") == [], what="the finalizer removed")
+    cluster.delete(AI, "done")
+    assert cluster.get(AI, "done") is None, "deleting a resolved incident never waits for the operator"
 
 
 def test_on_call_contains_and_releases_from_the_cli(cluster: Cluster, operator, kubeconfig):

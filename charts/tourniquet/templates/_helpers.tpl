@@ -69,8 +69,9 @@ and fails if these rules miss one or grant one that nothing uses.
 every namespace, otherwise in a Role in each watched namespace.
 */}}
 {{- define "tourniquet.rules.namespaced" -}}
-# Its own resources. Kopf watches them (list, watch), keeps its finalizer and progress annotations on
-# them (patch); the reconcilers read them (get) and write their status.
+# Its own resources. Kopf watches them (list, watch) and keeps its finalizer and progress annotations on
+# AgentDeployments (patch); the operator keeps its own finalizer on open AgentIncidents (patch); the
+# reconcilers read them (get) and write their status.
 - apiGroups: [tourniquet.dev]
   resources: [agentdeployments, agentincidents]
   verbs: [get, list, watch, patch]

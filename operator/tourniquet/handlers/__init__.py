@@ -1,6 +1,11 @@
-"""Kopf handlers: the only code that imports kopf decorators. Importing this package registers them."""
+"""Kopf handlers: the only code that imports kopf decorators. Importing this package registers them.
 
-from tourniquet.handlers import agentdeployments, agentincidents, startup
+`startup` comes first: Kopf runs start-up handlers in the order they were registered, and the others
+use the API client it puts in `memo`.
+"""
+
+from tourniquet.handlers import startup  # isort: skip
+from tourniquet.handlers import agentdeployments, agentincidents
 from tourniquet.handlers import detection as detection  # detection daemons, the receiver and /metrics
 from tourniquet.handlers import freshness as freshness  # watch freshness: the canary, event ages, the probe
 

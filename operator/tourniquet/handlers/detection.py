@@ -24,12 +24,10 @@ from tourniquet import observability
 from tourniquet.adapters.kube import ApiError
 from tourniquet.adapters.prometheus import PrometheusQuerier, PrometheusSettings
 from tourniquet.handlers.agentdeployments import RESOURCE
-from tourniquet.handlers.freshness import NOT_CANARY
 from tourniquet.receiver import Receiver, TokenSource, listen_address
 from tourniquet.reconcilers.detection import DEFAULT_INTERVAL_SECONDS, AgentDetector, interval_seconds
 
 log = logging.getLogger(__name__)
-INCIDENTS = ("tourniquet.dev", "v1alpha1", "agentincidents")
 
 
 @kopf.on.startup()
@@ -117,17 +115,3 @@ async def detect(body: kopf.Body, memo: Any, logger: kopf.Logger, stopped: kopf.
                     logger.info("Detection recovered: evaluating %d rule(s)", len(report.rules))
             degraded = now_degraded
         await stopped.wait(max(0.05, interval - (loop.time() - started)))
-
-
-@kopf.on.event(*INCIDENTS, labels=NOT_CANARY)
-async def incident_seen(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-    """Keep the open-incidents gauge (by severity and class) in step with the cluster."""
-    meta = body.get("metadata") or {}
-    if not meta.get("name"):
-        return
-    gone = event.get("type") == "DELETED"
-    snapshot = None
-    if not gone:
-        deleting = meta.get("deletionTimestamp")
-        snapshot = {"spec": dict(body.get("spec") or {}), "metadata": {"deletionTimestamp": deleting}}
-    observability.track_incident(meta.get("namespace", ""), meta["name"], snapshot)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from typing import Any
 
 import kopf
 
+from tourniquet import heap
 from tourniquet.adapters.kube import KubeApi
 from tourniquet.domain.names import PREFIX
 
@@ -33,6 +36,26 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
     settings.watching.server_timeout = 300
     memo.api = await KubeApi.from_config(os.environ.get("KUBECONFIG"), os.environ.get("TOURNIQUET_KUBE_CONTEXT"))
     logger.info("Connected to the Kubernetes API at %s", memo.api.host)
+
+
+@kopf.on.startup()
+async def start_heap_keeper(memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """Full garbage collections at quiet moments, not in the middle of a containment burst."""
+    try:
+        settings = heap.HeapSettings.from_env(os.environ)
+    except ValueError as error:
+        settings = heap.HeapSettings()
+        logger.error("%s; using %g", error, settings.full_seconds)
+    memo.heap_task = asyncio.create_task(heap.keep_heap(settings), name="tourniquet-heap")
+
+
+@kopf.on.cleanup()
+async def stop_heap_keeper(memo: Any, **_: Any) -> None:
+    task = getattr(memo, "heap_task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 # No cleanup closes `memo.api`: Kopf runs cleanup while cancelled handlers may still be in a request, and

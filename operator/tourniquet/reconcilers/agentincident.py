@@ -39,6 +39,7 @@ class IncidentReport:
     message: str = ""
     status: dict[str, Any] = field(default_factory=dict)
     agents: dict[str, AgentReport] = field(default_factory=dict)
+    written: dict[str, Any] | None = None  # the incident as the status write returned it (None: not written)
 
 
 async def reconcile_agent_locked(
@@ -74,12 +75,16 @@ async def reconcile_agent_locked(
         )
 
 
-async def write_incident_status(api: KubeApi, body: dict[str, Any], new_status: dict[str, Any]) -> bool:
+async def write_incident_status(
+    api: KubeApi, body: dict[str, Any], new_status: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The incident as written, or None when its status is already `new_status`."""
     if new_status == (body.get("status") or {}):
-        return False
+        return None
     meta = body["metadata"]
-    await api.patch(AGENTINCIDENTS, meta["namespace"], meta["name"], {"status": new_status}, subresource="status")
-    return True
+    return await api.patch(
+        AGENTINCIDENTS, meta["namespace"], meta["name"], {"status": new_status}, subresource="status"
+    )
 
 
 async def reconcile_incident(
@@ -198,7 +203,8 @@ async def _reconcile_incident(
         if agent_report.rollback_refused:
             extra.append(("Failed", agent_report.rollback_refused, agent))
     new_status = compute(status, reports, extra)
-    if await write_incident_status(api, body, new_status):
+    report.written = await write_incident_status(api, body, new_status)
+    if report.written:
         already = len((body.get("status") or {}).get("timeline") or [])
         post_events_later(api, body, new_status["timeline"][already:])
         observability.observe_incident_timings(body.get("status") or {}, new_status)
@@ -247,9 +253,10 @@ async def _refuse(api: KubeApi, body: dict[str, Any], message: str) -> IncidentR
     new_status = invalid_incident_status(
         body.get("status") or {}, message, now=_now(), generation=meta.get("generation")
     )
-    if await write_incident_status(api, body, new_status):
+    written = await write_incident_status(api, body, new_status)
+    if written:
         log.warning("Refused AgentIncident %s/%s: %s", meta["namespace"], meta["name"], message)
-    return IncidentReport(meta["name"], False, message, new_status)
+    return IncidentReport(meta["name"], False, message, new_status, written=written)
 
 
 async def release_deleted_incident(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator
@@ -58,6 +59,7 @@ EVENT_DEFER_SECONDS = 2.0
 class _LoopState:
     def __init__(self) -> None:
         self.busy = 0
+        self.last_done = float("-inf")  # time.monotonic() when the last pass ended
         self.idle = asyncio.Event()
         self.idle.set()
         self.pending: set[asyncio.Task[None]] = set()
@@ -84,8 +86,15 @@ async def containment_pass() -> AsyncIterator[None]:
         yield
     finally:
         state.busy -= 1
+        state.last_done = time.monotonic()
         if state.busy == 0:
             state.idle.set()
+
+
+def containment_quiet_for(seconds: float) -> bool:
+    """No containment pass is running in this loop, and none ended in the last `seconds`."""
+    state = _state()
+    return state.busy == 0 and time.monotonic() - state.last_done >= seconds
 
 
 def post_events_later(api: KubeApi, involved: dict[str, Any], entries: list[dict[str, Any]]) -> None:

@@ -1556,7 +1556,8 @@ class RealisticEmulator(kmock.KubernetesEmulator):
 
         ``verb``: ``get``, ``list``, ``watch``, ``create``, ``patch``, ``update``/``replace``,
         ``delete`` or ``*``. ``resource``: ``'apps/v1/deployments'``, ``'deployments'``,
-        ``'v1/configmaps'``... ``subresource=None`` matches the main endpoint and all subresources.
+        ``'v1/configmaps'``... ``subresource=None`` matches the main endpoint and all subresources,
+        ``""`` the main endpoint only.
         The answer is a proper ``kind: Status`` (409 Conflict, 500 InternalError, 429 with
         ``Retry-After``, ...); for ``watch`` with ``status=410`` it is an ``ERROR`` event in a stream.
         ``delay`` (seconds) delays the answer; with ``status=None`` the request then succeeds
@@ -1580,7 +1581,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         if namespace is not None:
             criteria.append(kmock.namespace(namespace))
         if subresource is not None:
-            criteria.append(kmock.subresource(subresource))
+            criteria.append(kmock.subresource(subresource or None))  # KMock: None is "no subresource"
         view = self[tuple(criteria)][handle._admit]
 
         def body(request: rendering.Request) -> JSON:
