@@ -3,10 +3,12 @@ incidents across 1,000 agents (SEV1 playbook: revoke tools, capture evidence, dr
 
 The operator runs as its own process against the realistic emulator in this process. Latency is
 per incident, from the moment its create call returned to the moment a watch sees its
-`Contained` condition turn True. The floor is the same writes (control ConfigMap, NetworkPolicy,
-evidence ConfigMap, consumer drain, agent and incident status, then the Events) issued directly and
-measured the same way, in the same run. CPU is shown for the operator process and for this one (the
-API server, plus the small client making incidents and watching them).
+`Contained` condition turn True. After each round its incidents are deleted and released, and the
+operator rests `--settle` seconds, so every round starts from rest. The floor is the same writes
+(control ConfigMap, NetworkPolicy, evidence ConfigMap, consumer drain, agent and incident status,
+then the Events) issued directly and measured the same way, in the same run. CPU is shown for the
+operator process and for this one (the API server, plus the small client making incidents and
+watching them).
 
     python bench/bench_incidents.py [--agents 1000] [--sizes 1,10,100]   (repeat a size to see the spread)
 """
@@ -42,6 +44,7 @@ from tourniquet.adapters.kube import (  # noqa: E402
     NETWORKPOLICIES,
     KubeApi,
 )
+from tourniquet.reconcilers.events import EVENT_DEFER_SECONDS  # noqa: E402
 from tourniquet.sandbox.server import ApiServerThread  # noqa: E402
 
 NAMESPACE = "bench"
@@ -119,6 +122,23 @@ async def measure_operator(api: KubeApi, url: str, round_: int, offset: int, n: 
     except TimeoutError:
         print(f"  ! only {len(seen)} of {n} incidents contained within {timeout:.0f}s", flush=True)
     return [max(0.0, seen[k] - created[k]) for k in seen if k in created]
+
+
+async def release_round(api: KubeApi, round_: int, n: int, timeout: float) -> None:
+    """Delete a round's incidents and wait until the operator has released them all, then their Events,
+    so that every round starts from rest like the first: no open incident re-asserted in the background,
+    and no more Events for the evidence's lists to scan (a cluster expires them after an hour; the
+    emulator scans them in Python)."""
+    for i in range(n):
+        await api.delete(AGENTINCIDENTS, NAMESPACE, f"r{round_}-inc-{i}")
+    start = time.perf_counter()
+    while await api.list(AGENTINCIDENTS, NAMESPACE):
+        if time.perf_counter() - start > timeout:
+            raise SystemExit(f"round {round_}: incidents still held by their finalizers after {timeout:.0f}s")
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(EVENT_DEFER_SECONDS + 0.5)  # the release's Events are posted after it
+    for event in await api.list(EVENTS, NAMESPACE):
+        await api.delete(EVENTS, NAMESPACE, event["metadata"]["name"])
 
 
 async def measure_floor(api: KubeApi, url: str, namespace: str, n: int) -> list[float]:
@@ -287,6 +307,8 @@ async def run(agents: int, sizes: list[int], timeout: float, settle: float) -> N
                 cpu, server_cpu = cpu_seconds(operator.pid), cpu_seconds(os.getpid())
                 measured = await measure_operator(api, server.url, round_, sum(sizes[:round_]), n, timeout)
                 cpu, server_cpu = cpu_seconds(operator.pid) - cpu, cpu_seconds(os.getpid()) - server_cpu
+                await release_round(api, round_, n, timeout)
+                await asyncio.sleep(settle)
                 op50, op99 = percentiles(measured)
                 fl50, fl99 = percentiles(floors[round_])
                 print(
@@ -306,7 +328,7 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--sizes", default="1,10,100")
     parser.add_argument("--timeout", type=float, default=300)
-    parser.add_argument("--settle", type=float, default=5, help="seconds at rest before the first incidents")
+    parser.add_argument("--settle", type=float, default=5, help="seconds at rest before each round")
     args = parser.parse_args()
     asyncio.run(run(args.agents, [int(s) for s in args.sizes.split(",")], args.timeout, args.settle))
 
