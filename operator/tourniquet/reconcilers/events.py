@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,8 +51,8 @@ async def post_events(api: KubeApi, involved: dict[str, Any], entries: list[dict
             log.warning("Could not post the event %s on %s: %s", entry["event"], meta["name"], error)
 
 
-# Containment first, paperwork after: events wait while a containment pass is running in this
-# loop (so a burst of incidents is not slowed by its own Events), but never longer than this.
+# Containment first, paperwork after: events (and incidents' finalizers) wait while a containment pass
+# is running in this loop (so a burst of incidents is not slowed by them), but never longer than this.
 EVENT_DEFER_SECONDS = 2.0
 
 
@@ -97,17 +97,21 @@ def containment_quiet_for(seconds: float) -> bool:
     return state.busy == 0 and time.monotonic() - state.last_done >= seconds
 
 
-def post_events_later(api: KubeApi, involved: dict[str, Any], entries: list[dict[str, Any]]) -> None:
-    """Post the events in the background, once no containment pass runs (or after EVENT_DEFER_SECONDS)."""
-    if not entries:
-        return
+def after_containment(work: Callable[[], Awaitable[None]]) -> None:
+    """Run `work` in the background once no containment pass runs (or after EVENT_DEFER_SECONDS)."""
     state = _state()
 
     async def when_idle() -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(state.idle.wait(), EVENT_DEFER_SECONDS)
-        await post_events(api, involved, entries)
+        await work()
 
     task = asyncio.get_running_loop().create_task(when_idle())
     state.pending.add(task)
     task.add_done_callback(state.pending.discard)
+
+
+def post_events_later(api: KubeApi, involved: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+    """Post the events in the background, once no containment pass runs (or after EVENT_DEFER_SECONDS)."""
+    if entries:
+        after_containment(lambda: post_events(api, involved, entries))

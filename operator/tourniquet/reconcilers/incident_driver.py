@@ -7,9 +7,10 @@ Instead:
 - every watch event is looked at: an incident is reconciled when it is new, its spec changed since its
   status was written (`status.observedGeneration`), the operator has just started (the initial listing),
   or it is being deleted;
-- its finalizer (:data:`FINALIZER`) is added *after* the first pass wrote its status, so the path to
-  `Contained` carries no extra request; an incident deleted before that still releases, from its
-  DELETED event. A resolved incident holds nothing, so its finalizer is removed;
+- its finalizer (:data:`FINALIZER`) is added *after* its first status is written, once no containment
+  pass is running (as Events are), so a burst of incidents carries no extra request; an incident
+  deleted before that still releases, from its DELETED event. A resolved incident holds nothing, so
+  its finalizer is removed;
 - open incidents are re-asserted every ``reassert_seconds`` (drift repair) by one loop, and a pass
   that failed is retried with a growing delay by the same loop.
 """
@@ -28,6 +29,7 @@ from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError, KubeApi
 from tourniquet.domain.containment import IncidentView
 from tourniquet.domain.names import PREFIX
 from tourniquet.reconcilers import agentincident
+from tourniquet.reconcilers.events import after_containment
 from tourniquet.reconcilers.locks import lock_for
 
 log = logging.getLogger(__name__)
@@ -149,7 +151,12 @@ class IncidentDriver:
                 self._schedule[key] = _Schedule(self.clock() + self.reassert_seconds)
             else:
                 self._schedule.pop(key, None)
-            await self._keep_finalizer(report.written or body, wanted=_is_open(body))
+            current = report.written or body
+            if _is_open(body):
+                # Off the burst: an incident deleted before this lands is released from its DELETED event.
+                after_containment(lambda: self._add_finalizer_later(current))
+            else:
+                await self._keep_finalizer(current, wanted=False)
 
     async def _release(self, body: dict[str, Any]) -> None:
         namespace, name = _key(body)
@@ -178,6 +185,12 @@ class IncidentDriver:
         except ApiError as error:
             if not (error.conflict or error.not_found):
                 raise
+
+    async def _add_finalizer_later(self, body: dict[str, Any]) -> None:
+        try:
+            await self._keep_finalizer(body, wanted=True)
+        except ApiError as error:  # e.g. deleted meanwhile (422: no new finalizers on an object being deleted)
+            log.info("AgentIncident %s/%s: finalizer not added: %s", *_key(body), error)
 
     # -- the loop -------------------------------------------------------------------------------------------
 
