@@ -7,7 +7,6 @@ so Kopf adds no finalizer, no progress annotation and no round trip before conta
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from typing import Any
 
@@ -17,6 +16,7 @@ from tourniquet import observability
 from tourniquet.domain.containment import IncidentView
 from tourniquet.handlers.agentdeployments import incident_views, plain
 from tourniquet.handlers.freshness import NOT_CANARY
+from tourniquet.handlers.startup import stop_task
 from tourniquet.reconcilers.incident_driver import IncidentDriver
 
 RESOURCE = ("tourniquet.dev", "v1alpha1", "agentincidents")
@@ -35,11 +35,7 @@ async def start_incident_driver(memo: Any, **kwargs: Any) -> None:
 
 @kopf.on.cleanup()
 async def stop_incident_driver(memo: Any, **_: Any) -> None:
-    task = getattr(memo, "incidents_task", None)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await stop_task(getattr(memo, "incidents_task", None))
 
 
 @kopf.on.event(*RESOURCE, labels=NOT_CANARY)
@@ -54,4 +50,4 @@ async def incident_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: 
         deleting = meta.get("deletionTimestamp")
         snapshot = {"spec": dict(body.get("spec") or {}), "metadata": {"deletionTimestamp": deleting}}
     observability.track_incident(meta.get("namespace", ""), meta["name"], snapshot)
-    await memo.incidents.on_event(kind, plain(body))
+    await memo.incidents.on_event(kind, body, copy=lambda: plain(body))

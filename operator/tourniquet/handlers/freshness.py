@@ -11,7 +11,6 @@ The canary is an AgentIncident: every other AgentIncident handler skips it with 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ import kopf
 from tourniquet import freshness, observability
 from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError, KubeApi
 from tourniquet.domain import names
+from tourniquet.handlers.startup import stop_task
 
 INCIDENTS = ("tourniquet.dev", "v1alpha1", "agentincidents")
 AGENTS = ("tourniquet.dev", "v1alpha1", "agentdeployments")
@@ -54,11 +54,7 @@ async def start_freshness(memo: Any, logger: kopf.Logger, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def stop_freshness(memo: Any, **_: Any) -> None:
-    task = getattr(memo, "canary_task", None)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await stop_task(getattr(memo, "canary_task", None))
     unhook = getattr(memo, "freshness_unhook", None)
     if unhook is not None:
         unhook()

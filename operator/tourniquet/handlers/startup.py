@@ -49,13 +49,17 @@ async def start_heap_keeper(memo: Any, logger: kopf.Logger, **_: Any) -> None:
     memo.heap_task = asyncio.create_task(heap.keep_heap(settings), name="tourniquet-heap")
 
 
-@kopf.on.cleanup()
-async def stop_heap_keeper(memo: Any, **_: Any) -> None:
-    task = getattr(memo, "heap_task", None)
+async def stop_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task started at start-up and wait until it has finished."""
     if task is not None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@kopf.on.cleanup()
+async def stop_heap_keeper(memo: Any, **_: Any) -> None:
+    await stop_task(getattr(memo, "heap_task", None))
 
 
 # No cleanup closes `memo.api`: Kopf runs cleanup while cancelled handlers may still be in a request, and

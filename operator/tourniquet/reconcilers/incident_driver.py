@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,15 +42,15 @@ RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0)  # after a failed pass; a non-transien
 Key = tuple[str, str]  # namespace, name
 
 
-def _key(body: dict[str, Any]) -> Key:
+def _key(body: Mapping[str, Any]) -> Key:
     return body["metadata"]["namespace"], body["metadata"]["name"]
 
 
-def _is_open(body: dict[str, Any]) -> bool:
+def _is_open(body: Mapping[str, Any]) -> bool:
     return not (body.get("spec") or {}).get("resolved", False)
 
 
-def _behind(body: dict[str, Any]) -> bool:
+def _behind(body: Mapping[str, Any]) -> bool:
     """Its spec changed since its status was written (or it has none yet)."""
     status = body.get("status") or {}
     return not status or status.get("observedGeneration") != body["metadata"].get("generation")
@@ -86,25 +86,30 @@ class IncidentDriver:
 
     # -- watch events ---------------------------------------------------------------------------------------
 
-    async def on_event(self, kind: str | None, body: dict[str, Any]) -> None:
-        """One watch event (`kind` None: the initial listing, at start-up). Never raises: a failed pass is
-        logged and retried by the loop."""
-        key = _key(body)
-        meta = body["metadata"]
+    async def on_event(
+        self, kind: str | None, seen: Mapping[str, Any], *, copy: Callable[[], dict[str, Any]]
+    ) -> None:
+        """One watch event (`kind` None: the initial listing, at start-up), decided on `seen` as delivered;
+        `copy()` makes the plain copy a pass works on (most events, e.g. the echo of a status write, need
+        none). Never raises: a failed pass is logged and retried by the loop."""
+        key = _key(seen)
+        meta = seen["metadata"]
+        held = FINALIZER in (meta.get("finalizers") or [])
         if kind == "DELETED":
             self._schedule.pop(key, None)
-            if _is_open(body) and FINALIZER not in (meta.get("finalizers") or []):
+            if _is_open(seen) and not held:
                 # Deleted before its finalizer was added: release from the last state seen.
+                body = copy()
                 await self._attempt(key, lambda: self._release(body))
-            return
-        if meta.get("deletionTimestamp"):
+        elif meta.get("deletionTimestamp"):
             self._schedule.pop(key, None)
-            if FINALIZER in (meta.get("finalizers") or []):
+            if held:
+                body = copy()
                 await self._attempt(key, lambda: self._release(body))
-            return
-        if _behind(body) or (kind is None and _is_open(body)):
+        elif _behind(seen) or (kind is None and _is_open(seen)):
+            body = copy()
             await self._attempt(key, lambda: self._reconcile(key, body))
-        elif _is_open(body):
+        elif _is_open(seen):
             self._schedule.setdefault(key, _Schedule(self.clock() + self.reassert_seconds))
 
     # -- passes ---------------------------------------------------------------------------------------------
@@ -147,15 +152,13 @@ class IncidentDriver:
             report = await agentincident.reconcile_incident(self.api, body, others=self.views(namespace))
             if not report.accepted:
                 log.warning("AgentIncident %s/%s refused: %s", namespace, name, report.message)
-            if _is_open(body):
-                self._schedule[key] = _Schedule(self.clock() + self.reassert_seconds)
-            else:
-                self._schedule.pop(key, None)
             current = report.written or body
             if _is_open(body):
+                self._schedule[key] = _Schedule(self.clock() + self.reassert_seconds)
                 # Off the burst: an incident deleted before this lands is released from its DELETED event.
                 after_containment(lambda: self._add_finalizer_later(current))
             else:
+                self._schedule.pop(key, None)
                 await self._keep_finalizer(current, wanted=False)
 
     async def _release(self, body: dict[str, Any]) -> None:
