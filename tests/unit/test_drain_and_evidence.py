@@ -103,6 +103,13 @@ _FRAGMENTS = st.sampled_from(
         "replicas",
         "image: ghcr.io/acme/refund-agent:1.4.2",
         "phase Running",
+        # Letters a case-insensitive match folds onto ASCII ones: long s, Kelvin sign, dotted I, sharp s.
+        "\u017f",
+        "\u212a",
+        "\u0130",
+        "\u00df",
+        "pa\u017f\u017fword",
+        "to\u212aen",
     ]
 )
 
@@ -121,3 +128,20 @@ def test_evidence_is_bounded_by_cutting_the_oldest_log_lines_first():
     assert sum(len(k) + len(v.encode()) for k, v in data.items()) <= 200 * 1024
     assert "line 4999" in data["logs.txt"] and "line 4800 " not in data["logs.txt"]  # the last 200, then cut
     assert json.loads(data["manifest.json"])["truncated"] is True
+
+
+def test_evidence_documents_are_json_with_one_entry_per_line():
+    parts = EvidenceParts(
+        agent={"refund-agent": {"spec": {"consumers": []}}, "mailer": {"spec": {}}},
+        bundle={"bundle.json": "{}"},
+        consumers=[{"kind": "Deployment", "name": "worker", "spec": {"replicas": 2}}],
+        pods=[{"metadata": {"name": f"worker-{i}"}, "status": {"phase": "Running"}} for i in range(3)],
+        events=[],
+    )
+    data, _ = build_evidence(parts, captured_at="2026-11-21T03:12:00Z")
+    assert list(json.loads(data["agent.json"])) == ["mailer", "refund-agent"]
+    assert data["agent.json"].splitlines()[1].startswith('"mailer": ')
+    pods = data["pods.json"].splitlines()
+    assert len(pods) == 5 and json.loads(pods[2].rstrip(","))["name"] == "worker-1"
+    assert json.loads(data["consumers.json"])[0]["spec"] == {"replicas": 2}
+    assert json.loads(data["events.json"]) == []
