@@ -5,8 +5,8 @@ The operator runs as its own process against the realistic emulator in this proc
 per incident, from the moment its create call returned to the moment a watch sees its
 `Contained` condition turn True. After each round its incidents are deleted and released, and the
 operator rests `--settle` seconds, so every round starts from rest. The floor is the same writes
-(control ConfigMap, NetworkPolicy, evidence ConfigMap, consumer drain, agent and incident status,
-then the Events) issued directly and measured the same way, in the same run. CPU is shown for the
+(control ConfigMap, NetworkPolicy, evidence ConfigMap, consumer drain, incident status, then the
+agent's status and the Events) issued directly and measured the same way, in the same run. CPU is shown for the
 operator process and for this one (the API server, plus the small client making incidents and
 watching them).
 
@@ -144,12 +144,13 @@ async def release_round(api: KubeApi, round_: int, n: int, timeout: float) -> No
 async def measure_floor(api: KubeApi, url: str, namespace: str, n: int) -> list[float]:
     """Every write the operator makes to contain one incident, issued directly, all incidents at once.
 
-    The control ConfigMap and the NetworkPolicy (together), the evidence ConfigMap, the drain, the agent's
-    status, then the incident's status with `Contained=True`; latency is taken exactly as for the
-    operator: from the incident's create call returning to a watch seeing `Contained`. The Event for each
-    timeline entry (Opened, two LeverApplied, EvidenceCaptured, Contained) is posted once every incident
-    is contained, so the floor carries no paperwork in its burst. Not included: every read (the evidence
-    needs pods, events and logs; the drain needs the replicas to record) and Kopf's own patches.
+    The control ConfigMap and the NetworkPolicy (together), the evidence ConfigMap, the drain, then the
+    incident's status with `Contained=True`; latency is taken exactly as for the operator: from the
+    incident's create call returning to a watch seeing `Contained`. As the operator does, the agent's
+    status and the Event for each timeline entry (Opened, two LeverApplied, EvidenceCaptured, Contained)
+    follow once every incident is contained, so the floor carries no paperwork in its burst. Not
+    included: every read (the evidence needs pods, events and logs; the drain needs the replicas to
+    record) and Kopf's own patches.
     """
     from tourniquet.domain import names, network
     from tourniquet.models import AgentDeploymentSpec
@@ -228,13 +229,6 @@ async def measure_floor(api: KubeApi, url: str, namespace: str, n: int) -> list[
             {"metadata": {"annotations": {"tourniquet.dev/replicas-before-drain": "2"}}, "spec": {"replicas": 0}},
         )
         await api.patch(
-            AGENTDEPLOYMENTS,
-            namespace,
-            agent,
-            {"status": {"containment": {"incidents": [incident]}}},
-            subresource="status",
-        )
-        await api.patch(
             AGENTINCIDENTS,
             namespace,
             incident,
@@ -248,6 +242,13 @@ async def measure_floor(api: KubeApi, url: str, namespace: str, n: int) -> list[
     except TimeoutError:
         print(f"  ! the floor saw only {len(seen)} of {n} incidents contained", flush=True)
     for i, _ in prepared:
+        await api.patch(
+            AGENTDEPLOYMENTS,
+            namespace,
+            f"agent-{i}",
+            {"status": {"containment": {"incidents": [f"inc-{i}"]}}},
+            subresource="status",
+        )
         for k, reason in enumerate(("Opened", "LeverApplied", "LeverApplied", "EvidenceCaptured", "Contained")):
             event = {
                 "metadata": {"name": f"inc-{i}.{k}"},

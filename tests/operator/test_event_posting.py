@@ -39,6 +39,17 @@ async def test_events_wait_for_the_running_containment_pass(kube: Any, cluster: 
     assert event["message"] == "refund-agent: drain: 2 → 0 replicas"
 
 
+async def test_events_wait_for_a_quiet_moment_not_a_gap_between_passes(kube: Any, cluster: Any) -> None:
+    async with events.containment_pass():
+        events.post_events_later(kube, INCIDENT, [ENTRY])
+    for _ in range(4):  # a burst: passes that start a few milliseconds after others end
+        await asyncio.sleep(events.QUIET_SECONDS / 4)
+        async with events.containment_pass():
+            await asyncio.sleep(0.01)
+    assert _reasons(cluster) == [], "no paperwork between the passes of a burst"
+    await _until(lambda: _reasons(cluster) == ["LeverApplied"])
+
+
 async def test_events_are_not_held_back_by_a_long_pass(
     kube: Any, cluster: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -105,6 +105,8 @@ def test_sev1_incident(cluster: Cluster, operator) -> None:
     assert events.index("EvidenceCaptured") < max(
         i for i, e in enumerate(status["timeline"]) if e["event"] == "LeverApplied" and e["message"].startswith("drain")
     ), "evidence before the drain"
+    # The agent's own status follows the incident's once the containment burst is over.
+    wait_for(lambda: condition(cluster, AD, "refund-agent", "BundlePinned").get("status") == "False", what="agent")
     pinned = condition(cluster, AD, "refund-agent", "BundlePinned")
     assert (pinned["status"], pinned["reason"]) == ("False", "RollbackRefused")
     assert "no revision is known good yet" in pinned["message"]

@@ -71,8 +71,8 @@ def test_a_sev1_incident_revokes_captures_evidence_then_drains(cluster: Cluster,
     assert status["phase"] == "Contained" and status["timings"]["containedSeconds"] >= 0
     evidence_cm = cluster.get(CM, status["evidence"]["configMap"])
     assert evidence_cm["immutable"] is True and "refund-agent" in evidence_cm["data"]["agent.json"]
-    agent_conditions = {c["type"]: c for c in cluster.status(AD, "refund-agent")["conditions"]}
-    assert agent_conditions["Contained"]["status"] == "True"
+    # The agent's own status follows the incident's once the containment burst is over.
+    wait_for(lambda: condition(cluster, AD, "refund-agent", "Contained").get("status") == "True", what="agent")
 
     # Every timeline entry is also a Kubernetes Event on the incident (kubectl describe shows them).
     def reasons() -> list[str]:
@@ -250,7 +250,7 @@ def test_deleting_an_open_incident_releases_through_its_finalizer(cluster: Clust
     start_agent(cluster)
     cluster.apply([incident("delete-me", contain=["drain"])])
     wait_for(lambda: contained(cluster, "delete-me"), what="Contained")
-    assert "tourniquet.dev/release-levers" in cluster.get(AI, "delete-me")["metadata"]["finalizers"]
+    wait_for(lambda: "tourniquet.dev/release-levers" in _finalizers(cluster, "delete-me"), what="the finalizer")
     cluster.delete(AI, "delete-me")
     wait_for(lambda: cluster.get(AI, "delete-me") is None, what="deleted")
     wait_for(lambda: replicas(cluster) == 2, what="released")
@@ -270,6 +270,18 @@ def test_on_the_way_to_contained_the_only_write_to_the_incident_is_its_status(cl
     writes = [w for w in writes if not w.startswith("GET")]
     # No finalizer round trip and no progress annotation first: the status saying Contained, then the finalizer.
     assert writes == ["PATCH /status", "PATCH "], writes
+
+
+def test_the_agents_status_follows_the_incidents_and_says_contained(cluster: Cluster, operator):
+    start_agent(cluster)
+    mark = cluster.mark()
+    cluster.apply([incident("quick", contain=["drain"])])
+    wait_for(lambda: condition(cluster, AD, "refund-agent", "Contained").get("status") == "True", what="agent")
+    assert contained(cluster, "quick")
+    status_writes = [r.split(" ")[1] for r in cluster.requests_to("/status", mark) if r.startswith("PATCH")]
+    # The incident reports first; the agent's status (one write) follows once the burst is over.
+    assert [w.rsplit("/", 2)[-2] for w in status_writes] == ["quick", "refund-agent"], status_writes
+    assert cluster.status(AD, "refund-agent")["containment"]["incidents"] == ["quick"]
 
 
 def test_an_incident_deleted_before_its_finalizer_was_added_still_releases(cluster: Cluster, operator):
@@ -434,5 +446,8 @@ def test_an_agent_status_written_elsewhere_makes_the_incident_pass_list_again(cl
     cluster.apply([incident("after-a-foreign-write")])
     wait_for(lambda: contained(cluster, "after-a-foreign-write"), what="Contained")
     assert len(_bundle_lists(cluster, mark)) >= 1
-    history = cluster.status(AD, "refund-agent")["bundle"]["history"]
-    assert [h["revision"] for h in history] == [1], "the history is rebuilt from the stored revisions"
+
+    def history() -> list[int]:
+        return [h["revision"] for h in cluster.status(AD, "refund-agent")["bundle"]["history"]]
+
+    wait_for(lambda: history() == [1], what="the history rebuilt from the stored revisions")

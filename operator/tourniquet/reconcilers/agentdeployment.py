@@ -32,6 +32,7 @@ from tourniquet.levers import drain as drain_lever
 from tourniquet.levers import egress as egress_lever
 from tourniquet.levers.common import LeverObservation
 from tourniquet.models import AgentDeploymentSpec, Lever, RevisionVerdict
+from tourniquet.reconcilers.agent_status import write_status, write_status_later
 
 log = logging.getLogger(__name__)
 
@@ -169,15 +170,6 @@ def _current_revision(status: dict[str, Any], world: AgentWorld) -> int | None:
     return next((r for r in wired if r is not None), None)
 
 
-async def write_status(api: KubeApi, body: dict[str, Any], new_status: dict[str, Any]) -> bool:
-    """Patch /status only when it changed."""
-    if new_status == (body.get("status") or {}):
-        return False
-    meta = body["metadata"]
-    await api.patch(AGENTDEPLOYMENTS, meta["namespace"], meta["name"], {"status": new_status}, subresource="status")
-    return True
-
-
 async def reconcile_agent_deployment(
     api: KubeApi,
     body: dict[str, Any],
@@ -188,11 +180,14 @@ async def reconcile_agent_deployment(
     world: AgentWorld | None = None,
     defer_status: bool = False,
     known_bundles: bool = False,
+    status_later: bool = False,
 ) -> AgentReport:
     """Make the agent's children match its spec and its open incidents; report what is observed.
 
     `world`: the children as a pass moments ago left them (skips reading them again).
     `defer_status`: skip the status write when a drain waits for evidence (a second pass follows).
+    `status_later`: write the status once the containment burst is over (see agent_status); the caller
+    holds the agent's lock and has flushed any status pending for it.
     `known_bundles`: take the stored bundle revisions from this process's last pass when the agent's
     generation and status.bundle show nothing changed since (incident passes: speed matters).
     """
@@ -301,7 +296,10 @@ async def reconcile_agent_deployment(
         generation=generation,
     )
     if not (defer_status and containment.drain_waiting and not containment.drained):
-        await write_status(api, body, new_status)
+        if status_later:
+            write_status_later(api, body, new_status)
+        else:
+            await write_status(api, body, new_status)
         _known_bundles[cache_key] = _KnownBundles(
             _status_key(generation, new_status), list(stored), dict(world.bundle_data)
         )

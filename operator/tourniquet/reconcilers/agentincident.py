@@ -19,6 +19,7 @@ from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, KubeApi
 from tourniquet.domain.containment import IncidentView, incident_problems, parse_incident_spec
 from tourniquet.domain.incident import LeverSeen, incident_status, invalid_incident_status, micro_time
 from tourniquet.models import AgentDeploymentSpec, AgentIncidentSpec, Lever
+from tourniquet.reconcilers import agent_status
 from tourniquet.reconcilers.agentdeployment import (
     AgentReport,
     list_incidents,
@@ -53,13 +54,18 @@ async def reconcile_agent_locked(
     defer_status: bool = False,
     body: dict[str, Any] | None = None,
     known_bundles: bool = False,
+    status_later: bool = False,
 ) -> AgentReport | None:
     """Reconcile one agent, one pass at a time per agent: from `body` just read, a fresh read, or right after
-    `previous` (reusing what that pass observed)."""
+    `previous` (reusing what that pass observed). A status still pending from an earlier pass is written
+    first, and the pass starts from the agent as written. `status_later`: see agent_status."""
     async with lock_for("AgentDeployment", namespace, name):
         world = None
+        written = await agent_status.flush(namespace, name)
         if previous is not None and previous.body is not None and previous.world is not None:
             body, world = previous.body, previous.world
+        elif written is not None:
+            body = written
         elif body is None:
             body = await api.get_or_none(AGENTDEPLOYMENTS, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
@@ -72,6 +78,7 @@ async def reconcile_agent_locked(
             world=world,
             defer_status=defer_status,
             known_bundles=known_bundles,
+            status_later=status_later,
         )
 
 
@@ -156,6 +163,7 @@ async def _reconcile_incident(
                     defer_status=not previous,
                     body=agent_bodies.get(a) if not previous else None,
                     known_bundles=True,
+                    status_later=True,
                 )
                 for a in only
             )

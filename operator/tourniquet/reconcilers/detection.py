@@ -23,6 +23,7 @@ from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, ApiError,
 from tourniquet.adapters.prometheus import PrometheusQuerier, PrometheusUnavailable, QueryRejected
 from tourniquet.domain import detection as decide
 from tourniquet.domain.detection import CompiledRule, Degraded, RuleState, Sample, Signal
+from tourniquet.reconcilers import agent_status
 from tourniquet.reconcilers.locks import lock_for
 
 log = logging.getLogger(__name__)
@@ -379,6 +380,7 @@ async def write_detection_status(
     sent with the resourceVersion read, so a writer outside this process makes it retry, not lose data.
     """
     async with lock_for("AgentDeployment", namespace, name):
+        await agent_status.flush(namespace, name)  # a status an incident pass left pending goes first
         for attempt in range(1, 4):
             fresh = await api.get_or_none(AGENTDEPLOYMENTS, namespace, name)
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):

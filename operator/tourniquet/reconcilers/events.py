@@ -51,9 +51,11 @@ async def post_events(api: KubeApi, involved: dict[str, Any], entries: list[dict
             log.warning("Could not post the event %s on %s: %s", entry["event"], meta["name"], error)
 
 
-# Containment first, paperwork after: events (and incidents' finalizers) wait while a containment pass
-# is running in this loop (so a burst of incidents is not slowed by them), but never longer than this.
+# Containment first, paperwork after: events (and incidents' finalizers, agents' statuses) wait until no
+# containment pass has run in this loop for QUIET_SECONDS (so a burst of incidents, which arrive from the
+# watch a few at a time, is not slowed by them), but never longer than EVENT_DEFER_SECONDS.
 EVENT_DEFER_SECONDS = 2.0
+QUIET_SECONDS = 0.25
 
 
 class _LoopState:
@@ -98,20 +100,29 @@ def containment_quiet_for(seconds: float) -> bool:
 
 
 def after_containment(work: Callable[[], Awaitable[None]]) -> None:
-    """Run `work` in the background once no containment pass runs (or after EVENT_DEFER_SECONDS)."""
+    """Run `work` in the background once containment is quiet (or after EVENT_DEFER_SECONDS)."""
     state = _state()
 
-    async def when_idle() -> None:
+    async def when_quiet() -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + EVENT_DEFER_SECONDS
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state.idle.wait(), EVENT_DEFER_SECONDS)
+            while True:
+                await asyncio.wait_for(state.idle.wait(), deadline - loop.time())
+                quiet_for = time.monotonic() - state.last_done
+                if state.busy == 0 and quiet_for >= QUIET_SECONDS:
+                    break
+                await asyncio.sleep(min(QUIET_SECONDS - quiet_for, deadline - loop.time()))
+                if loop.time() >= deadline:
+                    break
         await work()
 
-    task = asyncio.get_running_loop().create_task(when_idle())
+    task = asyncio.get_running_loop().create_task(when_quiet())
     state.pending.add(task)
     task.add_done_callback(state.pending.discard)
 
 
 def post_events_later(api: KubeApi, involved: dict[str, Any], entries: list[dict[str, Any]]) -> None:
-    """Post the events in the background, once no containment pass runs (or after EVENT_DEFER_SECONDS)."""
+    """Post the events in the background, once containment is quiet (or after EVENT_DEFER_SECONDS)."""
     if entries:
         after_containment(lambda: post_events(api, involved, entries))
