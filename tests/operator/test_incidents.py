@@ -451,3 +451,26 @@ def test_an_agent_status_written_elsewhere_makes_the_incident_pass_list_again(cl
         return [h["revision"] for h in cluster.status(AD, "refund-agent")["bundle"]["history"]]
 
     wait_for(lambda: history() == [1], what="the history rebuilt from the stored revisions")
+
+
+def test_the_drain_detail_counts_the_pods_from_the_pass_after_the_scale_down(cluster: Cluster, operator):
+    start_agent(cluster)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "refund-agent-worker-1", "namespace": "default", "labels": {"app": "refund-agent"}},
+        "spec": {"containers": [{"name": "worker", "image": "ghcr.io/example/refund-agent:1.4.2"}]},
+    }
+    cluster.apply([pod])
+    cluster.patch("v1/pods", "refund-agent-worker-1", {"status": {"phase": "Running"}}, subresource="status")
+    cluster.apply([incident("pods", contain=["drain"])])
+    wait_for(lambda: contained(cluster, "pods"), what="Contained")
+
+    def drain_detail() -> str:
+        return next(lv["detail"] for lv in cluster.status(AI, "pods")["levers"] if lv["name"] == "drain")
+
+    # The pass that scaled the worker down does not count pods that are only starting to stop.
+    assert drain_detail() == "refund-agent-worker 2 → 0 replicas, scaled down just now"
+    wait_for(lambda: drain_detail().endswith("1 pod(s) still terminating"), what="counted by the re-assert")
+    cluster.delete("v1/pods", "refund-agent-worker-1")
+    wait_for(lambda: drain_detail().endswith("no pod left"), what="no pod left")

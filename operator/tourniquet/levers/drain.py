@@ -31,7 +31,9 @@ async def apply_drain(
     actions: list[str],
     drift: list[str],
 ) -> dict[tuple[str, str], int]:
-    """Drain (or restore) each consumer; returns how many pods each still has while drained."""
+    """Drain (or restore) each consumer; returns how many pods each still has while drained. A consumer
+    scaled down by this very pass is not counted: every pod it had is only starting to stop (the next
+    pass counts them)."""
     if containment.drain_waiting and not containment.drain:
         return {}  # a drain is coming once evidence is captured: neither drain nor restore now
     recorded = [w for w in consumers.values() if drain.recorded_replicas(w) is not None]
@@ -66,7 +68,8 @@ async def apply_drain(
                 "Paused KEDA ScaledObject {} at 0 replicas",
                 actions,
             )
-            pods_left[key] = await _count_pods(api, namespace, consumers[key])
+            if patch is None:
+                pods_left[key] = await _count_pods(api, namespace, consumers[key])
         else:
             patch = drain.plan_restore_patch(workload)
             if patch is not None:
@@ -147,6 +150,8 @@ def observe_drain(
         text = f"{ref.name} {before if before is not None else now_replicas} → {now_replicas} replicas"
         if key in pods_left:
             text += f", {pods_left[key]} pod(s) still terminating" if pods_left[key] else ", no pod left"
+        elif containment.drained and now_replicas == 0:
+            text += ", scaled down just now"
         parts.append(text)
     waiting = bool(containment.drain_waiting) and not containment.drained
     detail = "; ".join(parts) if containment.drained or not waiting else "waiting for evidence capture before draining"

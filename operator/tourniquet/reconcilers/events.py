@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -64,7 +65,9 @@ class _LoopState:
         self.last_done = float("-inf")  # time.monotonic() when the last pass ended
         self.idle = asyncio.Event()
         self.idle.set()
-        self.pending: set[asyncio.Task[None]] = set()
+        self.waiting: collections.deque[tuple[float, Callable[[], Awaitable[None]]]] = collections.deque()
+        self.waiter: asyncio.Task[None] | None = None  # the one task waiting for a quiet moment
+        self.pending: set[asyncio.Task[None]] = set()  # work started, not finished
 
 
 _states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
@@ -102,24 +105,37 @@ def containment_quiet_for(seconds: float) -> bool:
 def after_containment(work: Callable[[], Awaitable[None]]) -> None:
     """Run `work` in the background once containment is quiet (or after EVENT_DEFER_SECONDS)."""
     state = _state()
+    loop = asyncio.get_running_loop()
+    state.waiting.append((loop.time() + EVENT_DEFER_SECONDS, work))
+    if state.waiter is None or state.waiter.done():
+        state.waiter = loop.create_task(_start_when_quiet(state))
 
-    async def when_quiet() -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + EVENT_DEFER_SECONDS
+
+async def _start_when_quiet(state: _LoopState) -> None:
+    """One waiter for all the deferred work (hundreds of items after a burst): it starts what is due when
+    no containment pass has run for QUIET_SECONDS, or what has waited EVENT_DEFER_SECONDS."""
+    loop = asyncio.get_running_loop()
+    while state.waiting:
+        deadline = state.waiting[0][0]
         with contextlib.suppress(TimeoutError):
-            while True:
-                await asyncio.wait_for(state.idle.wait(), deadline - loop.time())
-                quiet_for = time.monotonic() - state.last_done
-                if state.busy == 0 and quiet_for >= QUIET_SECONDS:
-                    break
-                await asyncio.sleep(min(QUIET_SECONDS - quiet_for, deadline - loop.time()))
-                if loop.time() >= deadline:
-                    break
-        await work()
+            await asyncio.wait_for(state.idle.wait(), max(0.0, deadline - loop.time()))
+        quiet_for = time.monotonic() - state.last_done
+        if state.busy == 0 and quiet_for >= QUIET_SECONDS:
+            due = len(state.waiting)
+        else:
+            due = sum(1 for at, _ in state.waiting if at <= loop.time())
+            if not due:
+                await asyncio.sleep(max(0.0, min(QUIET_SECONDS - quiet_for, deadline - loop.time())))
+                continue
+        for _ in range(due):
+            _, work = state.waiting.popleft()
+            task = loop.create_task(_run(work))
+            state.pending.add(task)
+            task.add_done_callback(state.pending.discard)
 
-    task = asyncio.get_running_loop().create_task(when_quiet())
-    state.pending.add(task)
-    task.add_done_callback(state.pending.discard)
+
+async def _run(work: Callable[[], Awaitable[None]]) -> None:
+    await work()
 
 
 def post_events_later(api: KubeApi, involved: dict[str, Any], entries: list[dict[str, Any]]) -> None:
