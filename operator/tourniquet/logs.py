@@ -49,6 +49,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+# Kopf logs "Handler '<id>' succeeded." at INFO after every call of a handler, including a watch-event
+# handler. Incidents are driven from one (every event of every incident: its creation, the echo of each
+# status write, its finalizer), so that would be several lines per incident saying nothing; what a pass did
+# is logged by the pass itself. Hidden unless --verbose.
+_QUIET_MESSAGES = frozenset(f"Handler '{name}' succeeded." for name in ("incident_event",))
+
+
+class _QuietEventHandlerSuccesses(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and record.msg in _QUIET_MESSAGES)
+
+
+_QUIET = _QuietEventHandlerSuccesses()
+
+
 class _JsonStreamHandler(logging.StreamHandler):
     """Ours, so that configuring twice replaces it instead of logging every line twice."""
 
@@ -65,6 +80,10 @@ def configure(log_format: str = "text", *, verbose: bool = False) -> None:
     # INFO: lines each time the kubelet probes, which is no news.
     for name in ("kopf.activities.probe", "aiohttp.access"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    objects = logging.getLogger("kopf.objects")
+    objects.removeFilter(_QUIET)
+    if not verbose:
+        objects.addFilter(_QUIET)
     if log_format == "text":
         kopf.configure(verbose=verbose, log_prefix=True)
         return

@@ -82,3 +82,25 @@ def test_configure_json_replaces_the_handler_and_keeps_kopfs_levels(root_logging
     assert root_logging.level == logging.DEBUG
     with pytest.raises(ValueError, match="unknown log format"):
         logs.configure("yaml")
+
+
+def test_kopfs_success_line_for_each_incident_event_is_hidden_unless_verbose(root_logging: logging.Logger) -> None:
+    incident_logger = kopf.ObjectLogger(body=kopf.Body(BODY), settings=kopf.OperatorSettings())
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logging.getLogger("kopf.objects").addHandler(handler)
+    try:
+        logs.configure("json")
+        incident_logger.info("Handler 'incident_event' succeeded.")
+        incident_logger.info("Handler 'agent_changed' succeeded.")  # a change handler's: still said
+        incident_logger.warning("Handler 'incident_event' failed with an exception and will stop now: boom")
+        logs.configure("json", verbose=True)
+        incident_logger.info("Handler 'incident_event' succeeded.")
+    finally:
+        logging.getLogger("kopf.objects").removeHandler(handler)
+        logs.configure("text")
+    assert stream.getvalue().splitlines() == [
+        "Handler 'agent_changed' succeeded.",
+        "Handler 'incident_event' failed with an exception and will stop now: boom",
+        "Handler 'incident_event' succeeded.",
+    ]
