@@ -32,7 +32,6 @@ Key = tuple[str, str]  # namespace, name
 @dataclass
 class _Pending:
     api: KubeApi
-    body: dict[str, Any]  # the agent the status was computed from
     status: dict[str, Any]
 
 
@@ -64,7 +63,7 @@ def write_status_later(api: KubeApi, body: dict[str, Any], new_status: dict[str,
         pending.pop(key, None)
         return False
     scheduled = key in pending
-    pending[key] = _Pending(api, body, new_status)
+    pending[key] = _Pending(api, new_status)
     if not scheduled:
         after_containment(lambda: _flush_locked(key))
     return True
