@@ -139,6 +139,24 @@ async def _run(work: Callable[[], Awaitable[None]]) -> None:
 
 
 def post_events_later(api: KubeApi, involved: dict[str, Any], entries: list[dict[str, Any]]) -> None:
-    """Post the events in the background, once containment is quiet (or after EVENT_DEFER_SECONDS)."""
+    """Log the timeline entries now; post their Events in the background, once containment is quiet (or
+    after EVENT_DEFER_SECONDS)."""
     if entries:
+        log_timeline(involved, entries)
         after_containment(lambda: post_events(api, involved, entries))
+
+
+def log_timeline(involved: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+    """One log line per timeline entry, naming the object (`[namespace/name]`, or `object` in JSON logs)."""
+    meta = involved["metadata"]
+    ref = {
+        "apiVersion": involved.get("apiVersion", "tourniquet.dev/v1alpha1"),
+        "kind": involved.get("kind", "AgentIncident"),
+        "namespace": meta["namespace"],
+        "name": meta["name"],
+        "uid": meta.get("uid"),
+    }
+    for entry in entries:
+        level = logging.WARNING if entry["event"] in WARNING_EVENTS else logging.INFO
+        agent = f"{entry['agent']}: " if entry.get("agent") else ""
+        log.log(level, "%s: %s%s", entry["event"], agent, entry.get("message", ""), extra={"k8s_ref": ref})
