@@ -474,3 +474,34 @@ def test_the_drain_detail_counts_the_pods_from_the_pass_after_the_scale_down(clu
     wait_for(lambda: drain_detail().endswith("1 pod(s) still terminating"), what="counted by the re-assert")
     cluster.delete("v1/pods", "refund-agent-worker-1")
     wait_for(lambda: drain_detail().endswith("no pod left"), what="no pod left")
+
+
+def test_an_incident_pass_writes_the_control_configmap_and_policy_without_reading_them_first(
+    cluster: Cluster, operator
+):
+    start_agent(cluster)
+    mark = cluster.mark()
+    cluster.apply([incident("no-reads", contain=["revokeTools"])])
+    wait_for(lambda: contained(cluster, "no-reads"), what="Contained")
+    for path in ("/configmaps/refund-agent-control", "/networkpolicies/refund-agent-egress"):
+        calls = [r.split(" ")[0] for r in cluster.requests_to(path, mark)]
+        # The write carries the version of the copy the agent's last pass got back, so it needs no read.
+        assert calls[:1] == ["PATCH"] and "GET" not in calls[: calls.index("PATCH") + 1], (path, calls)
+    assert control(cluster) == ("active", ["issue_refund", "reverse_refund"])
+    assert REFUNDS_CIDR not in egress_cidrs(cluster)
+
+
+def test_children_changed_by_hand_since_the_last_pass_are_read_again_and_set_right(cluster: Cluster, operator):
+    start_agent(cluster)
+    cluster.patch(CM, "refund-agent-control", {"data": {"mode": "shadow", "note": "set by hand"}})
+    policy = cluster.get(NP, "refund-agent-egress")
+    cluster.patch(NP, "refund-agent-egress", {"spec": {"egress": policy["spec"]["egress"][:1]}})
+    mark = cluster.mark()
+    cluster.apply([incident("after-hand-edits", contain=["revokeTools"])])
+    wait_for(lambda: contained(cluster, "after-hand-edits"), what="Contained")
+    # The writes planned from the operator's copies failed on their version; the levers read and wrote again.
+    calls = [r.split(" ")[0] for r in cluster.requests_to("/configmaps/refund-agent-control", mark)]
+    assert calls[:3] == ["PATCH", "GET", "PATCH"], calls
+    assert control(cluster) == ("active", ["issue_refund", "reverse_refund"])
+    assert cluster.get(NP, "refund-agent-egress")["spec"]["egress"] != policy["spec"]["egress"][:1]
+    assert LOOKUP_CIDR in egress_cidrs(cluster) and REFUNDS_CIDR not in egress_cidrs(cluster)

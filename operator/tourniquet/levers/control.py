@@ -12,7 +12,7 @@ from typing import Any
 from tourniquet.adapters.kube import CONFIGMAPS, KubeApi
 from tourniquet.domain import names, network
 from tourniquet.domain.containment import Containment
-from tourniquet.levers.common import LeverObservation
+from tourniquet.levers.common import LeverObservation, remembered_write
 from tourniquet.models import Lever
 
 
@@ -24,9 +24,22 @@ async def apply_control(
     containment: Containment,
     owner: dict[str, Any],
     actions: list[str],
+    *,
+    remembered: bool = False,
 ) -> dict[str, Any]:
+    """`remembered`: `observed` is this process's last copy, not read now (see remembered_write)."""
     data = network.desired_control_data(containment.mode, containment.revoked_tools)
     cm_name = names.control_configmap(agent)
+    if remembered:
+        written, observed = await remembered_write(
+            observed,
+            lambda current: _data_patch(current, data),
+            write=lambda patch: api.patch(CONFIGMAPS, namespace, cm_name, patch),
+            read=lambda: api.get_or_none(CONFIGMAPS, namespace, cm_name),
+        )
+        if written is not None:
+            actions.append(_set_message(cm_name, data))
+            return written
     if observed is None:
         body = names.owned(
             "v1",
@@ -41,11 +54,20 @@ async def apply_control(
         if created:
             actions.append(f"Created control ConfigMap {cm_name} (mode {containment.mode})")
             return observed
-    if {k: (observed.get("data") or {}).get(k) for k in data} != data:
-        result = await api.patch(CONFIGMAPS, namespace, cm_name, {"data": data})
-        actions.append(f"Set control ConfigMap {cm_name}: mode {data['mode']}, revoked {data['revokedTools']}")
+    patch = _data_patch(observed, data)
+    if patch is not None:
+        result = await api.patch(CONFIGMAPS, namespace, cm_name, patch)
+        actions.append(_set_message(cm_name, data))
         return result
     return observed
+
+
+def _data_patch(current: dict[str, Any], data: dict[str, str]) -> dict[str, Any] | None:
+    return {"data": data} if {k: (current.get("data") or {}).get(k) for k in data} != data else None
+
+
+def _set_message(cm_name: str, data: dict[str, str]) -> str:
+    return f"Set control ConfigMap {cm_name}: mode {data['mode']}, revoked {data['revokedTools']}"
 
 
 def observe_shadow(control: dict[str, Any], containment: Containment) -> LeverObservation:

@@ -11,7 +11,7 @@ from typing import Any
 from tourniquet.adapters.kube import NETWORKPOLICIES, KubeApi
 from tourniquet.domain import names, network
 from tourniquet.domain.containment import Containment
-from tourniquet.levers.common import LeverObservation
+from tourniquet.levers.common import LeverObservation, remembered_write
 from tourniquet.models import AgentDeploymentSpec, Lever
 
 
@@ -24,9 +24,26 @@ async def apply_policy(
     containment: Containment,
     owner: dict[str, Any],
     actions: list[str],
+    *,
+    remembered: bool = False,
 ) -> dict[str, Any]:
+    """`remembered`: `observed` is this process's last copy, not read now (see remembered_write)."""
     desired = network.desired_network_policy_spec(spec, containment.revoked_tools)
     np_name = names.network_policy(agent)
+    if remembered:
+
+        def plan(current: dict[str, Any]) -> list[dict[str, Any]] | None:
+            return _spec_patch(desired) if current.get("spec") != desired else None
+
+        written, observed = await remembered_write(
+            observed,
+            plan,
+            write=lambda patch: api.patch(NETWORKPOLICIES, namespace, np_name, patch, patch_type="json"),
+            read=lambda: api.get_or_none(NETWORKPOLICIES, namespace, np_name),
+        )
+        if written is not None:
+            actions.append(f"Set NetworkPolicy {np_name} to {len(desired['egress'])} egress rule(s)")
+            return written
     if observed is None:
         body = names.owned(
             "networking.k8s.io/v1",
@@ -50,9 +67,11 @@ async def apply_policy(
 
 async def replace_policy_spec(api: KubeApi, namespace: str, name: str, desired: dict[str, Any]) -> dict[str, Any]:
     """Replace the spec whole: the policy becomes exactly the desired one, nothing merged in."""
-    return await api.patch(
-        NETWORKPOLICIES, namespace, name, [{"op": "replace", "path": "/spec", "value": desired}], patch_type="json"
-    )
+    return await api.patch(NETWORKPOLICIES, namespace, name, _spec_patch(desired), patch_type="json")
+
+
+def _spec_patch(desired: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"op": "replace", "path": "/spec", "value": desired}]
 
 
 def observe_revocation(

@@ -64,6 +64,7 @@ class AgentWorld:
     control: dict[str, Any] | None
     policy: dict[str, Any] | None
     bundle_data: dict[str, dict[str, str]] = field(default_factory=dict)  # ConfigMap name -> data
+    remembered: bool = False  # control and policy are this process's last copies, not read now
 
 
 def _now() -> datetime:
@@ -118,15 +119,29 @@ def _status_key(generation: Any, status: dict[str, Any]) -> str:
     return json.dumps([generation, status.get("bundle")], sort_keys=True)
 
 
+# The control ConfigMap and the NetworkPolicy are the operator's alone. The copies the last pass here got
+# back from the API server let an incident pass write them without reading first: each write carries its
+# copy's resourceVersion, so a change by anyone else since makes it fail (409) and the lever reads and plans
+# again. A copy never stands in for an observation: a lever with nothing to write reads what is there.
+_known_children: dict[tuple[str, str, str], tuple[dict[str, Any] | None, dict[str, Any] | None]] = {}
+
+
 def forget_agent(namespace: str, name: str) -> None:
-    for key in [k for k in _known_bundles if k[:2] == (namespace, name)]:
-        del _known_bundles[key]
+    for cache in (_known_bundles, _known_children):
+        for key in [k for k in cache if k[:2] == (namespace, name)]:
+            del cache[key]
 
 
 async def gather(
-    api: KubeApi, namespace: str, name: str, spec: AgentDeploymentSpec, known: _KnownBundles | None = None
+    api: KubeApi,
+    namespace: str,
+    name: str,
+    spec: AgentDeploymentSpec,
+    known: _KnownBundles | None = None,
+    children: tuple[dict[str, Any] | None, dict[str, Any] | None] | None = None,
 ) -> AgentWorld:
-    """Read the agent's children; the stored bundle revisions come from `known` when given."""
+    """Read the agent's children; the stored bundle revisions come from `known`, the control ConfigMap and
+    NetworkPolicy from `children` (the last pass's copies), when given."""
 
     async def stored_revisions() -> tuple[list[bundles.StoredRevision], dict[str, dict[str, str]]]:
         if known is not None:
@@ -135,10 +150,17 @@ async def gather(
         stored = [s for s in (bundles.stored_revision_from_configmap(cm) for cm in cms) if s is not None]
         return stored, {cm["metadata"]["name"]: cm.get("data") or {} for cm in cms}
 
+    async def remembered(copy: dict[str, Any] | None) -> dict[str, Any] | None:
+        return copy
+
     (stored, bundle_data), control, policy, *workloads = await asyncio.gather(
         stored_revisions(),
-        api.get_or_none(CONFIGMAPS, namespace, names.control_configmap(name)),
-        api.get_or_none(NETWORKPOLICIES, namespace, names.network_policy(name)),
+        remembered(children[0])
+        if children
+        else api.get_or_none(CONFIGMAPS, namespace, names.control_configmap(name)),
+        remembered(children[1])
+        if children
+        else api.get_or_none(NETWORKPOLICIES, namespace, names.network_policy(name)),
         *(api.get_or_none(WORKLOADS[ref.kind.value], namespace, ref.name) for ref in spec.consumers),
     )
     return AgentWorld(
@@ -147,6 +169,7 @@ async def gather(
         consumers={(ref.kind.value, ref.name): w for ref, w in zip(spec.consumers, workloads, strict=True)},
         control=control,
         policy=policy,
+        remembered=children is not None,
     )
 
 
@@ -210,7 +233,8 @@ async def reconcile_agent_deployment(
         known = _known_bundles.get(cache_key) if known_bundles else None
         if known is not None and known.status_key != _status_key(generation, status):
             known = None
-        world = await gather(api, namespace, name, spec, known)
+        children = _known_children.get(cache_key) if known_bundles else None
+        world = await gather(api, namespace, name, spec, known, children)
     missing = [f"{kind} {cname}" for (kind, cname), w in world.consumers.items() if w is None]
     problems = decide.spec_problems(spec, missing, namespace)
     if problems:
@@ -240,9 +264,14 @@ async def reconcile_agent_deployment(
         report.actions.append(f"Marked bundle revision {revision} bad")
     # 3. The fast, non-destructive levers, shadow and revoke, at once.
     control, policy = await asyncio.gather(
-        control_lever.apply_control(api, namespace, name, world.control, containment, owner, report.actions),
-        egress_lever.apply_policy(api, namespace, name, spec, world.policy, containment, owner, report.actions),
+        control_lever.apply_control(
+            api, namespace, name, world.control, containment, owner, report.actions, remembered=world.remembered
+        ),
+        egress_lever.apply_policy(
+            api, namespace, name, spec, world.policy, containment, owner, report.actions, remembered=world.remembered
+        ),
     )
+    _known_children[cache_key] = (control, policy)
     # 4. Roll consumers to the active revision.
     active = next((r for r in stored if r.revision == plan.active_revision), None)
     consumers: dict[tuple[str, str], dict[str, Any]] = {k: w for k, w in world.consumers.items() if w}
