@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -59,20 +61,21 @@ def percentiles(values: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), p99
 
 
-async def watch_wired(url: str, namespace: str, expected: int, seen: dict[str, float], ready: asyncio.Event) -> None:
-    params = {"watch": "true", "allowWatchBookmarks": "false"}
+async def watched_objects(url: str, path: str, ready: asyncio.Event) -> AsyncIterator[dict[str, Any]]:
+    """The objects of every event on a watch of `path` (`ready` is set once the watch is open)."""
     async with (
         aiohttp.ClientSession() as session,
-        session.get(
-            f"{url}/apis/apps/v1/namespaces/{namespace}/deployments",
-            params=params,
-            timeout=aiohttp.ClientTimeout(total=None),
-        ) as response,
+        session.get(f"{url}{path}", params={"watch": "true"}, timeout=aiohttp.ClientTimeout(total=None)) as response,
     ):
         ready.set()
         async for line in response.content:
-            event = json.loads(line)
-            obj = event.get("object") or {}
+            yield json.loads(line).get("object") or {}
+
+
+async def watch_wired(url: str, namespace: str, expected: int, seen: dict[str, float], ready: asyncio.Event) -> None:
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+    async with contextlib.aclosing(watched_objects(url, path, ready)) as objects:
+        async for obj in objects:
             annotations = ((obj.get("spec") or {}).get("template") or {}).get("metadata", {}).get("annotations") or {}
             if annotations.get("tourniquet.dev/bundle-revision") == "1":
                 seen.setdefault(obj["metadata"]["name"], time.perf_counter())

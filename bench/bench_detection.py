@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -32,7 +33,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from prometheus_client import CollectorRegistry  # noqa: E402
 
-from bench_agentdeployments import agent_for, cpu_seconds  # noqa: E402
+from bench_agentdeployments import agent_for, cpu_seconds, watched_objects  # noqa: E402
 from tourniquet import crdgen  # noqa: E402
 from tourniquet.adapters.kube import AGENTDEPLOYMENTS, DEPLOYMENTS, KubeApi  # noqa: E402
 from tourniquet.runtime import AgentMetrics, Guard, StaticControl, serve_metrics  # noqa: E402
@@ -166,17 +166,9 @@ class Prometheus:
 
 
 async def watch_incidents(url: str, agents: set[str], seen: dict[str, float], ready: asyncio.Event) -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(
-            f"{url}/apis/tourniquet.dev/v1alpha1/namespaces/{NAMESPACE}/agentincidents",
-            params={"watch": "true"},
-            timeout=aiohttp.ClientTimeout(total=None),
-        ) as response,
-    ):
-        ready.set()
-        async for line in response.content:
-            obj = json.loads(line).get("object") or {}
+    path = f"/apis/tourniquet.dev/v1alpha1/namespaces/{NAMESPACE}/agentincidents"
+    async with contextlib.aclosing(watched_objects(url, path, ready)) as objects:
+        async for obj in objects:
             for agent in (obj.get("spec") or {}).get("agents") or []:
                 if agent in agents:
                     seen.setdefault(agent, time.perf_counter())

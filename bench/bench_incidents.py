@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -27,13 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "operator"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_agentdeployments import agent_for, cpu_seconds, percentiles  # noqa: E402
+from bench_agentdeployments import agent_for, cpu_seconds, percentiles, watched_objects  # noqa: E402
 from tourniquet import crdgen  # noqa: E402
 from tourniquet.adapters.kube import (  # noqa: E402
     AGENTDEPLOYMENTS,
@@ -72,17 +71,9 @@ def incident_for(agent: str, name: str) -> dict[str, Any]:
 async def watch_contained(
     url: str, namespace: str, names: set[str], seen: dict[str, float], ready: asyncio.Event
 ) -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(
-            f"{url}/apis/tourniquet.dev/v1alpha1/namespaces/{namespace}/agentincidents",
-            params={"watch": "true"},
-            timeout=aiohttp.ClientTimeout(total=None),
-        ) as response,
-    ):
-        ready.set()
-        async for line in response.content:
-            obj = json.loads(line).get("object") or {}
+    path = f"/apis/tourniquet.dev/v1alpha1/namespaces/{namespace}/agentincidents"
+    async with contextlib.aclosing(watched_objects(url, path, ready)) as objects:
+        async for obj in objects:
             name = (obj.get("metadata") or {}).get("name")
             conditions = (obj.get("status") or {}).get("conditions") or []
             if name in names and any(c["type"] == "Contained" and c["status"] == "True" for c in conditions):

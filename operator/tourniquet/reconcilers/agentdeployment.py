@@ -150,17 +150,17 @@ async def gather(
         stored = [s for s in (bundles.stored_revision_from_configmap(cm) for cm in cms) if s is not None]
         return stored, {cm["metadata"]["name"]: cm.get("data") or {} for cm in cms}
 
-    async def remembered(copy: dict[str, Any] | None) -> dict[str, Any] | None:
-        return copy
+    async def control_and_policy() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        if children is not None:
+            return children
+        return await asyncio.gather(
+            api.get_or_none(CONFIGMAPS, namespace, names.control_configmap(name)),
+            api.get_or_none(NETWORKPOLICIES, namespace, names.network_policy(name)),
+        )
 
-    (stored, bundle_data), control, policy, *workloads = await asyncio.gather(
+    (stored, bundle_data), (control, policy), *workloads = await asyncio.gather(
         stored_revisions(),
-        remembered(children[0])
-        if children
-        else api.get_or_none(CONFIGMAPS, namespace, names.control_configmap(name)),
-        remembered(children[1])
-        if children
-        else api.get_or_none(NETWORKPOLICIES, namespace, names.network_policy(name)),
+        control_and_policy(),
         *(api.get_or_none(WORKLOADS[ref.kind.value], namespace, ref.name) for ref in spec.consumers),
     )
     return AgentWorld(

@@ -19,6 +19,18 @@ log = logging.getLogger(__name__)
 WARNING_EVENTS = {"DriftRepaired", "Failed"}
 
 
+def object_ref(involved: dict[str, Any]) -> dict[str, Any]:
+    """The object a timeline belongs to, as an Event's involvedObject (and a log record's k8s_ref)."""
+    meta = involved["metadata"]
+    return {
+        "apiVersion": involved.get("apiVersion", "tourniquet.dev/v1alpha1"),
+        "kind": involved.get("kind", "AgentIncident"),
+        "name": meta["name"],
+        "namespace": meta["namespace"],
+        "uid": meta.get("uid"),
+    }
+
+
 async def post_events(api: KubeApi, involved: dict[str, Any], entries: list[dict[str, Any]]) -> None:
     """One Event per timeline entry, on the object (kubectl describe shows them)."""
     meta = involved["metadata"]
@@ -31,13 +43,7 @@ async def post_events(api: KubeApi, involved: dict[str, Any], entries: list[dict
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": involved.get("apiVersion", "tourniquet.dev/v1alpha1"),
-                "kind": involved.get("kind", "AgentIncident"),
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta.get("uid"),
-            },
+            "involvedObject": object_ref(involved),
             "reason": entry["event"],
             "message": message[:1024],
             "type": "Warning" if entry["event"] in WARNING_EVENTS else "Normal",
@@ -119,12 +125,12 @@ async def _start_when_quiet(state: _LoopState) -> None:
         deadline = state.waiting[0][0]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(state.idle.wait(), max(0.0, deadline - loop.time()))
-        quiet_for = time.monotonic() - state.last_done
-        if state.busy == 0 and quiet_for >= QUIET_SECONDS:
+        if containment_quiet_for(QUIET_SECONDS):
             due = len(state.waiting)
         else:
             due = sum(1 for at, _ in state.waiting if at <= loop.time())
             if not due:
+                quiet_for = time.monotonic() - state.last_done
                 await asyncio.sleep(max(0.0, min(QUIET_SECONDS - quiet_for, deadline - loop.time())))
                 continue
         for _ in range(due):
@@ -148,14 +154,7 @@ def post_events_later(api: KubeApi, involved: dict[str, Any], entries: list[dict
 
 def log_timeline(involved: dict[str, Any], entries: list[dict[str, Any]]) -> None:
     """One log line per timeline entry, naming the object (`[namespace/name]`, or `object` in JSON logs)."""
-    meta = involved["metadata"]
-    ref = {
-        "apiVersion": involved.get("apiVersion", "tourniquet.dev/v1alpha1"),
-        "kind": involved.get("kind", "AgentIncident"),
-        "namespace": meta["namespace"],
-        "name": meta["name"],
-        "uid": meta.get("uid"),
-    }
+    ref = object_ref(involved)
     for entry in entries:
         level = logging.WARNING if entry["event"] in WARNING_EVENTS else logging.INFO
         agent = f"{entry['agent']}: " if entry.get("agent") else ""
