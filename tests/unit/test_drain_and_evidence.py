@@ -120,6 +120,24 @@ def test_the_quick_check_never_skips_a_string_a_pattern_would_redact(text: str) 
     assert redact_text(text) == redact_all_patterns(text)
 
 
+_JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), _FRAGMENTS, st.text(max_size=6)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(_FRAGMENTS, st.text(max_size=6)), inner, max_size=4),
+        # An env entry: a secret-looking name hides its value.
+        st.fixed_dictionaries({"name": st.one_of(_FRAGMENTS, st.text(max_size=6)), "value": inner}),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON_VALUES)
+def test_skipping_a_document_without_secret_words_redacts_what_walking_it_would(value: object) -> None:
+    assert redact(value) == redact(value, quick=False)
+
+
 def test_evidence_is_bounded_by_cutting_the_oldest_log_lines_first():
     logs = {"pod-a": "\n".join(f"line {i} " + "x" * 2000 for i in range(5000))}
     parts = EvidenceParts(agent={"a": {}}, bundle={}, consumers=[], pods=[], events=[], logs=logs)

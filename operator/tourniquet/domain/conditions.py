@@ -36,9 +36,10 @@ def set_condition(
     """Return a new list with `type_` set; its lastTransitionTime moves only when the status flips."""
     status_text = status if isinstance(status, str) else ("True" if status else "False")
     previous = find_condition(conditions, type_)
-    transition = rfc3339(now)
     if previous is not None and previous.get("status") == status_text and previous.get("lastTransitionTime"):
         transition = previous["lastTransitionTime"]
+    else:
+        transition = rfc3339(now)
     entry: dict[str, Any] = {
         "type": type_,
         "status": status_text,

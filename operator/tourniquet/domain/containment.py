@@ -7,6 +7,8 @@ open incident still holds, and a restart at any point converges to the same answ
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,11 +33,10 @@ class IncidentView:
         return self.valid and not self.spec.resolved and not self.deleting
 
 
-def incident_view(body: dict[str, Any], *, valid: bool | None = None) -> IncidentView | None:
+def incident_view(body: Mapping[str, Any], *, valid: bool | None = None) -> IncidentView | None:
     """Parse an AgentIncident body; None when its spec is not even well-formed."""
-    try:
-        spec = AgentIncidentSpec.model_validate(body.get("spec") or {})
-    except ValidationError:
+    spec, _ = parse_incident(body)
+    if spec is None:
         return None
     status = body.get("status") or {}
     accepted = next((c for c in status.get("conditions") or [] if c.get("type") == "Accepted"), None)
@@ -48,11 +49,32 @@ def incident_view(body: dict[str, Any], *, valid: bool | None = None) -> Inciden
     )
 
 
-def parse_incident_spec(raw: dict[str, Any] | None) -> tuple[AgentIncidentSpec | None, str | None]:
+def parse_incident_spec(raw: Mapping[str, Any] | None) -> tuple[AgentIncidentSpec | None, str | None]:
     try:
-        return AgentIncidentSpec.model_validate(raw or {}), None
+        return AgentIncidentSpec.model_validate(json.loads(json.dumps(dict(raw or {})))), None
     except ValidationError as error:
         return None, describe_validation_error(error)
+
+
+# An incident's spec is the same for one uid and generation (every spec change bumps generation), and each of
+# its watch events (a status write's echo too) is looked at: parsed once, not on every event. Bounded.
+_parsed: dict[tuple[str, Any], tuple[AgentIncidentSpec | None, str | None]] = {}
+_PARSED_LIMIT = 4096
+
+
+def parse_incident(body: Mapping[str, Any]) -> tuple[AgentIncidentSpec | None, str | None]:
+    """The incident's parsed spec, or None and why it is invalid."""
+    meta = body.get("metadata") or {}
+    key = (str(meta["uid"]), meta["generation"]) if meta.get("uid") and meta.get("generation") else None
+    known = _parsed.get(key) if key else None
+    if known is not None:
+        return known
+    parsed = parse_incident_spec(body.get("spec"))
+    if key:
+        if len(_parsed) >= _PARSED_LIMIT:
+            del _parsed[next(iter(_parsed))]
+        _parsed[key] = parsed
+    return parsed
 
 
 def write_tools(spec: AgentDeploymentSpec) -> list[str]:
@@ -138,7 +160,9 @@ def plan_containment(
 ) -> Containment:
     """Union of the claims of every open incident on `agent`; drain waits for the evidence."""
     result = Containment()
-    for incident in sorted(incidents, key=lambda i: i.name):
+    # Most of a namespace's incidents are about other agents: only those naming it, or cascading, can claim.
+    relevant = [i for i in incidents if i.spec.cascade or agent in i.spec.agents]
+    for incident in sorted(relevant, key=lambda i: i.name):
         held = claim(agent, spec, incident, upstream or {})
         if held is None:
             continue

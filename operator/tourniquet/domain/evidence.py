@@ -62,8 +62,14 @@ def _secret_name(name: str) -> bool:
     return _SECRET_NAME.search(name) is not None
 
 
-def redact(value: Any) -> Any:
-    """Redact a JSON-like value: secret-looking keys lose their values, strings are scrubbed."""
+def redact(value: Any, *, quick: bool = True) -> Any:
+    """Redact a JSON-like value: secret-looking keys lose their values, strings are scrubbed.
+
+    `quick`: a dict or list whose JSON text (keys included, characters unescaped) holds no secret word is
+    returned as it is, without walking it in Python; a word it holds is found in every part it came from."""
+    text = json.dumps(value, ensure_ascii=False, default=str) if quick and isinstance(value, dict | list) else None
+    if text is not None and not might_hold_secret(text):
+        return value
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         # An env entry {"name": "API_TOKEN", "value": "..."} hides its value.
@@ -72,10 +78,10 @@ def redact(value: Any) -> Any:
             if (secret_env and key == "value") or (isinstance(item, str) and _secret_name(str(key))):
                 out[key] = REDACTED
             else:
-                out[key] = redact(item)
+                out[key] = redact(item, quick=quick)
         return out
     if isinstance(value, list):
-        return [redact(v) for v in value]
+        return [redact(v, quick=quick) for v in value]
     if isinstance(value, str):
         return redact_text(value)
     return value

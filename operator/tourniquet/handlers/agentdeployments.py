@@ -33,16 +33,9 @@ def incident_views(index: kopf.Index[str, IncidentView], namespace: str) -> list
 
 @kopf.index("tourniquet.dev", "v1alpha1", "agentincidents", labels=NOT_CANARY)
 async def incidents_by_namespace(body: kopf.Body, **_: Any) -> dict[str, IncidentView] | None:
-    """Each incident parsed once, when it changes (async: Kopf runs sync handlers in a thread pool). Only what a
-    view reads is copied: not the timeline, which every status write lengthens."""
-    status = body.get("status") or {}
-    view = incident_view(
-        {
-            "metadata": dict(body["metadata"]),
-            "spec": json.loads(json.dumps(dict(body.get("spec") or {}))),
-            "status": {"conditions": status.get("conditions"), "evidence": status.get("evidence")},
-        }
-    )
+    """Each incident's spec parsed once per generation (async: Kopf runs sync handlers in a thread pool); a view
+    keeps only what containment reads, not the timeline, which every status write lengthens."""
+    view = incident_view(body)
     return {body["metadata"]["namespace"]: view} if view is not None else None
 
 

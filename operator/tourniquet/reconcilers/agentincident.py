@@ -16,7 +16,7 @@ from typing import Any
 
 from tourniquet import observability
 from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, KubeApi
-from tourniquet.domain.containment import IncidentView, incident_problems, parse_incident_spec
+from tourniquet.domain.containment import IncidentView, incident_problems, parse_incident
 from tourniquet.domain.incident import LeverSeen, incident_status, invalid_incident_status, micro_time
 from tourniquet.models import AgentDeploymentSpec, AgentIncidentSpec, Lever
 from tourniquet.reconcilers import agent_status
@@ -120,7 +120,7 @@ async def _reconcile_incident(
     status = body.get("status") or {}
     deleting = bool(meta.get("deletionTimestamp"))
 
-    spec, invalid = parse_incident_spec(body.get("spec"))
+    spec, invalid = parse_incident(body)
     if spec is None:
         return await _refuse(api, body, invalid or "invalid spec")
     agent_bodies = dict(
