@@ -27,6 +27,7 @@ from typing import Any
 
 from tourniquet import observability
 from tourniquet.domain import names
+from tourniquet.domain.settings import seconds_from_env
 
 ENV_INTERVAL = "TOURNIQUET_CANARY_SECONDS"
 ENV_STALE = "TOURNIQUET_CANARY_STALE_SECONDS"
@@ -52,8 +53,8 @@ class FreshnessSettings:
         namespace when the operator serves a list; else the operator's own namespace (``POD_NAMESPACE``,
         which the chart sets). Raises ValueError on a setting that is not a number.
         """
-        interval = _seconds(environ, ENV_INTERVAL, DEFAULT_INTERVAL_SECONDS)
-        stale = _seconds(environ, ENV_STALE, 3 * interval if interval else 3 * DEFAULT_INTERVAL_SECONDS)
+        interval = seconds_from_env(environ, ENV_INTERVAL, DEFAULT_INTERVAL_SECONDS)
+        stale = seconds_from_env(environ, ENV_STALE, 3 * interval if interval else 3 * DEFAULT_INTERVAL_SECONDS)
         if stale <= 0:
             raise ValueError(f"{ENV_STALE} must be more than 0")
         if interval == 0:
@@ -69,19 +70,6 @@ class FreshnessSettings:
         if environ.get(ENV_POD_NAMESPACE):
             return cls(interval, stale, (environ[ENV_POD_NAMESPACE],))
         return cls(interval, stale, (), f"no namespace to keep it in: set {ENV_POD_NAMESPACE} or {ENV_NAMESPACE}")
-
-
-def _seconds(environ: Mapping[str, str], key: str, default: float) -> float:
-    raw = environ.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{key}={raw!r} is not a number of seconds") from None
-    if value < 0:
-        raise ValueError(f"{key}={raw!r} is negative")
-    return value
 
 
 # ---------------------------------------------------------------- the canary object

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from tourniquet.domain.settings import seconds_from_env
 from tourniquet.reconcilers.events import containment_quiet_for
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,7 @@ class HeapSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> HeapSettings:
-        raw = environ.get("TOURNIQUET_GC_FULL_SECONDS", "3600")
-        try:
-            full = float(raw)
-        except ValueError:
-            raise ValueError(f"TOURNIQUET_GC_FULL_SECONDS={raw!r} is not a number of seconds") from None
-        if full < 0:
-            raise ValueError(f"TOURNIQUET_GC_FULL_SECONDS={raw!r} must be 0 (off) or more")
-        return cls(full_seconds=full)
+        return cls(full_seconds=seconds_from_env(environ, "TOURNIQUET_GC_FULL_SECONDS", cls.full_seconds))
 
 
 def _young_collections() -> int:

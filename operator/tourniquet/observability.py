@@ -38,7 +38,7 @@ One registry per operator process. Imports nothing of Tourniquet, so any layer m
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -134,7 +134,7 @@ def before_scrape(hook: Callable[[], None]) -> Callable[[], None]:
     return remove
 
 
-def track_incident(namespace: str, name: str, body: dict[str, Any] | None) -> None:
+def track_incident(namespace: str, name: str, body: Mapping[str, Any] | None) -> None:
     """Count an incident as open (by severity and class) or not; `body` None: it is gone."""
     spec = (body or {}).get("spec") or {}
     meta = (body or {}).get("metadata") or {}

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tourniquet.domain.errors import describe_validation_error
+from tourniquet.domain.generations import PerGeneration
 from tourniquet.models import AgentDeploymentSpec, AgentIncidentSpec, Lever, RollbackTarget, SideEffects
 
 
@@ -56,25 +57,13 @@ def parse_incident_spec(raw: Mapping[str, Any] | None) -> tuple[AgentIncidentSpe
         return None, describe_validation_error(error)
 
 
-# An incident's spec is the same for one uid and generation (every spec change bumps generation), and each of
-# its watch events (a status write's echo too) is looked at: parsed once, not on every event. Bounded.
-_parsed: dict[tuple[str, Any], tuple[AgentIncidentSpec | None, str | None]] = {}
-_PARSED_LIMIT = 4096
+# Each of an incident's watch events (a status write's echo too) is looked at: its spec is parsed once.
+_parsed: PerGeneration[tuple[AgentIncidentSpec | None, str | None]] = PerGeneration()
 
 
 def parse_incident(body: Mapping[str, Any]) -> tuple[AgentIncidentSpec | None, str | None]:
     """The incident's parsed spec, or None and why it is invalid."""
-    meta = body.get("metadata") or {}
-    key = (str(meta["uid"]), meta["generation"]) if meta.get("uid") and meta.get("generation") else None
-    known = _parsed.get(key) if key else None
-    if known is not None:
-        return known
-    parsed = parse_incident_spec(body.get("spec"))
-    if key:
-        if len(_parsed) >= _PARSED_LIMIT:
-            del _parsed[next(iter(_parsed))]
-        _parsed[key] = parsed
-    return parsed
+    return _parsed.get(body, lambda: parse_incident_spec(body.get("spec")))
 
 
 def write_tools(spec: AgentDeploymentSpec) -> list[str]:

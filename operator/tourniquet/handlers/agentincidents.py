@@ -45,9 +45,5 @@ async def incident_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: 
     if not meta.get("name"):
         return
     kind = event.get("type")
-    snapshot = None
-    if kind != "DELETED":
-        deleting = meta.get("deletionTimestamp")
-        snapshot = {"spec": dict(body.get("spec") or {}), "metadata": {"deletionTimestamp": deleting}}
-    observability.track_incident(meta.get("namespace", ""), meta["name"], snapshot)
+    observability.track_incident(meta.get("namespace", ""), meta["name"], None if kind == "DELETED" else body)
     await memo.incidents.on_event(kind, body, copy=lambda: plain(body))

@@ -6,6 +6,7 @@ revocation is also written to the control ConfigMap, and the observation says so
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from tourniquet.adapters.kube import NETWORKPOLICIES, KubeApi
@@ -30,19 +31,21 @@ async def apply_policy(
     """`remembered`: `observed` is this process's last copy, not read now (see remembered_write)."""
     desired = network.desired_network_policy_spec(spec, containment.revoked_tools)
     np_name = names.network_policy(agent)
+    set_message = f"Set NetworkPolicy {np_name} to {len(desired['egress'])} egress rule(s)"
+
+    def plan(current: dict[str, Any]) -> list[dict[str, Any]] | None:
+        # The spec is replaced whole: the policy becomes exactly the desired one, nothing merged in.
+        return [{"op": "replace", "path": "/spec", "value": desired}] if current.get("spec") != desired else None
+
+    def write(patch: Any) -> Awaitable[dict[str, Any]]:
+        return api.patch(NETWORKPOLICIES, namespace, np_name, patch, patch_type="json")
+
     if remembered:
-
-        def plan(current: dict[str, Any]) -> list[dict[str, Any]] | None:
-            return _spec_patch(desired) if current.get("spec") != desired else None
-
         written, observed = await remembered_write(
-            observed,
-            plan,
-            write=lambda patch: api.patch(NETWORKPOLICIES, namespace, np_name, patch, patch_type="json"),
-            read=lambda: api.get_or_none(NETWORKPOLICIES, namespace, np_name),
+            observed, plan, write, read=lambda: api.get_or_none(NETWORKPOLICIES, namespace, np_name)
         )
         if written is not None:
-            actions.append(f"Set NetworkPolicy {np_name} to {len(desired['egress'])} egress rule(s)")
+            actions.append(set_message)
             return written
     if observed is None:
         body = names.owned(
@@ -58,20 +61,12 @@ async def apply_policy(
         if created:
             actions.append(f"Created NetworkPolicy {np_name} with {len(desired['egress'])} egress rule(s)")
             return observed
-    if observed.get("spec") != desired:
-        result = await replace_policy_spec(api, namespace, np_name, desired)
-        actions.append(f"Set NetworkPolicy {np_name} to {len(desired['egress'])} egress rule(s)")
+    patch = plan(observed)
+    if patch is not None:
+        result = await write(patch)
+        actions.append(set_message)
         return result
     return observed
-
-
-async def replace_policy_spec(api: KubeApi, namespace: str, name: str, desired: dict[str, Any]) -> dict[str, Any]:
-    """Replace the spec whole: the policy becomes exactly the desired one, nothing merged in."""
-    return await api.patch(NETWORKPOLICIES, namespace, name, _spec_patch(desired), patch_type="json")
-
-
-def _spec_patch(desired: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"op": "replace", "path": "/spec", "value": desired}]
 
 
 def observe_revocation(

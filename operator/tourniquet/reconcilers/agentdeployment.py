@@ -27,6 +27,7 @@ from tourniquet.domain import agent as decide
 from tourniquet.domain import bundles, names, network, wiring
 from tourniquet.domain.conditions import rfc3339
 from tourniquet.domain.containment import Containment, IncidentView, incident_view, plan_containment
+from tourniquet.domain.generations import PerGeneration
 from tourniquet.levers import control as control_lever
 from tourniquet.levers import drain as drain_lever
 from tourniquet.levers import egress as egress_lever
@@ -94,25 +95,16 @@ class _ParsedSpec:
     identity: tuple[dict[str, str], str] | None  # the bundle's data and sha256
 
 
-# A spec is the same for one uid and generation (the API server bumps generation on every spec change), so
-# a pass does not re-validate it and re-hash its bundle each time. Bounded: oldest entries go first.
-_parsed_specs: dict[tuple[str, Any], _ParsedSpec] = {}
-_PARSED_SPECS_LIMIT = 4096
+# A pass does not re-validate an agent's spec and re-hash its bundle while its generation is the same.
+_parsed_specs: PerGeneration[_ParsedSpec] = PerGeneration()
 
 
 def parse_agent(body: dict[str, Any]) -> _ParsedSpec:
-    meta = body.get("metadata") or {}
-    key = (str(meta.get("uid")), meta.get("generation")) if meta.get("uid") and meta.get("generation") else None
-    known = _parsed_specs.get(key) if key else None
-    if known is not None:
-        return known
-    spec, invalid = decide.parse_spec(body.get("spec"))
-    parsed = _ParsedSpec(spec, invalid, decide.bundle_identity(spec) if spec is not None else None)
-    if key:
-        if len(_parsed_specs) >= _PARSED_SPECS_LIMIT:
-            del _parsed_specs[next(iter(_parsed_specs))]
-        _parsed_specs[key] = parsed
-    return parsed
+    def derive() -> _ParsedSpec:
+        spec, invalid = decide.parse_spec(body.get("spec"))
+        return _ParsedSpec(spec, invalid, decide.bundle_identity(spec) if spec is not None else None)
+
+    return _parsed_specs.get(body, derive)
 
 
 def _status_key(generation: Any, status: dict[str, Any]) -> str:
