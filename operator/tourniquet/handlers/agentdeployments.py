@@ -10,7 +10,8 @@ import kopf
 
 from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError
 from tourniquet.domain.containment import IncidentView, incident_view
-from tourniquet.handlers.freshness import NOT_CANARY
+from tourniquet.freshness import is_canary
+from tourniquet.handlers.freshness import count_incident_event
 from tourniquet.reconcilers import agentdeployment as reconciler
 from tourniquet.reconcilers.agentincident import reconcile_agent_locked, reconcile_incident
 from tourniquet.reconcilers.locks import lock_for
@@ -31,10 +32,16 @@ def incident_views(index: kopf.Index[str, IncidentView], namespace: str) -> list
     return list(index.get(namespace, []))
 
 
-@kopf.index("tourniquet.dev", "v1alpha1", "agentincidents", labels=NOT_CANARY)
-async def incidents_by_namespace(body: kopf.Body, **_: Any) -> dict[str, IncidentView] | None:
+@kopf.index("tourniquet.dev", "v1alpha1", "agentincidents")
+async def incidents_by_namespace(body: kopf.Body, memo: Any, **_: Any) -> dict[str, IncidentView] | None:
     """Each incident's spec parsed once per generation (async: Kopf runs sync handlers in a thread pool); a view
-    keeps only what containment reads, not the timeline, which every status write lengthens."""
+    keeps only what containment reads, not the timeline, which every status write lengthens.
+
+    Every event, the canary's too, is also counted for the watch-freshness probe here: one indexer per incident
+    event, not two. The canary is not indexed."""
+    count_incident_event(body, memo)
+    if is_canary(body):
+        return None
     view = incident_view(body)
     return {body["metadata"]["namespace"]: view} if view is not None else None
 

@@ -5,7 +5,8 @@ Settings, read once at start-up: ``TOURNIQUET_CANARY_SECONDS`` (30; 0 turns the 
 namespace served with ``tourniquet run -n``, else ``POD_NAMESPACE``).
 
 The canary is an AgentIncident: every other AgentIncident handler skips it with ``labels=NOT_CANARY``
-(a new one must too), so it gets no finalizer, no status and no Events.
+(a new one must too) and the incident index (which counts its events) leaves it out, so it gets no
+finalizer, no status and no Events.
 """
 
 from __future__ import annotations
@@ -101,22 +102,21 @@ async def _write_canaries(memo: Any, state: freshness.WatchFreshness, logger: ko
         await asyncio.sleep(settings.interval_seconds)
 
 
-# The events are counted by indexers that index nothing (they return None). Kopf calls an indexer, like an
-# @kopf.on.event handler, for every event of every object, but logs an on.event handler's every success at
-# INFO: a log line per canary write. Indexers log only their failures (kopf/_core/reactor/processing.py).
+# The events are counted by indexers, not @kopf.on.event handlers: Kopf calls both for every event of every
+# object, but logs an on.event handler's every success at INFO (a log line per canary write); indexers log
+# only their failures (kopf/_core/reactor/processing.py). AgentIncident events are counted by the incident
+# index (handlers/agentdeployments.py), which calls this: one indexer per incident event, not two.
 
 
-@kopf.index(*INCIDENTS)
-async def incident_events(body: kopf.Body, memo: Any, **_: Any) -> None:
+def count_incident_event(body: kopf.Body, memo: Any) -> None:
     state: freshness.WatchFreshness | None = getattr(memo, "freshness", None)
     if state is None:
-        return None
+        return
     now = time.monotonic()
     state.event_seen("agentincidents", now)
     if freshness.is_canary(body):
         namespace = (body.get("metadata") or {}).get("namespace", "")
         state.canary_seen(namespace, freshness.canary_token_of(body), now)
-    return None
 
 
 @kopf.index(*AGENTS)

@@ -6,13 +6,36 @@ import asyncio
 import contextlib
 import logging
 import os
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import kopf
 
 from tourniquet import heap
 from tourniquet.adapters.kube import KubeApi
 from tourniquet.domain.names import PREFIX
+
+
+class SlimDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """Kopf's annotation storage, building the same essence without deep-copying the status first.
+
+    Kopf builds an object's essence (what its change handlers compare) on every watch event of every
+    watched object: it deep-copies the whole body, then drops the status. An incident's status holds its
+    timeline, which every status write lengthens, and incidents have no change handler at all."""
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        fields = list(extra_fields or [])
+        if any(_in_status(field) for field in fields):  # a handler for a status field: Kopf's own way
+            return super().build(body=body, extra_fields=fields)
+        slim = kopf.Body(cast(kopf.RawBody, {key: value for key, value in body.items() if key != "status"}))
+        return super().build(body=slim, extra_fields=fields)
+
+
+def _in_status(field: Any) -> bool:
+    head = field.split(".", 1)[0] if isinstance(field, str) else (field[0] if field else None)
+    return head == "status"
 
 
 @kopf.on.login()
@@ -25,9 +48,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = SlimDiffBaseStorage(prefix=PREFIX, key="last-handled-configuration")
     settings.posting.level = logging.WARNING
     # Kopf's default retry delay for arbitrary errors is 60 s: far too slow for incident response.
     settings.execution.max_workers = 20
