@@ -83,6 +83,49 @@ async def test_garbage_cycles_among_frozen_objects_are_reclaimed_by_the_periodic
         await _until(lambda: alive() is None)
 
 
+async def test_a_burst_runs_without_automatic_collection_which_resumes_at_the_next_quiet_moment() -> None:
+    settings = heap.HeapSettings(full_seconds=3600, quiet_seconds=0.2, check_seconds=0.01, young_collections=0)
+    async with running(settings):
+        await _until(lambda: gc.get_freeze_count() > 0)
+        async with events.containment_pass():
+            assert not gc.isenabled(), "held from the first pass of a burst"
+            a, b = Node(), Node()
+            a.other, b.other = b, a  # garbage made in the burst (a cycle)
+            alive = weakref.ref(a)
+            del a, b
+            await asyncio.sleep(0.1)
+            assert alive() is not None and not gc.isenabled()
+        assert not gc.isenabled(), "the pass just ended: not quiet yet"
+        await _until(gc.isenabled)
+        assert alive() is None, "collected at the quiet moment"
+    assert gc.isenabled()
+
+
+async def test_a_hold_ends_after_max_hold_seconds_even_while_containment_goes_on() -> None:
+    settings = heap.HeapSettings(
+        full_seconds=3600, quiet_seconds=0.2, check_seconds=0.01, young_collections=0, max_hold_seconds=0.3
+    )
+    async with running(settings):
+        await _until(lambda: gc.get_freeze_count() > 0)
+        async with events.containment_pass():
+            assert not gc.isenabled()
+            await _until(gc.isenabled, timeout=2)
+        async with events.containment_pass():
+            assert gc.isenabled(), "no new hold before a quiet moment"
+        await asyncio.sleep(0.4)
+        async with events.containment_pass():
+            assert not gc.isenabled(), "after a quiet moment, the next burst is held again"
+    assert gc.isenabled(), "a stopped keeper resumes automatic collection"
+
+
+async def test_without_the_keeper_containment_does_not_touch_the_collector() -> None:
+    async with events.containment_pass():
+        assert gc.isenabled()
+    await asyncio.wait_for(heap.keep_heap(heap.HeapSettings(full_seconds=0, check_seconds=0.01)), 1)
+    async with events.containment_pass():
+        assert gc.isenabled()
+
+
 def test_the_setting_is_read_from_the_environment_and_a_bad_value_says_which() -> None:
     assert heap.HeapSettings.from_env({"TOURNIQUET_GC_FULL_SECONDS": "600"}).full_seconds == 600
     assert heap.HeapSettings.from_env({}).full_seconds == 3600
