@@ -29,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -136,20 +138,104 @@ async def release_round(api: KubeApi, round_: int, n: int, timeout: float) -> No
         await api.delete(EVENTS, NAMESPACE, event["metadata"]["name"])
 
 
+@dataclass
+class FloorWrites:
+    """What the operator writes to contain one incident, prepared before the floor's burst."""
+
+    control: dict[str, str]
+    policy: dict[str, Any]
+    evidence: dict[str, Any]
+    status: dict[str, Any]
+
+
+def _floor_writes(
+    namespace: str, i: int, agent: dict[str, Any], worker: dict[str, Any], spec: Any, revoked: set[str]
+) -> FloorWrites:
+    """The bodies the operator's pass would write, from its own pure functions."""
+    from tourniquet.domain import names, network
+    from tourniquet.domain.evidence import EvidenceParts, build_evidence
+    from tourniquet.domain.incident import LeverSeen, incident_status, micro_time
+
+    name, incident, now = f"agent-{i}", f"inc-{i}", datetime.now(UTC)
+    captured_at = micro_time(now)
+    bundle = json.dumps({name: json.dumps(agent["spec"].get("bundle") or {}, sort_keys=True)})
+    data, truncated = build_evidence(
+        EvidenceParts(
+            agent={name: {"spec": agent["spec"], "status": None}},
+            bundle={"bundle.json": bundle},
+            consumers=[
+                {"kind": "Deployment", "name": worker["metadata"]["name"], "spec": worker["spec"], "status": None}
+            ],
+            pods=[],
+            events=[],
+        ),
+        captured_at=captured_at,
+    )
+    evidence_name = names.evidence_configmap(incident)
+    evidence = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": evidence_name,
+            "labels": {
+                names.LABEL_MANAGED_BY: names.MANAGED_BY,
+                names.LABEL_COMPONENT: "evidence",
+                f"{names.PREFIX}/incident": incident,
+            },
+            "annotations": {
+                f"{names.PREFIX}/captured-at": captured_at,
+                f"{names.PREFIX}/truncated": str(truncated).lower(),
+                f"{names.PREFIX}/agents": name,
+            },
+        },
+        "immutable": True,
+        "data": data,
+    }
+    drained = f"{worker['metadata']['name']} 2 → 0 replicas, scaled down just now"
+    status = incident_status(
+        {},
+        created=micro_time(now),
+        generation=1,
+        agents=[name],
+        levers=[
+            LeverSeen(name, "revokeTools", True, network.describe_revocation(spec, revoked)),
+            LeverSeen(name, "drain", True, drained),
+        ],
+        resolved=False,
+        evidence={
+            "configMap": evidence_name,
+            "capturedAt": captured_at,
+            "bytes": sum(len(k) + len(v.encode()) for k, v in data.items()),
+            "truncated": truncated,
+        },
+        notes=[],
+        now=now,
+    )
+    return FloorWrites(
+        network.desired_control_data("active", revoked),
+        network.desired_network_policy_spec(spec, revoked),
+        evidence,
+        status,
+    )
+
+
 async def measure_floor(api: KubeApi, url: str, namespace: str, n: int) -> list[float]:
     """Every write the operator makes to contain one incident, issued directly, all incidents at once.
 
     The control ConfigMap and the NetworkPolicy (together), the evidence ConfigMap, the drain, then the
     incident's status with `Contained=True`; latency is taken exactly as for the operator: from the
-    incident's create call returning to a watch seeing `Contained`. As the operator does, the agent's
-    status and the Event for each timeline entry (Opened, two LeverApplied, EvidenceCaptured, Contained)
-    follow once every incident is contained, so the floor carries no paperwork in its burst. Not
-    included: every read (the evidence needs pods, events and logs; the drain needs the replicas to
-    record) and Kopf's own patches.
+    incident's create call returning to a watch seeing `Contained`. The bodies are the operator's: the
+    evidence as it builds it (agent, bundle, consumer, manifest; this floor has no pods, Events or logs to
+    read) and the status as its pass computes it (levers, timeline, timings, conditions), prepared before
+    the burst. As the operator does, the agent's status and the Event for each timeline entry (Opened, two
+    LeverApplied, EvidenceCaptured, Contained) follow once every incident is contained, so the floor
+    carries no paperwork in its burst. Not included: every read (the evidence needs pods, events and logs;
+    the drain needs the replicas to record), computing the bodies, and Kopf's own work.
     """
     from tourniquet.domain import names, network
     from tourniquet.models import AgentDeploymentSpec
 
+    revoked = {"issue_refund", "reverse_refund"}
     prepared = []
     for i in range(n):
         worker, agent = agent_for(i, namespace)
@@ -173,70 +259,48 @@ async def measure_floor(api: KubeApi, url: str, namespace: str, n: int) -> list[
             ),
         ):
             await api.create(res, namespace, body)
-        prepared.append((i, spec))
-    incident_names = {f"inc-{i}" for i, _ in prepared}
+        prepared.append(_floor_writes(namespace, i, agent, worker, spec, revoked))
+    incident_names = {f"inc-{i}" for i in range(n)}
     settle_api_server_heap()
     seen: dict[str, float] = {}
     ready = asyncio.Event()
     watcher = asyncio.create_task(watch_contained(url, namespace, incident_names, seen, ready))
     await ready.wait()
     created: dict[str, float] = {}
-    contained = {
-        "type": "Contained",
-        "status": "True",
-        "reason": "LeversApplied",
-        "message": "floor",
-        "lastTransitionTime": "2026-11-21T00:00:00Z",
-    }
 
-    async def contain(i: int, spec: AgentDeploymentSpec) -> None:
+    async def contain(i: int, writes: FloorWrites) -> None:
         agent, incident = f"agent-{i}", f"inc-{i}"
-        await api.create(AGENTINCIDENTS, namespace, {**incident_for(agent, incident), "metadata": {"name": incident}})
+        made = await api.create(
+            AGENTINCIDENTS, namespace, {**incident_for(agent, incident), "metadata": {"name": incident}}
+        )
         created[incident] = time.perf_counter()
-        revoked = {"issue_refund", "reverse_refund"}
         await asyncio.gather(
-            api.patch(
-                CONFIGMAPS,
-                namespace,
-                names.control_configmap(agent),
-                {"data": network.desired_control_data("active", revoked)},
-            ),
+            api.patch(CONFIGMAPS, namespace, names.control_configmap(agent), {"data": writes.control}),
             api.patch(
                 NETWORKPOLICIES,
                 namespace,
                 names.network_policy(agent),
-                [{"op": "replace", "path": "/spec", "value": network.desired_network_policy_spec(spec, revoked)}],
+                [{"op": "replace", "path": "/spec", "value": writes.policy}],
                 patch_type="json",
             ),
         )
-        await api.create(
-            CONFIGMAPS,
-            namespace,
-            {
-                "metadata": {"name": names.evidence_configmap(incident)},
-                "data": {"agent.json": json.dumps(spec.to_api())},
-            },
-        )
+        owner = names.owner_reference("AgentIncident", incident, made["metadata"]["uid"])
+        evidence = {**writes.evidence, "metadata": {**writes.evidence["metadata"], "ownerReferences": [owner]}}
+        await api.create(CONFIGMAPS, namespace, evidence)
         await api.patch(
             DEPLOYMENTS,
             namespace,
             f"{agent}-worker",
             {"metadata": {"annotations": {"tourniquet.dev/replicas-before-drain": "2"}}, "spec": {"replicas": 0}},
         )
-        await api.patch(
-            AGENTINCIDENTS,
-            namespace,
-            incident,
-            {"status": {"phase": "Contained", "conditions": [contained]}},
-            subresource="status",
-        )
+        await api.patch(AGENTINCIDENTS, namespace, incident, {"status": writes.status}, subresource="status")
 
-    await asyncio.gather(*(contain(i, spec) for i, spec in prepared))
+    await asyncio.gather(*(contain(i, writes) for i, writes in enumerate(prepared)))
     try:
         await asyncio.wait_for(watcher, 60)
     except TimeoutError:
         print(f"  ! the floor saw only {len(seen)} of {n} incidents contained", flush=True)
-    for i, _ in prepared:
+    for i in range(n):
         await api.patch(
             AGENTDEPLOYMENTS,
             namespace,
