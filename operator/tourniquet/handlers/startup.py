@@ -23,9 +23,7 @@ class SlimDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
     watched object: it deep-copies the whole body, then drops the status. An incident's status holds its
     timeline, which every status write lengthens, and incidents have no change handler at all."""
 
-    def build(
-        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
-    ) -> kopf.BodyEssence:
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
         fields = list(extra_fields or [])
         if any(_in_status(field) for field in fields):  # a handler for a status field: Kopf's own way
             return super().build(body=body, extra_fields=fields)
