@@ -153,7 +153,7 @@ def _floor_writes(
 ) -> FloorWrites:
     """The bodies the operator's pass would write, from its own pure functions."""
     from tourniquet.domain import names, network
-    from tourniquet.domain.evidence import EvidenceParts, build_evidence
+    from tourniquet.domain.evidence import EvidenceParts, build_evidence, evidence_configmap, evidence_status
     from tourniquet.domain.incident import LeverSeen, incident_status, micro_time
 
     name, incident, now = f"agent-{i}", f"inc-{i}", datetime.now(UTC)
@@ -171,26 +171,10 @@ def _floor_writes(
         ),
         captured_at=captured_at,
     )
-    evidence_name = names.evidence_configmap(incident)
-    evidence = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": evidence_name,
-            "labels": {
-                names.LABEL_MANAGED_BY: names.MANAGED_BY,
-                names.LABEL_COMPONENT: "evidence",
-                f"{names.PREFIX}/incident": incident,
-            },
-            "annotations": {
-                f"{names.PREFIX}/captured-at": captured_at,
-                f"{names.PREFIX}/truncated": str(truncated).lower(),
-                f"{names.PREFIX}/agents": name,
-            },
-        },
-        "immutable": True,
-        "data": data,
-    }
+    placeholder = names.owner_reference("AgentIncident", incident, "")  # the uid is known once it is created
+    evidence = evidence_configmap(
+        namespace, incident, placeholder, agents=[name], data=data, truncated=truncated, captured_at=captured_at
+    )
     drained = f"{worker['metadata']['name']} 2 → 0 replicas, scaled down just now"
     status = incident_status(
         {},
@@ -202,12 +186,7 @@ def _floor_writes(
             LeverSeen(name, "drain", True, drained),
         ],
         resolved=False,
-        evidence={
-            "configMap": evidence_name,
-            "capturedAt": captured_at,
-            "bytes": sum(len(k) + len(v.encode()) for k, v in data.items()),
-            "truncated": truncated,
-        },
+        evidence=evidence_status(evidence),
         notes=[],
         now=now,
     )

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from tourniquet.domain import names
+
 # Stay well under the 1 MiB ConfigMap limit, with room for keys and metadata.
 EVIDENCE_LIMIT = 900 * 1024
 LOG_LINES = 200
@@ -178,3 +180,49 @@ def build_evidence(
             data[key] = data[key][: max(0, len(data[key]) - excess)]
             truncated = True
     return data, truncated
+
+
+def evidence_configmap(
+    namespace: str,
+    incident: str,
+    owner: dict[str, object],
+    *,
+    agents: list[str],
+    data: dict[str, str],
+    truncated: bool,
+    captured_at: str,
+) -> dict[str, Any]:
+    """The evidence ConfigMap `<incident>-evidence`: immutable, owned by the incident."""
+    labels = {
+        names.LABEL_MANAGED_BY: names.MANAGED_BY,
+        names.LABEL_COMPONENT: "evidence",
+        f"{names.PREFIX}/incident": incident[:63].rstrip("-."),
+    }
+    annotations = {
+        f"{names.PREFIX}/captured-at": captured_at,
+        f"{names.PREFIX}/truncated": str(truncated).lower(),
+        f"{names.PREFIX}/agents": ",".join(agents),
+    }
+    return names.owned(
+        "v1",
+        "ConfigMap",
+        names.evidence_configmap(incident),
+        namespace,
+        owner,
+        labels=labels,
+        annotations=annotations,
+        immutable=True,
+        data=data,
+    )
+
+
+def evidence_status(cm: dict[str, Any]) -> dict[str, Any]:
+    """The incident's status.evidence for an evidence ConfigMap."""
+    annotations = (cm.get("metadata") or {}).get("annotations") or {}
+    data = cm.get("data") or {}
+    return {
+        "configMap": cm["metadata"]["name"],
+        "capturedAt": annotations.get(f"{names.PREFIX}/captured-at") or cm["metadata"].get("creationTimestamp"),
+        "bytes": sum(len(k) + len(v.encode()) for k, v in data.items()),
+        "truncated": annotations.get(f"{names.PREFIX}/truncated") == "true",
+    }

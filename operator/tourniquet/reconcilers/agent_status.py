@@ -50,8 +50,11 @@ async def write_status(api: KubeApi, body: dict[str, Any], new_status: dict[str,
     """Patch /status when it changed; the agent as written, or None when there was nothing to write."""
     if new_status == (body.get("status") or {}):
         return None
-    namespace, name = _key(body)
-    return await api.patch(AGENTDEPLOYMENTS, namespace, name, {"status": new_status}, subresource="status")
+    return await _patch_status(api, *_key(body), new_status)
+
+
+async def _patch_status(api: KubeApi, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    return await api.patch(AGENTDEPLOYMENTS, namespace, name, {"status": status}, subresource="status")
 
 
 def write_status_later(api: KubeApi, body: dict[str, Any], new_status: dict[str, Any]) -> bool:
@@ -75,7 +78,7 @@ async def flush(namespace: str, name: str) -> dict[str, Any] | None:
     if item is None:
         return None
     try:
-        return await item.api.patch(AGENTDEPLOYMENTS, namespace, name, {"status": item.status}, subresource="status")
+        return await _patch_status(item.api, namespace, name, item.status)
     except ApiError as error:
         if not error.not_found:
             log.warning("AgentDeployment %s/%s: status not written (redone next pass): %s", namespace, name, error)

@@ -8,7 +8,7 @@ from typing import Any
 
 from tourniquet.adapters.kube import CONFIGMAPS, EVENTS, PODS, ApiError, KubeApi
 from tourniquet.domain import names
-from tourniquet.domain.evidence import EvidenceParts, build_evidence
+from tourniquet.domain.evidence import EvidenceParts, build_evidence, evidence_configmap, evidence_status
 from tourniquet.reconcilers.agentdeployment import AgentReport
 
 MAX_PODS_WITH_LOGS = 10
@@ -68,7 +68,7 @@ async def capture_evidence(
     if (incident.get("status") or {}).get("evidence"):
         existing = await api.get_or_none(CONFIGMAPS, namespace, cm_name)
         if existing is not None:
-            return _evidence_status(existing)
+            return evidence_status(existing)
     parts = EvidenceParts(agent={}, bundle={}, consumers=[], pods=[], events=[])
     for report in agents.values():
         try:
@@ -88,31 +88,10 @@ async def capture_evidence(
         ),
         captured_at=captured_at,
     )
-    labels = {
-        names.LABEL_MANAGED_BY: names.MANAGED_BY,
-        names.LABEL_COMPONENT: "evidence",
-        f"{names.PREFIX}/incident": meta["name"][:63].rstrip("-."),
-    }
-    annotations = {
-        f"{names.PREFIX}/captured-at": captured_at,
-        f"{names.PREFIX}/truncated": str(truncated).lower(),
-        f"{names.PREFIX}/agents": ",".join(sorted(agents)),
-    }
     owner = names.owner_reference("AgentIncident", meta["name"], meta["uid"])
-    body = names.owned(
-        "v1", "ConfigMap", cm_name, namespace, owner, labels=labels, annotations=annotations, immutable=True, data=data
+    body = evidence_configmap(
+        namespace, meta["name"], owner, agents=sorted(agents), data=data, truncated=truncated, captured_at=captured_at
     )
     # A previous pass that died after creating it: the first capture stands (evidence is immutable).
     created, _ = await api.create_or_get(CONFIGMAPS, namespace, body)
-    return _evidence_status(created)
-
-
-def _evidence_status(cm: dict[str, Any]) -> dict[str, Any]:
-    annotations = (cm.get("metadata") or {}).get("annotations") or {}
-    data = cm.get("data") or {}
-    return {
-        "configMap": cm["metadata"]["name"],
-        "capturedAt": annotations.get(f"{names.PREFIX}/captured-at") or cm["metadata"].get("creationTimestamp"),
-        "bytes": sum(len(k) + len(v.encode()) for k, v in data.items()),
-        "truncated": annotations.get(f"{names.PREFIX}/truncated") == "true",
-    }
+    return evidence_status(created)
