@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: sandbox test lint crds bench clean prometheus
+.PHONY: sandbox test lint crds bench clean prometheus controlplane controlplane-gomod
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,16 @@ prometheus:
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null) ; } || \
 	  echo "prometheus is not installed and could not be: the detection tests against it will be skipped"
 
-test: lint prometheus
+# The real control plane the operator tests run on: etcd, kube-apiserver and kube-controller-manager built from
+# Go modules (controlplane/versions.env) into .controlplane/, once; a later run finds them and does nothing.
+controlplane:
+	controlplane/build.sh
+
+# Regenerate controlplane/*/go.mod after changing controlplane/versions.env.
+controlplane-gomod:
+	controlplane/gomod.sh
+
+test: lint prometheus controlplane
 	$(BIN)/pytest
 
 crds: $(BIN)/.installed

@@ -19,8 +19,30 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
+BACKENDS = ("real", "emulator")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--kube-context", default=None, help="Run the cluster tests against this kubeconfig context.")
+    parser.addoption(
+        "--backend",
+        choices=("all", *BACKENDS),
+        default=os.environ.get("TOURNIQUET_TEST_BACKEND", "emulator"),
+        help="Which API server the operator tests run on: the real control plane, the emulator, or both (all).",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test on the `cluster` fixture runs on the real control plane and on the emulator; one marked
+    `emulator` (or asking for the emulator's `api_server` itself) only on the emulator."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    wanted = metafunc.config.getoption("--backend")
+    emulator_only = metafunc.definition.get_closest_marker("emulator") is not None or (
+        "api_server" in metafunc.fixturenames
+    )
+    backends = [b for b in BACKENDS if wanted in ("all", b) and not (b == "real" and emulator_only)]
+    metafunc.parametrize("backend", backends, indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -28,7 +50,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason="needs a real cluster: pass --kube-context=NAME")
     for item in items:
-        if "cluster" in item.keywords:
+        if "cluster" in item.keywords and item.get_closest_marker("cluster") is not None:
             item.add_marker(skip)
 
 
@@ -53,11 +75,18 @@ def wait_for(fn: Callable[[], T | None], timeout: float = 10.0, interval: float 
 
 
 class Cluster:
-    """Thread-safe access to the emulator's objects for assertions and set-up."""
+    """Thread-safe access to the emulator's objects for assertions and set-up. Its twin on the real control
+    plane is tests.realcluster.RealCluster: same methods, plus `backend` and `namespace` to tell them apart."""
+
+    backend = "emulator"
+    namespace = "default"
 
     def __init__(self, server: Any) -> None:
         self.server = server
         self.emulator = server.emulator
+
+    def pods(self, label_selector: str | None = None) -> list[dict[str, Any]]:
+        return self.list("v1/pods", self.namespace, label_selector=label_selector)
 
     def get(self, resource: str, name: str, namespace: str = "default") -> dict[str, Any] | None:
         return self.server.call(self.emulator.get_object, resource, name, namespace=namespace)
@@ -106,26 +135,125 @@ DEPLOY = "apps/v1/deployments"
 NP = "networking.k8s.io/v1/networkpolicies"
 
 
+def project_crds() -> list[dict[str, Any]]:
+    return [doc for path in sorted((ROOT / "crds").glob("*.yaml")) for doc in load_yaml(path)]
+
+
 @pytest.fixture
 def api_server() -> Iterator[Any]:
+    """The emulated API server with the project's CRDs (a test asking for it runs on the emulator only)."""
     from tourniquet.sandbox.server import ApiServerThread
 
     with ApiServerThread().start() as server:
-        crds = [doc for path in sorted((ROOT / "crds").glob("*.yaml")) for doc in load_yaml(path)]
-        server.apply_manifests(crds)
+        server.apply_manifests(project_crds())
         yield server
 
 
-@pytest.fixture
-def cluster(api_server: Any) -> Cluster:
-    return Cluster(api_server)
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[Any]:
+    """etcd, kube-apiserver and kube-controller-manager (`make controlplane`), with the CRDs and the operator's
+    and on-call's roles exactly as the chart renders them. One per session."""
+    from tests.controlplane import ControlPlane, default_bin_dir, missing_binaries
+    from tests.realcluster import OPERATOR_NAMESPACE, RealCluster
+
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(
+            f"no real control plane: {', '.join(missing)} missing in {default_bin_dir()}; run `make controlplane`"
+        )
+    with ControlPlane() as plane:
+        setup = RealCluster(plane, OPERATOR_NAMESPACE)
+        setup.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}])
+        setup.apply(project_crds())
+        yield plane
+
+
+RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+
+
+def chart_install(namespace: str) -> list[dict[str, Any]]:
+    """What `helm install --set watchNamespaces={NAMESPACE}` renders, as Helm's engine renders it."""
+    from tests.chart.render import render
+
+    return render({"watchNamespaces": [namespace]})
+
+
+def chart_rbac(rendered: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The operator's ServiceAccount, roles and bindings (and the on-call ClusterRole) from a render."""
+    return [doc for doc in rendered if doc["kind"] in RBAC_KINDS]
+
+
+def chart_operator_args(rendered: list[dict[str, Any]]) -> tuple[str, ...]:
+    """What the chart's Deployment tells the operator to serve (`--namespace=…` or `--all-namespaces`)."""
+    deployment = next(doc for doc in rendered if doc["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    return tuple(a for a in args if a.startswith("--namespace=") or a == "--all-namespaces")
 
 
 @pytest.fixture
-def kubeconfig(api_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    path = str(api_server.write_kubeconfig(tmp_path / "kubeconfig"))
+def backend(request: pytest.FixtureRequest) -> str:
+    """ "real" or "emulator": set by pytest_generate_tests for every test on the `cluster` fixture."""
+    return str(request.param)
+
+
+@pytest.fixture
+def cluster(backend: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    if backend == "emulator":
+        yield Cluster(request.getfixturevalue("api_server"))
+        return
+    from tests.realcluster import ONCALL_GROUP, RealCluster
+
+    real = RealCluster.in_new_namespace(request.getfixturevalue("control_plane"))
+    rendered = chart_install(real.namespace)
+    real.apply([*chart_rbac(rendered), oncall_binding(ONCALL_GROUP)])
+    real.operator_args = chart_operator_args(rendered)
+    yield real
+    real.remove_namespace()
+
+
+def oncall_binding(group: str) -> dict[str, Any]:
+    """What the chart's on-call ClusterRole says to do: bind it in the namespace, to the on-call group."""
+    from tests.chart.render import RELEASE
+
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "tourniquet-oncall"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": f"{RELEASE}-tourniquet-oncall",
+        },
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}],
+    }
+
+
+@pytest.fixture
+def kubeconfig(cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The operator's credentials (on the real control plane: its ServiceAccount's token), in $KUBECONFIG."""
+    if cluster.backend == "emulator":
+        path = str(cluster.server.write_kubeconfig(tmp_path / "kubeconfig"))
+    else:
+        from tests.realcluster import operator_account
+
+        namespace, name = operator_account()
+        path = str(
+            cluster.plane.service_account_kubeconfig(
+                namespace, name, tmp_path / "kubeconfig", context_namespace=cluster.namespace
+            )
+        )
     monkeypatch.setenv("KUBECONFIG", path)
     return path
+
+
+@pytest.fixture
+def oncall_kubeconfig(cluster: Any, kubeconfig: str, tmp_path: Path) -> str:
+    """An on-call engineer's credentials: a person in the group the chart's on-call ClusterRole is bound to."""
+    if cluster.backend == "emulator":
+        return kubeconfig
+    from tests.realcluster import ONCALL_GROUP, write_user_kubeconfig
+
+    return str(write_user_kubeconfig(cluster.plane, tmp_path / "oncall", "alice", (ONCALL_GROUP,), cluster.namespace))
 
 
 @pytest.fixture
@@ -140,15 +268,18 @@ async def kube(kubeconfig: str) -> Any:
 class OperatorProcess:
     """The real operator (Kopf) in its own thread and loop; can be stopped and started again."""
 
-    def __init__(self, kubeconfig: str, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, kubeconfig: str, extra_args: tuple[str, ...] = (), scope: tuple[str, ...] = ("--all-namespaces",)
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.extra_args = extra_args  # more `kopf run` arguments, e.g. --liveness=URL
+        self.scope = scope  # what it serves: every namespace, or `--namespace NS`
         self.runner: Any = None
 
     def start(self) -> OperatorProcess:
         from kopf.testing import KopfRunner
 
-        args = ["run", "--all-namespaces", "--standalone", *self.extra_args, "-m", "tourniquet.handlers"]
+        args = ["run", *self.scope, "--standalone", *self.extra_args, "-m", "tourniquet.handlers"]
         self.runner = KopfRunner(args, timeout=60)
         self.runner.__enter__()
         return self
@@ -185,9 +316,15 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+def operator_scope(cluster: Any) -> tuple[str, ...]:
+    """On the real control plane the operator serves the test's namespace only (others belong to other tests),
+    as the chart installed with `watchNamespaces: [that namespace]` runs it."""
+    return ("--all-namespaces",) if cluster.backend == "emulator" else tuple(cluster.operator_args)
+
+
 @pytest.fixture
-def operator(kubeconfig: str) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(kubeconfig).start()
+def operator(cluster: Any, kubeconfig: str) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(kubeconfig, scope=operator_scope(cluster)).start()
     yield process
     output = process.stop()
     if "Traceback" in output:

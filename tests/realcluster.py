@@ -1,0 +1,249 @@
+"""The tests' view of the real control plane: the same helper methods as the emulator's `Cluster`, over HTTP.
+
+One control plane per test session; each test gets a namespace of its own (the operator serves only it), and
+the documents a test applies land there whatever namespace they name. The operator runs as a ServiceAccount
+bound to exactly the roles the chart renders; set-up and assertions use an admin client certificate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tests.controlplane import ControlPlane
+
+OPERATOR_NAMESPACE = "tourniquet-system"
+OPERATOR_ACCOUNT = "tourniquet"
+ONCALL_GROUP = "oncall"
+_KIND_ORDER = {"CustomResourceDefinition": 0, "Namespace": 1}
+PATCH_TYPES = {
+    "merge": "application/merge-patch+json",
+    "json": "application/json-patch+json",
+    "strategic": "application/strategic-merge-patch+json",
+}
+
+
+class ApiStatusError(Exception):
+    """The API server answered an error: its status code, reason and message."""
+
+    def __init__(self, code: int, body: dict[str, Any]) -> None:
+        self.code, self.body = code, body
+        self.reason = str(body.get("reason", ""))
+        super().__init__(f"{code} {self.reason}: {body.get('message', body)}")
+
+
+class RealCluster:
+    """Assertions and set-up against a real API server, in one namespace."""
+
+    backend = "real"
+
+    def __init__(self, plane: ControlPlane, namespace: str) -> None:
+        self.plane = plane
+        self.namespace = namespace
+        self.operator_args: tuple[str, ...] = (f"--namespace={namespace}",)
+        self._namespaced: dict[str, dict[str, bool]] = {}  # group/version -> plural -> namespaced
+
+    # -- the Cluster helper methods -----------------------------------------------------------------------
+
+    def get(self, resource: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        try:
+            answer: dict[str, Any] = self.request("GET", self.path(resource, name, namespace))
+        except ApiStatusError as error:
+            if error.code == 404:
+                return None
+            raise
+        return answer
+
+    def list(
+        self, resource: str, namespace: str | None = "default", label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """`namespace` "default" (the emulator's) means this test's namespace; None: every namespace."""
+        query = f"?labelSelector={urllib.parse.quote(label_selector)}" if label_selector else ""
+        where = self._namespace(namespace) if namespace is not None else None
+        path = self.path(resource, None, where, everywhere=namespace is None) + query
+        items: list[dict[str, Any]] = self.request("GET", path)["items"]
+        return items
+
+    def apply(self, docs: Iterable[Mapping[str, Any] | None]) -> list[dict[str, Any]]:
+        """Create, or server-side apply over, every document: CRDs first, then Namespaces, then the rest.
+        Namespaced documents land in this test's namespace."""
+        ordered = sorted(
+            (dict(d) for d in docs if d), key=lambda d: _KIND_ORDER.get(str(d.get("kind")), len(_KIND_ORDER))
+        )
+        return [self._apply_one(doc) for doc in ordered]
+
+    def patch(
+        self,
+        resource: str,
+        name: str,
+        patch: Any,
+        namespace: str | None = None,
+        subresource: str | None = None,
+        patch_type: str = "merge",
+    ) -> dict[str, Any]:
+        path = self.path(resource, name, namespace, subresource=subresource)
+        answer: dict[str, Any] = self.request("PATCH", path, patch, content_type=PATCH_TYPES[patch_type])
+        return answer
+
+    def delete(self, resource: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        try:
+            answer = self.request("DELETE", self.path(resource, name, namespace))
+        except ApiStatusError as error:
+            if error.code == 404:
+                return None
+            raise
+        # A Status means it is gone; the object itself, that finalizers keep it.
+        return answer if isinstance(answer, dict) and answer.get("kind") != "Status" else None
+
+    def status(self, resource: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        status: dict[str, Any] = (self.get(resource, name, namespace) or {}).get("status") or {}
+        return status
+
+    def pods(self, label_selector: str | None = None) -> list[dict[str, Any]]:
+        return self.list("v1/pods", self.namespace, label_selector=label_selector)
+
+    # Emulator-only helpers: a test that needs them is marked `emulator`.
+    def mark(self) -> int:
+        raise NotImplementedError("the request log is the emulator's: mark the test @pytest.mark.emulator")
+
+    writes = requests_to = fault = mark  # type: ignore[assignment]
+
+    # -- HTTP -----------------------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
+        try:
+            return self.plane.request(method, path, body, content_type)
+        except urllib.error.HTTPError as error:
+            raw = error.read()
+            try:
+                decoded = json.loads(raw)
+            except ValueError:
+                decoded = {"message": raw.decode(errors="replace")}
+            raise ApiStatusError(error.code, decoded) from None
+
+    def _namespace(self, namespace: str | None) -> str:
+        return self.namespace if namespace in (None, "default") else namespace  # type: ignore[return-value]
+
+    def path(
+        self,
+        resource: str,
+        name: str | None = None,
+        namespace: str | None = None,
+        *,
+        subresource: str | None = None,
+        everywhere: bool = False,
+    ) -> str:
+        group_version, _, plural = resource.rpartition("/")
+        base = f"/api/{group_version}" if "/" not in group_version else f"/apis/{group_version}"
+        if self.namespaced(group_version, plural) and not everywhere:
+            base += f"/namespaces/{self._namespace(namespace)}"
+        base += f"/{plural}"
+        if name:
+            base += f"/{urllib.parse.quote(name)}"
+        if subresource:
+            base += f"/{subresource}"
+        return base
+
+    def namespaced(self, group_version: str, plural: str) -> bool:
+        known = self._namespaced.get(group_version)
+        if known is None or plural not in known:
+            prefix = "/api/" if "/" not in group_version else "/apis/"
+            resources = self.request("GET", prefix + group_version)["resources"]
+            known = {r["name"]: bool(r["namespaced"]) for r in resources}
+            self._namespaced[group_version] = known
+        if plural not in known:
+            raise KeyError(f"{group_version} serves no {plural}")
+        return known[plural]
+
+    def plural_of(self, api_version: str, kind: str) -> str:
+        prefix = "/api/" if "/" not in api_version else "/apis/"
+        for r in self.request("GET", prefix + api_version)["resources"]:
+            if r["kind"] == kind and "/" not in r["name"]:
+                return str(r["name"])
+        raise KeyError(f"{api_version} serves no kind {kind}")
+
+    def _apply_one(self, doc: dict[str, Any]) -> dict[str, Any]:
+        api_version, kind = str(doc["apiVersion"]), str(doc["kind"])
+        meta = {k: v for k, v in (doc.get("metadata") or {}).items() if k not in ("resourceVersion", "uid")}
+        if kind == "CustomResourceDefinition":
+            applied = self._server_side_apply(
+                f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{meta['name']}", {**doc, "metadata": meta}
+            )
+            self.wait_established(meta["name"])
+            return applied
+        plural = self.plural_of(api_version, kind)
+        if self.namespaced(api_version, plural):
+            meta["namespace"] = self.namespace
+        path = self.path(f"{api_version}/{plural}", meta["name"], meta.get("namespace"))
+        return self._server_side_apply(path, {**doc, "metadata": meta})
+
+    def _server_side_apply(self, path: str, doc: dict[str, Any]) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request(
+            "PATCH", f"{path}?fieldManager=tests&force=true", doc, content_type="application/apply-patch+yaml"
+        )
+        return answer
+
+    def wait_established(self, crd: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body = self.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}")
+            conditions = {c["type"]: c["status"] for c in (body.get("status") or {}).get("conditions") or []}
+            if conditions.get("Established") == "True":
+                group, version = body["spec"]["group"], body["spec"]["versions"][0]["name"]
+                self._namespaced.pop(f"{group}/{version}", None)
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"CRD {crd} not Established after {timeout}s")
+
+    # -- namespaces -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def in_new_namespace(cls, plane: ControlPlane, prefix: str = "t") -> RealCluster:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        plane.request(
+            "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        )
+        return cls(plane, name)
+
+    def remove_namespace(self) -> None:
+        """Delete the test's namespace without waiting; finalizers no operator will remove are stripped."""
+        for resource in ("tourniquet.dev/v1alpha1/agentincidents", "tourniquet.dev/v1alpha1/agentdeployments"):
+            with contextlib.suppress(ApiStatusError, KeyError):
+                for obj in self.list(resource, self.namespace):
+                    if obj["metadata"].get("finalizers"):
+                        with contextlib.suppress(ApiStatusError):
+                            self.patch(resource, obj["metadata"]["name"], {"metadata": {"finalizers": None}})
+        with contextlib.suppress(ApiStatusError):
+            self.request("DELETE", f"/api/v1/namespaces/{self.namespace}")
+
+
+def write_user_kubeconfig(plane: ControlPlane, path: Path, user: str, groups: tuple[str, ...], namespace: str) -> Path:
+    """A kubeconfig for a person: a client certificate for `user` in `groups`, defaulting to `namespace`."""
+    from tests.controlplane import kubeconfig_document
+
+    assert plane.pki is not None, "the control plane is not started"
+    key, cert = plane.pki.issue(f"user-{user}", user, groups=groups)
+    document = kubeconfig_document(
+        plane.url, plane.ca_file, user, {"client-certificate": str(cert), "client-key": str(key)}, namespace
+    )
+    import yaml
+
+    path.write_text(yaml.safe_dump(document))
+    path.chmod(0o600)
+    return path
+
+
+def operator_account() -> tuple[str, str]:
+    """The namespace and name of the ServiceAccount the chart creates for the operator."""
+    from tests.chart.render import render_variant
+
+    account = next(d for d in render_variant("default") if d["kind"] == "ServiceAccount")
+    return account["metadata"]["namespace"], account["metadata"]["name"]
