@@ -34,18 +34,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test on the `cluster` fixture runs on the real control plane and on the emulator; one marked
-    `emulator` (or asking for the emulator's `api_server` itself) only on the emulator."""
+    `emulator` (or asking for the emulator's `api_server` itself) only on the emulator, one marked `real` only on
+    the real control plane."""
     if "backend" not in metafunc.fixturenames:
         return
     wanted = metafunc.config.getoption("--backend")
     emulator_only = metafunc.definition.get_closest_marker("emulator") is not None or (
         "api_server" in metafunc.fixturenames
     )
-    backends = [b for b in BACKENDS if wanted in ("all", b) and not (b == "real" and emulator_only)]
+    real_only = metafunc.definition.get_closest_marker("real") is not None
+    backends = [
+        b
+        for b in BACKENDS
+        if wanted in ("all", b) and not (b == "real" and emulator_only) and not (b == "emulator" and real_only)
+    ]
     metafunc.parametrize("backend", backends, indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A test with no backend left to run on (e.g. an emulator-only test with --backend=real) is not collected.
+    unplaced = [
+        i
+        for i in items
+        if any("got empty parameter set" in str(m.kwargs.get("reason", "")) for m in i.iter_markers("skip"))
+    ]
+    if unplaced:
+        config.hook.pytest_deselected(items=unplaced)
+        items[:] = [i for i in items if i not in unplaced]
     if config.getoption("--kube-context"):
         return
     skip = pytest.mark.skip(reason="needs a real cluster: pass --kube-context=NAME")

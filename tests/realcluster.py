@@ -15,10 +15,12 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests.controlplane import ControlPlane
+from tourniquet.sandbox.emulator import ApiError as EmulatorApiError
 
 OPERATOR_NAMESPACE = "tourniquet-system"
 OPERATOR_ACCOUNT = "tourniquet"
@@ -31,13 +33,40 @@ PATCH_TYPES = {
 }
 
 
-class ApiStatusError(Exception):
-    """The API server answered an error: its status code, reason and message."""
+NOT_OURS = {"admin", "system:kube-controller-manager", "system:apiserver", "system:kube-scheduler"}
+HTTP_METHODS = {
+    "get": "GET",
+    "list": "GET",
+    "watch": "GET",
+    "create": "POST",
+    "update": "PUT",
+    "patch": "PATCH",
+    "delete": "DELETE",
+    "deletecollection": "DELETE",
+}
+
+
+@dataclass(frozen=True)
+class AuditCall:
+    """One request as the API server's audit log recorded it (the emulator's request log has the same)."""
+
+    method: str
+    path: str
+    user: str
+    code: int
+    body: Any = None
+
+
+class ApiStatusError(EmulatorApiError):
+    """The API server answered an error: its status code, reason and message. The emulator's error class, so a
+    test expecting a refusal catches either."""
 
     def __init__(self, code: int, body: dict[str, Any]) -> None:
-        self.code, self.body = code, body
-        self.reason = str(body.get("reason", ""))
-        super().__init__(f"{code} {self.reason}: {body.get('message', body)}")
+        super().__init__(code, str(body.get("reason", "")), str(body.get("message", body)), body.get("details"))
+        self.body = body
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.reason}: {self.message}"
 
 
 class RealCluster:
@@ -110,24 +139,77 @@ class RealCluster:
     def pods(self, label_selector: str | None = None) -> list[dict[str, Any]]:
         return self.list("v1/pods", self.namespace, label_selector=label_selector)
 
-    # Emulator-only helpers: a test that needs them is marked `emulator`.
-    def mark(self) -> int:
-        raise NotImplementedError("the request log is the emulator's: mark the test @pytest.mark.emulator")
+    # -- the request log, from the API server's audit log ------------------------------------------------------
 
-    writes = requests_to = fault = mark  # type: ignore[assignment]
+    def mark(self) -> int:
+        """Where the request log is now; pass it as `since` to writes() and requests_to()."""
+        return self.plane.audit_log.stat().st_size
+
+    def calls(self, since: int = 0) -> list[AuditCall]:
+        """Every request since `since` from someone other than the tests and the control plane itself: the
+        operator, the CLI, kubectl. Each request once (a watch has two audit stages)."""
+        events, _ = self.plane.audit_events(since)
+        seen: set[str] = set()
+        calls = []
+        for event in events:
+            user = (event.get("user") or {}).get("username", "")
+            if user in NOT_OURS or user.startswith("system:serviceaccount:kube-system:") or event["auditID"] in seen:
+                continue
+            seen.add(event["auditID"])
+            path = event["requestURI"].split("?", 1)[0]
+            if f"/namespaces/{self.namespace}/" not in path + "/" and "/namespaces/" in path:
+                continue  # another test's namespace
+            calls.append(
+                AuditCall(
+                    HTTP_METHODS.get(event["verb"], event["verb"].upper()),
+                    path,
+                    user,
+                    (event.get("responseStatus") or {}).get("code", 0),
+                    event.get("requestObject"),
+                )
+            )
+        return calls
+
+    def writes(self, resource: str | None = None, since: int = 0) -> list[AuditCall]:
+        """Every POST/PUT/PATCH/DELETE since `since` (of `resource`, e.g. "v1/configmaps", when given)."""
+        prefix = plural = ""
+        if resource is not None:
+            group_version, _, plural = resource.rpartition("/")
+            prefix = ("/api/" if "/" not in group_version else "/apis/") + group_version + "/"
+        return [
+            call
+            for call in self.calls(since)
+            if call.method != "GET" and call.path.startswith(prefix) and f"/{plural}" in call.path
+        ]
+
+    def requests_to(self, path_part: str, since: int = 0) -> list[str]:
+        """Every request (reads too) since `since` whose path contains `path_part`, as "METHOD path". The
+        emulator's paths say "default" where this test's namespace is: both spellings match."""
+        path_part = path_part.replace("/namespaces/default/", f"/namespaces/{self.namespace}/")
+        return [f"{c.method} {c.path}" for c in self.calls(since) if path_part in c.path]
+
+    def fault(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("faults are injected into the emulator only: mark the test @pytest.mark.emulator")
 
     # -- HTTP -----------------------------------------------------------------------------------------------
 
     def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
-        try:
-            return self.plane.request(method, path, body, content_type)
-        except urllib.error.HTTPError as error:
-            raw = error.read()
+        """One request as admin. 429 (e.g. "storage is (re)initializing" just after a CRD is established) is
+        retried for up to 30 s, as every Kubernetes client does."""
+        deadline = time.monotonic() + 30
+        while True:
             try:
-                decoded = json.loads(raw)
-            except ValueError:
-                decoded = {"message": raw.decode(errors="replace")}
-            raise ApiStatusError(error.code, decoded) from None
+                return self.plane.request(method, path, body, content_type)
+            except urllib.error.HTTPError as error:
+                raw = error.read()
+                try:
+                    decoded = json.loads(raw)
+                except ValueError:
+                    decoded = {"message": raw.decode(errors="replace")}
+                if error.code == 429 and time.monotonic() < deadline:
+                    time.sleep(float(error.headers.get("Retry-After") or 1) / 4)
+                    continue
+                raise ApiStatusError(error.code, decoded) from None
 
     def _namespace(self, namespace: str | None) -> str:
         return self.namespace if namespace in (None, "default") else namespace  # type: ignore[return-value]
@@ -162,6 +244,17 @@ class RealCluster:
         if plural not in known:
             raise KeyError(f"{group_version} serves no {plural}")
         return known[plural]
+
+    def served(self, group_version: str) -> bool:
+        """Whether discovery lists the group/version now."""
+        try:
+            self.request("GET", ("/api/" if "/" not in group_version else "/apis/") + group_version)
+        except ApiStatusError as error:
+            if error.code == 404:
+                self._namespaced.pop(group_version, None)
+                return False
+            raise
+        return True
 
     def plural_of(self, api_version: str, kind: str) -> str:
         prefix = "/api/" if "/" not in api_version else "/apis/"

@@ -84,8 +84,8 @@ def prometheus() -> ScriptedPrometheus:
 
 
 @pytest.fixture
-def detector(kube, prometheus: ScriptedPrometheus) -> AgentDetector:
-    return AgentDetector(kube, prometheus, "default", "refund-agent")  # type: ignore[arg-type]
+def detector(cluster, kube, prometheus: ScriptedPrometheus) -> AgentDetector:
+    return AgentDetector(kube, prometheus, cluster.namespace, "refund-agent")  # type: ignore[arg-type]
 
 
 async def run(detector: AgentDetector, cluster: Cluster, seconds: float) -> reconciler.DetectionReport:
@@ -105,7 +105,7 @@ async def test_a_firing_rule_opens_one_incident_and_its_repeats_count_on_it(clus
     (incident,) = incidents(cluster)
     meta, spec, status = incident["metadata"], incident["spec"], incident["status"]
     assert meta["name"].startswith("refund-agent-retry-storm-")
-    assert meta["labels"]["tourniquet.dev/fingerprint"] == fingerprint("default", "refund-agent", "retry-storm")
+    assert meta["labels"]["tourniquet.dev/fingerprint"] == fingerprint(cluster.namespace, "refund-agent", "retry-storm")
     assert spec == {
         "agents": ["refund-agent"],
         "severity": "SEV2",
@@ -132,7 +132,7 @@ async def test_a_restarted_operator_counts_on_the_same_incident(cluster, kube, d
     await run(detector, cluster, 0)
     (opened,) = incidents(cluster)
 
-    restarted = AgentDetector(kube, prometheus, "default", "refund-agent")  # type: ignore[arg-type]
+    restarted = AgentDetector(kube, prometheus, cluster.namespace, "refund-agent")  # type: ignore[arg-type]
     await run(restarted, cluster, 2)
     assert [i["metadata"]["name"] for i in incidents(cluster)] == [opened["metadata"]["name"]]
 
@@ -140,7 +140,7 @@ async def test_a_restarted_operator_counts_on_the_same_incident(cluster, kube, d
     async def nothing(*_: Any) -> list[dict[str, Any]]:
         return []
 
-    blind = AgentDetector(kube, prometheus, "default", "refund-agent")  # type: ignore[arg-type]
+    blind = AgentDetector(kube, prometheus, cluster.namespace, "refund-agent")  # type: ignore[arg-type]
     original = reconciler._by_fingerprint
     reconciler._by_fingerprint = nothing  # type: ignore[assignment]
     try:
@@ -274,7 +274,7 @@ async def test_the_agent_s_other_conditions_survive_and_the_agent_reconcile_keep
 
 async def test_detection_off_is_said_on_the_agent(cluster, kube):
     agent_with_rules(cluster, [{"name": "storm", "template": "retryStorm"}])
-    off = AgentDetector(kube, None, "default", "refund-agent")
+    off = AgentDetector(kube, None, cluster.namespace, "refund-agent")
     await off.evaluate(cluster.get(AD, "refund-agent") or {}, now=T0)
     condition = degraded(cluster)
     assert (condition["status"], condition["reason"]) == ("True", "DetectionOff")
@@ -328,6 +328,7 @@ async def test_an_agent_s_rules_go_to_prometheus_as_one_query(cluster, detector,
     assert incident["spec"]["summary"].endswith("(tool=issue_refund: 1)")  # the rule label is not shown
 
 
+@pytest.mark.emulator  # fault injection
 async def test_an_api_error_on_one_rule_s_incident_holds_up_nothing_and_is_retried(cluster, detector, prometheus):
     agent_with_rules(
         cluster,

@@ -67,7 +67,7 @@ def test_the_example_agent_is_pinned_at_revision_1_and_wired(cluster: Cluster, o
     assert (conditions["BundlePinned"]["status"], conditions["BundlePinned"]["reason"]) == ("True", "Pinned")
 
 
-def test_prompt_change_reverts_and_rollback(cluster: Cluster, operator, kubeconfig):
+def test_prompt_change_reverts_and_rollback(cluster: Cluster, operator, oncall_kubeconfig):
     cluster.apply(agent_doc())
     wait_for(lambda: wired_revision(cluster) == "1", what="revision 1")
 
@@ -83,7 +83,7 @@ def test_prompt_change_reverts_and_rollback(cluster: Cluster, operator, kubeconf
     cluster.apply(agent_doc(prompt="You are the refund assistant, v2."))
     wait_for(lambda: active_revision(cluster) == 2, what="revision 2 again")
     result = CliRunner().invoke(
-        cli, ["rollback", "refund-agent", "--to", "1", "--kubeconfig", kubeconfig, "-n", "default"]
+        cli, ["rollback", "refund-agent", "--to", "1", "--kubeconfig", oncall_kubeconfig, "-n", cluster.namespace]
     )
     assert result.exit_code == 0, result.output
     assert "runs revision 1" in result.output
@@ -92,7 +92,7 @@ def test_prompt_change_reverts_and_rollback(cluster: Cluster, operator, kubeconf
     assert conditions["BundlePinned"]["reason"] == "RolledBack"
 
 
-def test_rollback_to_a_bad_revision_is_refused(cluster: Cluster, operator, kubeconfig):
+def test_rollback_to_a_bad_revision_is_refused(cluster: Cluster, operator, oncall_kubeconfig):
     cluster.apply(agent_doc())
     wait_for(lambda: active_revision(cluster) == 1, what="revision 1")
     cluster.apply(agent_doc(prompt="v2"))
@@ -100,7 +100,7 @@ def test_rollback_to_a_bad_revision_is_refused(cluster: Cluster, operator, kubec
     cluster.patch(CM, "refund-agent-bundle-1", {"metadata": {"labels": {"tourniquet.dev/verdict": "bad"}}})
 
     result = CliRunner().invoke(
-        cli, ["rollback", "refund-agent", "--to", "1", "--kubeconfig", kubeconfig, "-n", "default"]
+        cli, ["rollback", "refund-agent", "--to", "1", "--kubeconfig", oncall_kubeconfig, "-n", cluster.namespace]
     )
     assert result.exit_code == 1
     assert "revision 1 is marked bad" in result.output and "not bad: 2" in result.output
@@ -129,6 +129,13 @@ def test_history_is_pruned_to_the_limit_but_keeps_the_active(cluster: Cluster, o
 def test_a_converged_agent_gets_no_write(cluster: Cluster, operator):
     cluster.apply(example())
     wait_for(lambda: wired_revision(cluster) == "1" and active_revision(cluster) == 1, what="revision 1")
+    # Kopf records what it handled after the handler returns: that write belongs to the first pass.
+    wait_for(
+        lambda: (
+            "tourniquet.dev/last-handled-configuration" in cluster.get(AD, "refund-agent")["metadata"]["annotations"]
+        ),
+        what="Kopf's record of the handled spec",
+    )
     mark = cluster.mark()
     import time
 
@@ -162,7 +169,7 @@ def test_a_malformed_agent_is_refused_and_touches_nothing(cluster: Cluster, oper
         what="Ready condition",
     )
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
-    assert "consumer Deployment no-such-worker not found in namespace default" in ready["message"]
+    assert f"consumer Deployment no-such-worker not found in namespace {cluster.namespace}" in ready["message"]
     assert bundle_configmaps(cluster) == []
     assert cluster.get(NP, "refund-agent-egress") is None
     assert cluster.get(CM, "refund-agent-control") is None

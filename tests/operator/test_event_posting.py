@@ -9,11 +9,15 @@ import pytest
 
 from tourniquet.reconcilers import events
 
-INCIDENT = {
-    "apiVersion": "tourniquet.dev/v1alpha1",
-    "kind": "AgentIncident",
-    "metadata": {"name": "inc-1", "namespace": "default", "uid": "u-1"},
-}
+
+def incident_in(cluster: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "tourniquet.dev/v1alpha1",
+        "kind": "AgentIncident",
+        "metadata": {"name": "inc-1", "namespace": cluster.namespace, "uid": "u-1"},
+    }
+
+
 ENTRY = {"event": "LeverApplied", "message": "drain: 2 → 0 replicas", "agent": "refund-agent"}
 
 
@@ -30,7 +34,7 @@ async def _until(check: Any, timeout: float = 5.0) -> None:
 
 async def test_events_wait_for_the_running_containment_pass(kube: Any, cluster: Any) -> None:
     async with events.containment_pass():
-        events.post_events_later(kube, INCIDENT, [ENTRY])
+        events.post_events_later(kube, incident_in(cluster), [ENTRY])
         await asyncio.sleep(0.5)
         assert _reasons(cluster) == [], "no paperwork while containment is running"
     await _until(lambda: _reasons(cluster) == ["LeverApplied"])
@@ -41,7 +45,7 @@ async def test_events_wait_for_the_running_containment_pass(kube: Any, cluster: 
 
 async def test_events_wait_for_a_quiet_moment_not_a_gap_between_passes(kube: Any, cluster: Any) -> None:
     async with events.containment_pass():
-        events.post_events_later(kube, INCIDENT, [ENTRY])
+        events.post_events_later(kube, incident_in(cluster), [ENTRY])
     for _ in range(4):  # a burst: passes that start a few milliseconds after others end
         await asyncio.sleep(events.QUIET_SECONDS / 4)
         async with events.containment_pass():
@@ -55,5 +59,5 @@ async def test_events_are_not_held_back_by_a_long_pass(
 ) -> None:
     monkeypatch.setattr(events, "EVENT_DEFER_SECONDS", 0.2)
     async with events.containment_pass():
-        events.post_events_later(kube, INCIDENT, [ENTRY, {**ENTRY, "event": "Contained"}])
+        events.post_events_later(kube, incident_in(cluster), [ENTRY, {**ENTRY, "event": "Contained"}])
         await _until(lambda: sorted(_reasons(cluster)) == ["Contained", "LeverApplied"], timeout=3)

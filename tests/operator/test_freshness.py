@@ -11,23 +11,24 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import AD, AI, Cluster, OperatorProcess, free_port, scrape, wait_for
+from tests.conftest import AD, AI, Cluster, OperatorProcess, free_port, operator_scope, scrape, wait_for
 from tests.operator.test_incidents import contained, control, incident, start_agent
 
 
 @pytest.fixture
-def ports(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+def ports(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     http, probes = free_port(), free_port()
     monkeypatch.setenv("TOURNIQUET_HTTP_PORT", str(http))
     monkeypatch.setenv("TOURNIQUET_CANARY_SECONDS", "0.3")
     monkeypatch.setenv("TOURNIQUET_CANARY_STALE_SECONDS", "1.5")
-    monkeypatch.setenv("TOURNIQUET_CANARY_NAMESPACE", "default")
+    monkeypatch.setenv("TOURNIQUET_CANARY_NAMESPACE", cluster.namespace)
     return {"http": http, "probes": probes}
 
 
 @pytest.fixture
-def watched(kubeconfig: str, ports: dict[str, int]) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(kubeconfig, (f"--liveness=http://127.0.0.1:{ports['probes']}/healthz",)).start()
+def watched(cluster: Cluster, kubeconfig: str, ports: dict[str, int]) -> Iterator[OperatorProcess]:
+    liveness = f"--liveness=http://127.0.0.1:{ports['probes']}/healthz"
+    process = OperatorProcess(kubeconfig, (liveness,), scope=operator_scope(cluster)).start()
     yield process
     process.stop()
 
@@ -42,28 +43,33 @@ def probe(port: int) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.emulator  # frozen watches
 def test_a_frozen_incident_watch_goes_stale_and_recovers(cluster: Cluster, watched: OperatorProcess, ports):
-    http = ports["http"]
+    http, ns = ports["http"], cluster.namespace
     start_agent(cluster)
     wait_for(
-        lambda: gauge(http, "tourniquet_watch_canary_lag_seconds", canary_namespace="default") is not None
-        and gauge(http, "tourniquet_watch_stale", canary_namespace="default") == 0,
+        lambda: (
+            gauge(http, "tourniquet_watch_canary_lag_seconds", canary_namespace=ns) is not None
+            and gauge(http, "tourniquet_watch_stale", canary_namespace=ns) == 0
+        ),
         what="the first canary back",
     )
-    assert gauge(http, "tourniquet_watch_canary_lag_seconds", canary_namespace="default") < 1.5
+    assert gauge(http, "tourniquet_watch_canary_lag_seconds", canary_namespace=ns) < 1.5
 
     freeze = cluster.server.call(cluster.emulator.freeze_watches, AI)
     try:
         wait_for(
-            lambda: gauge(http, "tourniquet_watch_stale", canary_namespace="default") == 1, timeout=10, what="stale"
+            lambda: gauge(http, "tourniquet_watch_stale", canary_namespace=ns) == 1,
+            timeout=10,
+            what="stale",
         )
-        assert gauge(http, "tourniquet_watch_canary_lag_seconds", canary_namespace="default") > 1.5
+        assert gauge(http, "tourniquet_watch_canary_lag_seconds", canary_namespace=ns) > 1.5
         assert gauge(http, "tourniquet_watch_last_event_age_seconds", resource="agentincidents") > 1.0
         # Kopf's health endpoint (the probes' URL) says so too, and still answers 200: a restart would not
         # help while the API server is the problem.
         reported = probe(ports["probes"])
         assert reported["status"] == "stale"
-        assert "has not come back through the AgentIncidents watch" in reported["canaries"]["default"]["message"]
+        assert "has not come back through the AgentIncidents watch" in reported["canaries"][ns]["message"]
         # What a freeze costs, and why it must be seen: an incident opened now is not contained.
         cluster.apply([incident("unseen", contain=["shadow"])])
         time.sleep(1)
@@ -71,15 +77,18 @@ def test_a_frozen_incident_watch_goes_stale_and_recovers(cluster: Cluster, watch
     finally:
         cluster.server.call(freeze.thaw)
     wait_for(
-        lambda: gauge(http, "tourniquet_watch_stale", canary_namespace="default") == 0, timeout=10, what="fresh again"
+        lambda: gauge(http, "tourniquet_watch_stale", canary_namespace=ns) == 0,
+        timeout=10,
+        what="fresh again",
     )
     wait_for(lambda: contained(cluster, "unseen"), what="the held incident contained after the thaw")
     assert control(cluster)[0] == "shadow"
 
 
-def test_the_canary_is_never_acted_on(cluster: Cluster, watched: OperatorProcess, ports, kubeconfig: str):
+def test_the_canary_is_never_acted_on(cluster: Cluster, watched: OperatorProcess, ports, oncall_kubeconfig: str):
+    ns = cluster.namespace
     start_agent(cluster)  # a real agent next to it: the canary must not touch it either
-    wait_for(lambda: gauge(ports["http"], "tourniquet_watch_stale", canary_namespace="default") == 0, what="fresh")
+    wait_for(lambda: gauge(ports["http"], "tourniquet_watch_stale", canary_namespace=ns) == 0, what="fresh")
     time.sleep(1.5)  # several canary writes, resync and re-assert passes
     canary = cluster.get(AI, "tourniquet-canary")
     assert canary["metadata"]["labels"]["tourniquet.dev/canary"] == "true"
@@ -97,5 +106,5 @@ def test_the_canary_is_never_acted_on(cluster: Cluster, watched: OperatorProcess
 
     from tourniquet.cli import main as cli
 
-    status = CliRunner().invoke(cli, ["status", "--kubeconfig", kubeconfig, "-n", "default"])
+    status = CliRunner().invoke(cli, ["status", "--kubeconfig", oncall_kubeconfig, "-n", cluster.namespace])
     assert status.exit_code == 0 and "No open incidents." in status.output, status.output

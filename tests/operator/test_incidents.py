@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
+
 from tests.conftest import AD, AI, CM, DEPLOY, NP, Cluster, example, wait_for
 from tests.operator.test_agentdeployment import active_revision, wired_revision
 
@@ -22,8 +24,14 @@ def incident(name: str, severity: str = "SEV1", agents: list[str] | None = None,
 
 
 def start_agent(cluster: Cluster) -> None:
+    """The example agent, wired and with its status written (the pass that wires it writes the status last)."""
     cluster.apply(example())
-    wait_for(lambda: wired_revision(cluster) == "1", what="agent wired")
+    wait_for(
+        lambda: (
+            wired_revision(cluster) == "1" and condition(cluster, AD, "refund-agent", "Ready").get("status") == "True"
+        ),
+        what="agent wired and Ready",
+    )
 
 
 def replicas(cluster: Cluster) -> int:
@@ -124,6 +132,7 @@ def test_drift_is_repaired_and_recorded(cluster: Cluster, operator):
     wait_for(lambda: replicas(cluster) == 2, what="restored to 2")
 
 
+@pytest.mark.emulator  # fault injection
 def test_restarts_during_containment_and_release_lose_nothing(cluster: Cluster, operator):
     start_agent(cluster)
     # Stop the operator while the drain is in flight.
@@ -284,6 +293,7 @@ def test_the_agents_status_follows_the_incidents_and_says_contained(cluster: Clu
     assert cluster.status(AD, "refund-agent")["containment"]["incidents"] == ["quick"]
 
 
+@pytest.mark.emulator  # fault injection
 def test_an_incident_deleted_before_its_finalizer_was_added_still_releases(cluster: Cluster, operator):
     start_agent(cluster)
     cluster.fault("patch", AI, subresource="", count=None)  # its finalizer can never be added
@@ -294,9 +304,7 @@ def test_an_incident_deleted_before_its_finalizer_was_added_still_releases(clust
     wait_for(lambda: replicas(cluster) == 2, what="released on its DELETED event")
 
 
-def test_with_the_finalizer_removed_by_hand_while_the_operator_is_down_the_restart_releases(
-    cluster: Cluster, operator
-):
+def test_with_the_finalizer_removed_by_hand_while_the_operator_is_down_the_restart_releases(cluster: Cluster, operator):
     start_agent(cluster)
     cluster.apply([incident("stuck", contain=["shadow", "drain"])])
     wait_for(lambda: contained(cluster, "stuck"), what="Contained")
@@ -310,6 +318,7 @@ def test_with_the_finalizer_removed_by_hand_while_the_operator_is_down_the_resta
     wait_for(lambda: replicas(cluster) == 2 and control(cluster)[0] == "active", timeout=15, what="released")
 
 
+@pytest.mark.emulator  # fault injection
 def test_a_failed_incident_pass_is_retried(cluster: Cluster, operator):
     start_agent(cluster)
     fault = cluster.fault("patch", AI, status=500, count=2, subresource="status")
@@ -329,13 +338,13 @@ def test_a_resolved_incident_holds_nothing_and_loses_its_finalizer(cluster: Clus
     assert cluster.get(AI, "done") is None, "deleting a resolved incident never waits for the operator"
 
 
-def test_on_call_contains_and_releases_from_the_cli(cluster: Cluster, operator, kubeconfig):
+def test_on_call_contains_and_releases_from_the_cli(cluster: Cluster, operator, oncall_kubeconfig):
     from click.testing import CliRunner
 
     from tourniquet.cli import main as cli
 
     start_agent(cluster)
-    common = ["--kubeconfig", kubeconfig, "-n", "default"]
+    common = ["--kubeconfig", oncall_kubeconfig, "-n", cluster.namespace]
     result = CliRunner().invoke(
         cli, ["contain", "refund-agent", "--sev", "2", "--levers", "shadow,drain", "--name", "oncall", *common]
     )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import AD, CM, DEPLOY, NP, Cluster, example, wait_for
 from tests.operator.test_agentdeployment import active_revision, bundle_configmaps, wired_revision
 
 
+@pytest.mark.emulator  # fault injection
 def test_restarted_mid_way_it_converges_without_duplicates(cluster: Cluster, operator):
     # The consumer patch hangs, so the operator is stopped after pinning but before wiring.
     slow = cluster.fault("patch", DEPLOY, status=None, delay=30, count=1)
@@ -22,6 +25,7 @@ def test_restarted_mid_way_it_converges_without_duplicates(cluster: Cluster, ope
     assert len(creates) == 1
 
 
+@pytest.mark.emulator  # fault injection
 def test_injected_conflicts_and_server_errors_are_retried(cluster: Cluster, operator):
     cluster.fault("create", CM, status=500, count=2)
     cluster.fault("patch", DEPLOY, status=409, count=2)

@@ -60,7 +60,7 @@ def running(cluster: Cluster, kubeconfig: str, tmp_path: Path) -> Iterator[Runni
                 "-m",
                 "tourniquet.cli",
                 "run",
-                "--namespace=default",  # so the canary lives in the served namespace
+                f"--namespace={cluster.namespace}",  # so the canary lives in the served namespace
                 "--log-format",
                 "json",
                 f"--liveness=http://127.0.0.1:{probes}/healthz",
@@ -92,9 +92,7 @@ def test_metrics_show_the_containment_latency_of_each_lever_applied(cluster: Clu
     wait_for(lambda: contained(cluster, "refund-agent-duplicate-refunds"), what="Contained")
 
     def count(lever: str) -> float:
-        return scrape(running.http_port).get(
-            ("tourniquet_containment_latency_seconds_count", (("lever", lever),)), 0.0
-        )
+        return scrape(running.http_port).get(("tourniquet_containment_latency_seconds_count", (("lever", lever),)), 0.0)
 
     wait_for(
         lambda: count("revokeTools") >= 1 and count("drain") >= 1 and count("all") >= 1,
@@ -109,7 +107,9 @@ def test_metrics_show_the_containment_latency_of_each_lever_applied(cluster: Clu
     assert metrics[("tourniquet_incidents_open", (("class", "tool-misuse"), ("severity", "SEV1")))] == 1
     # The watch is healthy: the canary comes back.
     wait_for(
-        lambda: scrape(running.http_port).get(("tourniquet_watch_stale", (("canary_namespace", "default"),))) == 0,
+        lambda: (
+            scrape(running.http_port).get(("tourniquet_watch_stale", (("canary_namespace", cluster.namespace),))) == 0
+        ),
         what="a fresh watch",
     )
 
@@ -127,6 +127,6 @@ def test_json_logs_are_one_object_per_line_and_name_the_object(cluster: Cluster,
         assert {"time", "level", "logger", "message"} <= set(entry), entry
     about = [e for e in entries if e.get("object", {}).get("name") == "refund-agent-rude-replies"]
     assert about and all(e["object"]["kind"] == "AgentIncident" for e in about)
-    assert all(e["object"]["namespace"] == "default" for e in about)
+    assert all(e["object"]["namespace"] == cluster.namespace for e in about)
     assert any(e["logger"].startswith("tourniquet.") for e in entries)
     assert any("Started the watch canary" in e["message"] for e in entries)
