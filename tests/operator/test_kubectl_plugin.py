@@ -4,25 +4,16 @@ example agent and its open incident."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
-import pytest
-
-from tests.conftest import Cluster, example, wait_for
+from tests.conftest import BIN, Cluster, example, project_kubectl, wait_for
 from tests.operator.test_examples import start
 from tests.operator.test_incidents import contained
-
-BIN = Path(sys.executable).parent  # the venv's bin: tourniquet and kubectl-tourniquet
-
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 
 
 def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(["kubectl", *args], capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run([project_kubectl(), *args], capture_output=True, text=True, timeout=60, env=env)
 
 
 def test_kubectl_finds_the_plugin() -> None:

