@@ -68,3 +68,27 @@ def test_kubernetes_client_discovery(kube_client: Any) -> None:
     assert "networking.k8s.io" in {g.name for g in groups.groups}
     resources = kubernetes.client.AppsV1Api(kube_client).get_api_resources()
     assert "statefulsets/scale" in {r.name for r in resources.resources}
+
+
+def test_openapi_v3_follows_the_crds_so_kubectls_cache_does_too(http: Any, widget_crd: dict[str, Any]) -> None:
+    assert "apis/example.dev/v1" not in http.get("/openapi/v3")[1]["paths"]
+    http.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", widget_crd)
+    index = http.get("/openapi/v3")[1]["paths"]
+    assert {"api/v1", "apis/apps/v1", "apis/example.dev/v1"} <= set(index)
+    url = index["apis/example.dev/v1"]["serverRelativeURL"]
+    status, document, _ = http.get(url)
+    assert status == 200
+    patch = document["paths"]["/apis/example.dev/v1/namespaces/{namespace}/widgets/{name}"]["patch"]
+    assert patch["x-kubernetes-group-version-kind"] == {"group": "example.dev", "version": "v1", "kind": "Widget"}
+    assert "fieldValidation" in [p["name"] for p in patch["parameters"]]  # kubectl leaves validation to us
+    schema = document["components"]["schemas"]["dev.example.v1.Widget"]
+    assert "model" in schema["properties"]["spec"]["properties"]
+
+    # A changed CRD is a changed document under another URL: a client's cached copy is not reused.
+    _, crd, _ = http.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.dev")
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["colour"] = {
+        "type": "string"
+    }
+    http.put("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.dev", crd)
+    assert http.get("/openapi/v3")[1]["paths"]["apis/example.dev/v1"]["serverRelativeURL"] != url
+    assert http.get("/openapi/v3/apis/nothing.dev/v1")[0] == 404

@@ -24,7 +24,9 @@ that operators and ``kubectl`` rely on:
 * deletion: finalizers (``deletionTimestamp`` and removal when the last finalizer goes),
   namespace termination, CRD termination (its custom resources are deleted first);
 * discovery: ``/version``, ``/api``, ``/apis`` and every group/version, for the bundled built-ins and
-  for CRDs, which register themselves when POSTed and unregister when deleted;
+  for CRDs, which register themselves when POSTed and unregister when deleted; ``/openapi/v3`` with the
+  paths of every resource and the schemas of custom resources, so that kubectl validates (by leaving it
+  to the server) and ``kubectl explain`` works as against a real cluster (see :mod:`tourniquet.sandbox.openapi`);
 * custom resources are pruned, defaulted and validated against their CRD's ``openAPIV3Schema``
   including ``x-kubernetes-validations`` CEL rules (see :mod:`tourniquet.sandbox.crvalidate`);
 * built-ins get the server-side defaults operators notice (Deployment ``replicas: 1`` and strategy,
@@ -52,8 +54,8 @@ What is **not** emulated (a real cluster is needed for these):
 * conversion between versions of built-ins (``autoscaling/v1`` and ``v2`` HPAs are separate stores);
   custom resources served in several versions share one store (conversion strategy ``None``);
 * the exact strategic-merge semantics of every type, ``resourceVersionMatch`` on lists (lists are
-  always the latest state), Table output for ``kubectl get`` (kubectl prints client-side), and
-  ``/openapi`` (use ``kubectl --validate=false``).
+  always the latest state), Table output for ``kubectl get`` (kubectl prints client-side),
+  ``/openapi/v2``, and the schemas of built-in kinds in ``/openapi/v3``.
 
 The emulator is single-threaded: all state lives in its event loop. Its synchronous helpers
 (:meth:`~RealisticEmulator.create_object` and friends) must be called from that loop's thread
@@ -88,7 +90,7 @@ import kmock
 import yaml
 from kmock._internal import dsl, k8s_dicts, references, rendering
 
-from tourniquet.sandbox import crvalidate
+from tourniquet.sandbox import crvalidate, openapi
 
 __all__ = [
     "ApiCall",
@@ -980,6 +982,7 @@ class _CustomVersion:
     scale: ScalePaths | None
     selectable_fields: frozenset[str]
     printer_columns: tuple[JSON, ...] = ()
+    schema: JSON | None = None  # the version's openAPIV3Schema, for /openapi/v3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1835,6 +1838,19 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                 return _Reply(200, {"paths": sorted(paths)})
             case ["version"]:
                 return _Reply(200, dict(SERVER_VERSION))
+            case ["openapi", "v3"]:
+                documents = {
+                    openapi.group_version_key(group, version): self._openapi_document(group, version)
+                    for group, version in self._group_versions()
+                }
+                return _Reply(200, openapi.root_document(documents))
+            case ["openapi", "v3", *key]:
+                found = next(
+                    (gv for gv in self._group_versions() if openapi.group_version_key(*gv) == "/".join(key)), None
+                )
+                if found is None:
+                    raise _endpoint_not_found()
+                return _Reply(200, self._openapi_document(*found))
             case ["healthz" | "livez" | "readyz", *_]:
                 return _Reply(200, "ok")
             case ["api"]:
@@ -1886,6 +1902,32 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             if res.group and res.version:
                 groups[res.group].add(res.version)
         return {group: sorted(versions, key=_version_priority) for group, versions in groups.items()}
+
+    def _group_versions(self) -> list[tuple[str, str]]:
+        return [("", "v1")] + [(g, v) for g, versions in sorted(self._groups().items()) for v in versions]
+
+    def _openapi_document(self, group: str, version: str) -> JSON:
+        resources = []
+        for res in self._resources._resources:
+            if (res.group or "") != group or res.version != version or not res.plural:
+                continue
+            spec = self._spec(group, version, res.plural)
+            if spec is None:
+                continue
+            custom = self._custom.get(res)
+            resources.append(
+                openapi.ServedResource(
+                    group=group,
+                    version=version,
+                    plural=spec.plural,
+                    kind=spec.kind,
+                    namespaced=spec.namespaced,
+                    verbs=spec.verbs,
+                    subresources=spec.subresources,
+                    schema=custom.schema if custom is not None else None,
+                )
+            )
+        return openapi.group_version_document(group, version, resources, SERVER_VERSION["gitVersion"])
 
     @staticmethod
     def _group_doc(group: str, versions: list[str]) -> JSON:
@@ -3091,6 +3133,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                     f.get("jsonPath", "").lstrip(".") for f in version.get("selectableFields") or ()
                 ),
                 printer_columns=tuple(version.get("additionalPrinterColumns") or ()),
+                schema=schema,
             )
 
     def _unregister_crd(self, crd: JSON) -> None:

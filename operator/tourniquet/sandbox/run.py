@@ -58,12 +58,12 @@ def run_sandbox(*, workdir: Path, port: int = 0, examples: bool = True, examples
             f"  {export_line(scripts, kubeconfig)}\n"
             f"  kubectl get agentdeployments,agentincidents\n"
             f"  kubectl get configmaps,networkpolicies\n"
-            f"  kubectl apply --validate=false -f examples/refund-agent.yaml\n"
+            f"  kubectl apply -f examples/refund-agent.yaml\n"
             f"  tourniquet status\n\n"
             + (f"Applied from examples/{BASE_EXAMPLE}: {', '.join(applied)}\n" if applied else "")
             + (
                 f"Scenarios to try (each file's header says what it does): {', '.join(scenarios)},\n"
-                f"  e.g. kubectl apply --validate=false -f examples/sev1-incident.yaml\n"
+                f"  e.g. kubectl apply -f examples/sev1-incident.yaml\n"
                 if applied and scenarios
                 else ""
             )
