@@ -310,3 +310,37 @@ def test_kubernetes_client_typed_calls(kube_client: Any) -> None:
     assert {"default", "kube-system", "kube-public"} <= set(names)
     core.delete_namespaced_config_map("typed", "default")
     assert core.list_namespaced_config_map("default").items == []
+
+
+def test_an_immutable_configmap_keeps_its_data_as_on_a_real_server(http: Any) -> None:
+    """A pinned bundle revision or an evidence record cannot be changed silently: 422, only labels move."""
+    http.post(CMS, {"metadata": {"name": "pinned"}, "data": {"bundle.json": "{}"}, "immutable": True})
+    refusal = "field is immutable when `immutable` is set"
+    for kind, patch in [
+        ("merge", {"data": {"bundle.json": '{"prompt": "changed"}'}}),
+        ("merge", {"data": {"extra": "added"}}),
+        ("merge", {"binaryData": {"blob": "AAAA"}}),
+        ("merge", {"immutable": False}),
+        ("json", [{"op": "remove", "path": "/data/bundle.json"}]),
+    ]:
+        status, body, _ = http.patch(f"{CMS}/pinned", patch, kind=kind)
+        assert status == 422, (patch, body)
+        assert body["reason"] == "Invalid" and refusal in body["message"], body["message"]
+    _, current, _ = http.get(f"{CMS}/pinned")
+    status, body, _ = http.put(f"{CMS}/pinned", {**current, "data": {"bundle.json": "[]"}})
+    assert status == 422 and body["message"] == (
+        'ConfigMap "pinned" is invalid: data: Forbidden: field is immutable when `immutable` is set'
+    )
+    assert http.get(f"{CMS}/pinned")[1]["data"] == {"bundle.json": "{}"}
+
+    status, labelled, _ = http.patch(f"{CMS}/pinned", {"metadata": {"labels": {"tourniquet.dev/verdict": "bad"}}})
+    assert status == 200 and labelled["metadata"]["labels"] == {"tourniquet.dev/verdict": "bad"}
+    assert http.delete(f"{CMS}/pinned")[0] == 200  # deleting is allowed
+
+    # A mutable one may become immutable, and a Secret is held the same way.
+    http.post(CMS, {"metadata": {"name": "open"}, "data": {"a": "1"}})
+    assert http.patch(f"{CMS}/open", {"data": {"a": "2"}, "immutable": True})[0] == 200
+    assert http.patch(f"{CMS}/open", {"data": {"a": "3"}})[0] == 422
+    secrets = "/api/v1/namespaces/default/secrets"
+    http.post(secrets, {"metadata": {"name": "key"}, "data": {"k": "dg=="}, "immutable": True})
+    assert http.patch(f"{secrets}/key", {"data": {"k": "dw=="}})[0] == 422

@@ -32,7 +32,8 @@ that operators and ``kubectl`` rely on:
 * built-ins get the server-side defaults operators notice (Deployment ``replicas: 1`` and strategy,
   pod template container defaults, Service ports, NetworkPolicy ``policyTypes``, Secret
   ``stringData``), and the checks that catch common manifest bugs: metadata names and labels,
-  owner references, a Deployment selector that must match its template, string-only ConfigMap data;
+  owner references, a Deployment selector that must match its template, string-only ConfigMap data,
+  the data of an ``immutable: true`` ConfigMap or Secret (422, as a real server: only metadata may change);
 * kubectl's protobuf bodies for ``kubectl create configmap|secret|namespace``.
 
 Extensions over a real server, for tests: ``timeoutSeconds`` may be fractional; objects put into
@@ -1035,6 +1036,20 @@ class ResourceSpec:
         if self.group:
             details["group"] = self.group
         return details
+
+
+_IMMUTABLE_FIELDS = {"configmaps": ("data", "binaryData"), "secrets": ("data",)}
+
+
+def _immutable_errors(spec: ResourceSpec, obj: JSON, old: JSON | None) -> list[crvalidate.FieldError]:
+    """A ConfigMap or Secret stored with ``immutable: true`` keeps its data and stays immutable (metadata may
+    change, and it may be deleted), as the API server's update validation says."""
+    fields = _IMMUTABLE_FIELDS.get(spec.plural) if spec.group == "" else None
+    if not fields or old is None or old.get("immutable") is not True:
+        return []
+    changed = [] if obj.get("immutable") is True else ["immutable"]
+    changed += [field for field in fields if (obj.get(field) or {}) != (old.get(field) or {})]
+    return [crvalidate.FieldError(f, "Forbidden", detail="field is immutable when `immutable` is set") for f in changed]
 
 
 def _latest(stored: k8s_dicts.Object) -> JSON | None:
@@ -2436,6 +2451,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             self._unknown_fields(spec, unknown, opts)
             errors.extend(spec.validator.validate(obj, old=old))
         errors.extend(self._builtin_errors(spec, obj))
+        errors.extend(_immutable_errors(spec, obj, old))
         if errors:
             raise self._invalid(spec, name, errors)
         return obj
