@@ -104,3 +104,24 @@ def test_kopfs_success_line_for_each_incident_event_is_hidden_unless_verbose(roo
         "Handler 'incident_event' failed with an exception and will stop now: boom",
         "Handler 'incident_event' succeeded.",
     ]
+
+
+def test_run_text_logs_name_the_incident_of_each_timeline_line(root_logging: logging.Logger) -> None:
+    """With two incidents on one agent, each LeverApplied line says which incident it belongs to."""
+    from tourniquet.reconcilers.events import log_timeline
+
+    logs.configure("text")
+    stream = io.StringIO()
+    (kopf_handler,) = [h for h in root_logging.handlers if isinstance(h, logging.StreamHandler)][-1:]
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(kopf_handler.formatter)  # the formatter `tourniquet run` set up
+    root_logging.addHandler(handler)
+    try:
+        for name in ("dup-refunds", "queue-flood"):
+            entry = {"event": "LeverApplied", "agent": "refund-agent", "message": "drain: 2 → 0 replicas"}
+            log_timeline({**BODY, "metadata": {**BODY["metadata"], "name": name}}, [entry])
+    finally:
+        root_logging.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].endswith("[payments/dup-refunds] LeverApplied: refund-agent: drain: 2 → 0 replicas"), lines
+    assert lines[1].endswith("[payments/queue-flood] LeverApplied: refund-agent: drain: 2 → 0 replicas"), lines
