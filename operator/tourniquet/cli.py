@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +20,10 @@ T = TypeVar("T")
 def _fail(message: str) -> None:
     click.secho(f"error: {message}", fg="red", err=True)
     sys.exit(1)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
@@ -272,15 +277,30 @@ async def _rollback(
 LEVERS = ("shadow", "revokeTools", "drain")
 
 
+class SeverityType(click.ParamType):
+    """1, 2, 3, or the CRD's own spelling (SEV1, in any case): on-call types whichever comes first."""
+
+    name = "1|2|3|SEV1|SEV2|SEV3"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        digits = text[3:] if text[:3].upper() == "SEV" else text
+        if digits in ("1", "2", "3"):
+            return f"SEV{digits}"
+        self.fail(f"{value!r} is not a severity: use 1, 2 or 3 (also SEV1, sev1, …)", param, ctx)
+
+
 @main.command()
 @click.argument("agents", nargs=-1, required=True)
-@click.option("--sev", "severity", type=click.Choice(["1", "2", "3"]), required=True, help="Severity: 1, 2 or 3.")
+@click.option("--sev", "severity", type=SeverityType(), required=True, help="Severity: 1, 2 or 3 (also SEV1, sev1).")
 @click.option("--levers", default=None, help="Comma-separated: shadow,revokeTools,drain (default: the playbook's).")
 @click.option("--tools", default=None, help="Comma-separated tools to revoke (default: every write tool).")
 @click.option("--summary", default="", help="One line for the timeline.")
 @click.option("--class", "incident_class", default="other", show_default=True, help="The incident class.")
 @click.option("--cascade", is_flag=True, help="Also contain agents that dependsOn these.")
-@click.option("--name", default=None, help="Incident name (default: <agent>-oncall-<time>).")
+@click.option(
+    "--name", default=None, help="Incident name (default: <agent>-oncall-<time>-<5 random characters>, unique)."
+)
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until containment is observed.")
 @click.option("--timeout", type=float, default=30, show_default=True)
 @_kube_options
@@ -299,9 +319,10 @@ def contain(
     kube_context: str | None,
     namespace: str | None,
 ) -> None:
-    """Open an AgentIncident on AGENTS now, and wait until its levers are observed applied."""
-    from datetime import UTC, datetime
+    """Open an AgentIncident on AGENTS now, and wait until its levers are observed applied.
 
+    Every agent must exist, and the levers and tools must make sense for them: otherwise nothing is
+    created, and the error says what to fix."""
     from pydantic import ValidationError
 
     from tourniquet.domain.errors import describe_validation_error
@@ -309,7 +330,7 @@ def contain(
 
     spec: dict[str, Any] = {
         "agents": list(agents),
-        "severity": f"SEV{severity}",
+        "severity": severity,
         "class": incident_class,
         "summary": summary,
         "cascade": cascade,
@@ -322,34 +343,56 @@ def contain(
     if tools:
         spec["revokeTools"] = [tool.strip() for tool in tools.split(",") if tool.strip()]
     try:
-        AgentIncidentSpec.model_validate(spec)
+        parsed = AgentIncidentSpec.model_validate(spec)
     except ValidationError as error:
         _fail(describe_validation_error(error))
-    stamp = datetime.now(UTC).strftime("%Y%m%dt%H%M%S")
-    name = name or f"{agents[0]}-oncall-{stamp}"[:253]
+        return
     ns = _namespace(namespace, kubeconfig, kube_context)
+    # Without --name, the API server completes a unique name (generateName): two calls in the same second
+    # open two incidents.
+    metadata = {"name": name} if name else {"generateName": f"{agents[0]}-oncall-{_now():%Y%m%dt%H%M%S}-"}
     body = {
         "apiVersion": "tourniquet.dev/v1alpha1",
         "kind": "AgentIncident",
-        "metadata": {"name": name, "namespace": ns},
+        "metadata": {**metadata, "namespace": ns},
         "spec": spec,
     }
-    _run(lambda: _contain(body, wait, timeout, kubeconfig, kube_context))
+    _run(lambda: _contain(body, parsed, wait, timeout, kubeconfig, kube_context))
 
 
 async def _contain(
-    body: dict[str, Any], wait: bool, timeout: float, kubeconfig: str | None, kube_context: str | None
+    body: dict[str, Any],
+    spec: Any,
+    wait: bool,
+    timeout: float,
+    kubeconfig: str | None,
+    kube_context: str | None,
 ) -> None:
     from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError, KubeApi
 
-    meta = body["metadata"]
+    namespace = body["metadata"]["namespace"]
     api = await KubeApi.from_config(kubeconfig, kube_context)
     try:
-        await api.create(AGENTINCIDENTS, meta["namespace"], body)
-        click.echo(f"Opened AgentIncident {meta['name']} in namespace {meta['namespace']}.")
+        refused = await _contain_problems(api, namespace, spec)
+        if refused:
+            _fail(f"{refused}; nothing was created")
+            return
+        try:
+            created = await api.create(AGENTINCIDENTS, namespace, body)
+        except ApiError as error:
+            if error.already_exists and body["metadata"].get("name"):
+                name = body["metadata"]["name"]
+                _fail(
+                    f"AgentIncident {name} already exists in namespace {namespace}: choose another --name, or "
+                    f"leave --name out for a unique one (kubectl get agentincident {name} -n {namespace} "
+                    "shows the existing one)"
+                )
+            raise
+        name = created["metadata"]["name"]
+        click.echo(f"Opened AgentIncident {name} in namespace {namespace}.")
         if wait:
             status = await _wait_incident(
-                api, meta["namespace"], meta["name"], timeout, lambda s: s.get("phase") in ("Contained", "Invalid")
+                api, namespace, name, timeout, lambda s: s.get("phase") in ("Contained", "Invalid")
             )
             _print_incident(status)
             if status.get("phase") == "Invalid":
@@ -358,6 +401,40 @@ async def _contain(
         _fail(f"Kubernetes API: {error.message or error}")
     finally:
         await api.close()
+
+
+async def _contain_problems(api: Any, namespace: str, spec: Any) -> str | None:
+    """What would make the incident refused (a missing agent, an unknown tool, drain without consumers), read
+    before anything is created: an Invalid incident left behind contains nothing."""
+    import difflib
+
+    from pydantic import ValidationError
+
+    from tourniquet.adapters.kube import AGENTDEPLOYMENTS
+    from tourniquet.domain.containment import incident_problems
+    from tourniquet.models import AgentDeploymentSpec
+
+    bodies = {agent: await api.get_or_none(AGENTDEPLOYMENTS, namespace, agent) for agent in spec.agents}
+    missing = [agent for agent, body in bodies.items() if body is None]
+    if missing:
+        existing = sorted(a["metadata"]["name"] for a in await api.list(AGENTDEPLOYMENTS, namespace))
+        clauses = []
+        for agent in missing:
+            close = difflib.get_close_matches(agent, existing, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            clauses.append(f"AgentDeployment {agent} not found in namespace {namespace}{hint}")
+        there = ", ".join(existing) if existing else "none: is it the right namespace (-n)?"
+        return f"{'; '.join(clauses)}. The AgentDeployments in {namespace}: {there}"
+    agents: dict[str, Any] = {}
+    for agent, body in bodies.items():
+        try:
+            agents[agent] = AgentDeploymentSpec.model_validate((body or {}).get("spec") or {})
+        except ValidationError:
+            continue  # an invalid agent's own status says what is wrong with it
+    if not agents:
+        return None
+    problems = incident_problems(spec.model_copy(update={"agents": list(agents)}), agents, namespace)
+    return f"refused: {'; '.join(problems)}" if problems else None
 
 
 @main.command()
