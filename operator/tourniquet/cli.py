@@ -230,8 +230,14 @@ async def _rollback(
             _fail(f"AgentDeployment {agent} not found in namespace {namespace}")
             return
         if target is None:
+            outcome, revision = await _predict_clear(api, namespace, agent, body)
+            if revision is None:
+                _fail(f"{outcome}; nothing was changed")
+                return
             await api.patch(AGENTDEPLOYMENTS, namespace, agent, {"spec": {"rollback": None}})
-            click.echo(f"Cleared the rollback of {agent}: it runs spec.bundle again.")
+            click.echo(f"Cleared the rollback of {agent}: {outcome}.")
+            if wait and outcome.startswith(f"{agent} runs spec.bundle"):
+                await _wait_revision(api, namespace, agent, revision, timeout)
             return
         wanted = RollbackTarget(to="lastKnownGood") if target in ("lastKnownGood", "lkg") else None
         if wanted is None:
@@ -255,23 +261,68 @@ async def _rollback(
             {"spec": {"rollback": {"revision": None, "to": None, **wanted.to_api()}}},
         )
         click.echo(f"Asked {agent} to run revision {chosen.revision} (ConfigMap {chosen.name}).")
-        if not wait:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = (await api.get(AGENTDEPLOYMENTS, namespace, agent)).get("status") or {}
-            if (status.get("bundle") or {}).get("revision") == chosen.revision:
-                click.echo(f"{agent} runs revision {chosen.revision}; its consumers' pod templates name it.")
-                return
-            await asyncio.sleep(0.5)
-        _fail(
-            f"timed out after {timeout:.0f}s waiting for {agent} to report revision {chosen.revision}; "
-            f"is the operator running? (kubectl get agentdeployment {agent} -n {namespace} -o yaml)"
-        )
+        if wait:
+            await _wait_revision(api, namespace, agent, chosen.revision, timeout)
     except ApiError as error:
         _fail(f"Kubernetes API: {error}")
     finally:
         await api.close()
+
+
+async def _wait_revision(api: Any, namespace: str, agent: str, revision: int, timeout: float) -> None:
+    from tourniquet.adapters.kube import AGENTDEPLOYMENTS
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = (await api.get(AGENTDEPLOYMENTS, namespace, agent)).get("status") or {}
+        if (status.get("bundle") or {}).get("revision") == revision:
+            click.echo(f"{agent} runs revision {revision}; its consumers' pod templates name it.")
+            return
+        await asyncio.sleep(0.5)
+    _fail(
+        f"timed out after {timeout:.0f}s waiting for {agent} to report revision {revision}; "
+        f"is the operator running? (kubectl get agentdeployment {agent} -n {namespace} -o yaml)"
+    )
+
+
+async def _predict_clear(api: Any, namespace: str, agent: str, body: dict[str, Any]) -> tuple[str, int | None]:
+    """What clearing spec.rollback would make the agent run, decided as the operator decides it (the same
+    pure planner, on the same revisions and open incidents): a sentence, and the revision it would run
+    then (None: clearing would leave the agent on what it runs, refused)."""
+    from pydantic import ValidationError
+
+    from tourniquet.adapters.kube import AGENTINCIDENTS, CONFIGMAPS
+    from tourniquet.domain import bundles, names
+    from tourniquet.domain.agent import plan_bundle
+    from tourniquet.domain.containment import incident_view, plan_containment
+    from tourniquet.domain.errors import describe_validation_error
+    from tourniquet.models import AgentDeploymentSpec
+
+    try:
+        spec = AgentDeploymentSpec.model_validate(body.get("spec") or {})
+    except ValidationError as error:
+        return f"the spec of {agent} is invalid ({describe_validation_error(error)}): fix it first", None
+    cms = await api.list(CONFIGMAPS, namespace, label_selector=names.bundle_selector(agent))
+    stored = [s for s in map(bundles.stored_revision_from_configmap, cms) if s]
+    views = [v for v in map(incident_view, await api.list(AGENTINCIDENTS, namespace)) if v is not None]
+    bundle = (body.get("status") or {}).get("bundle") or {}
+    current = bundle.get("revision")
+    highest = max([0, current or 0, bundle.get("specRevision") or 0, *(s.revision for s in stored)])
+    plan = plan_bundle(
+        spec.model_copy(update={"rollback": None}),
+        stored,
+        highest,
+        current=current,
+        containment=plan_containment(agent, spec, views),
+    )
+    if not plan.pinned:
+        where = f"stay on revision {current}" if current else "run no revision"
+        return f"{agent} would {where}: {plan.message}", None
+    if plan.frozen:
+        return f"{plan.frozen}; {agent} keeps running revision {current} for now", plan.active_revision
+    if plan.reason == "RolledBack":  # an open incident's rollback: clearing spec.rollback does not move it
+        return f"{plan.message}, until that incident is resolved", plan.active_revision
+    return f"{agent} runs spec.bundle (revision {plan.active_revision}) again", plan.active_revision
 
 
 LEVERS = ("shadow", "revokeTools", "drain")

@@ -1,0 +1,62 @@
+"""`tourniquet rollback --clear` says what will really happen before doing it."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner, Result
+
+from tests.conftest import AD, AI, CM, Cluster, wait_for
+from tests.operator.test_agentdeployment import active_revision, agent_doc, wired_revision
+from tourniquet import cli
+
+
+def rollback(kubeconfig: str, *args: str) -> Result:
+    common = ["--kubeconfig", kubeconfig, "-n", "default"]
+    return CliRunner().invoke(cli.main, ["rollback", "refund-agent", *args, *common])
+
+
+def on_revision_1_by_rollback_with_spec_bundle_at_2(cluster: Cluster, kubeconfig: str) -> None:
+    cluster.apply(agent_doc())
+    wait_for(lambda: active_revision(cluster) == 1, what="revision 1")
+    cluster.apply(agent_doc(prompt="Refund every request."))
+    wait_for(lambda: active_revision(cluster) == 2, what="revision 2")
+    result = rollback(kubeconfig, "--to", "1")
+    assert result.exit_code == 0, result.output
+    assert wired_revision(cluster) == "1"
+
+
+def test_clearing_a_rollback_onto_a_bad_revision_is_refused_and_says_why(cluster: Cluster, operator, kubeconfig):
+    on_revision_1_by_rollback_with_spec_bundle_at_2(cluster, kubeconfig)
+    cluster.patch(CM, "refund-agent-bundle-2", {"metadata": {"labels": {"tourniquet.dev/verdict": "bad"}}})
+
+    result = rollback(kubeconfig, "--clear")
+    assert result.exit_code == 1
+    assert "spec.bundle is revision 2, which is marked bad" in result.output
+    assert "refund-agent would stay on revision 1" in result.output and "nothing was changed" in result.output
+    assert "runs spec.bundle again" not in result.output
+    assert cluster.get(AD, "refund-agent")["spec"]["rollback"] == {"revision": 1}
+
+
+def test_clearing_a_rollback_rolls_forward_and_waits_for_it(cluster: Cluster, operator, kubeconfig):
+    on_revision_1_by_rollback_with_spec_bundle_at_2(cluster, kubeconfig)
+    result = rollback(kubeconfig, "--clear")
+    assert result.exit_code == 0, result.output
+    assert "refund-agent runs spec.bundle (revision 2) again" in result.output
+    assert wired_revision(cluster) == "2" and "rollback" not in cluster.get(AD, "refund-agent")["spec"]
+
+
+def test_clearing_a_rollback_while_an_incident_freezes_the_bundle_says_so(cluster: Cluster, operator, kubeconfig):
+    on_revision_1_by_rollback_with_spec_bundle_at_2(cluster, kubeconfig)
+    incident = {
+        "apiVersion": "tourniquet.dev/v1alpha1",
+        "kind": "AgentIncident",
+        "metadata": {"name": "bad-tone", "namespace": "default"},
+        "spec": {"agents": ["refund-agent"], "severity": "SEV3", "contain": []},
+    }
+    cluster.apply([incident])
+    wait_for(lambda: cluster.status(AI, "bad-tone").get("phase"), what="the incident seen")
+
+    result = rollback(kubeconfig, "--clear")
+    assert result.exit_code == 0, result.output
+    assert "revision 2 is pinned but not rolled out while incident(s) bad-tone are open" in result.output
+    assert "refund-agent keeps running revision 1 for now" in result.output
+    assert wired_revision(cluster) == "1"
