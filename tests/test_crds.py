@@ -450,7 +450,12 @@ def agi(case_id: str, path: str, value: Any, message: str | None = None, refused
     return Case(case_id, "AgentIncident", patched(AGENT_INCIDENT, path, value), message, refused_by)
 
 
-FLOATING = "pin an exact model version; a floating version makes rollback impossible"
+FLOATING = (
+    "pin an exact model version; a floating version makes rollback impossible (pinned: a date such as "
+    "2026-08-06 or 20260806, alone or ending the model id, as in gpt-4o-2024-08-06 or "
+    "anthropic.claude-3-5-sonnet-20240620-v1:0; a digest sha256:<64 hex>; a 40-hex commit; for google or "
+    "vertex-ai also a stable number such as 002; for mistral a YYMM release such as 2407)"
+)
 CASES = [
     # valid
     Case("deployment-full", "AgentDeployment", AGENT_DEPLOYMENT),
@@ -466,6 +471,30 @@ CASES = [
     agd("floating-padded", "bundle.model.version", " latest\t", FLOATING),
     agd("floating-suffix", "bundle.model.version", "gpt-4o-latest", FLOATING),
     agd("floating-star", "bundle.model.version", "*", FLOATING),
+    # a bare family name or a moving tag is not pinned, whatever the provider
+    agd("family-name", "bundle.model.version", "gpt-5", FLOATING),
+    agd("tag-v1", "bundle.model.version", "v1", FLOATING),
+    agd("bare-number", "bundle.model.version", "1", FLOATING),
+    agd("not-a-date", "bundle.model.version", "2026-13-01", FLOATING),
+    agd("date-with-a-newline", "bundle.model.version", "2026-08-06\n", FLOATING),
+    agd("short-digest", "bundle.model.version", "sha256:abc123", FLOATING),
+    agd("google-number-elsewhere", "bundle.model", {"provider": "openai", "name": "gpt-5", "version": "002"}, FLOATING),
+    agd(
+        "google-family", "bundle.model", {"provider": "google", "name": "gemini", "version": "gemini-2.5-pro"}, FLOATING
+    ),
+    # pinned forms: a date (alone, or ending the model id), a digest, a commit; per provider, its own
+    agd("dated-compact", "bundle.model", {"provider": "anthropic", "name": "claude", "version": "20250514"}),
+    agd("dated-model-id", "bundle.model.version", "gpt-4o-2024-08-06"),
+    agd(
+        "bedrock-id",
+        "bundle.model",
+        {"provider": "bedrock", "name": "claude", "version": "anthropic.claude-3-5-sonnet-20240620-v1:0"},
+    ),
+    agd("digest", "bundle.model.version", "sha256:" + "ab" * 32),
+    agd("commit", "bundle.model", {"provider": "huggingface", "name": "llama", "version": "0f3a" * 10}),
+    agd("google-stable-number", "bundle.model", {"provider": "Google", "name": "gemini", "version": "002"}),
+    agd("vertex-model-id", "bundle.model", {"provider": "vertex-ai", "name": "g", "version": "gemini-2.0-flash-001"}),
+    agd("mistral-release", "bundle.model", {"provider": "mistral", "name": "large", "version": "mistral-large-2407"}),
     agd("duplicate-tools", "bundle.tools.2.name", "issue_refund", "tool names must be unique"),
     agd(
         "duplicate-consumers-defaulted-kind",

@@ -16,7 +16,7 @@ AGENT = AgentDeploymentSpec.model_validate(
         "consumers": [{"name": "worker"}],
         "podSelector": {"matchLabels": {"app": "a"}},
         "bundle": {
-            "model": {"provider": "p", "name": "m", "version": "1"},
+            "model": {"provider": "p", "name": "m", "version": "2026-01-01"},
             "prompt": {"template": "t"},
             "tools": [
                 {"name": "lookup", "sideEffects": "read", "egress": [{"cidr": "10.1.0.0/16", "ports": [443]}]},

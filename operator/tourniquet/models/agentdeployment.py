@@ -7,7 +7,7 @@ import ipaddress
 import re
 from typing import Any
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from tourniquet.models.common import (
     DNS_SUBDOMAIN,
@@ -23,14 +23,51 @@ from tourniquet.models.common import (
     validations,
 )
 
-# A version that moves by itself cannot be rolled back to: refuse it.
-FLOATING_VERSIONS = ("latest", "stable", "current", "default", "newest", "*")
-FLOATING_VERSION_MESSAGE = "pin an exact model version; a floating version makes rollback impossible"
-# RE2 and Python agree on this pattern, so CEL and pydantic refuse exactly the same values. The
-# whitespace classes mirror the `.strip()` pydantic applies, which CEL cannot; the escapes are ones both CEL
-# string literals and both regex dialects understand.
-FLOATING_VERSION_PATTERN = r"(?i)^[ \t\n\r\f\v]*(latest|stable|current|default|newest|[*]|.*-latest)[ \t\n\r\f\v]*$"
-_FLOATING_RE = re.compile(FLOATING_VERSION_PATTERN)
+# A version that moves by itself cannot be rolled back to: only the forms that name one model build forever
+# count as pinned. A family name (gpt-5), a tag (v1, stable, latest) or a bare number may point at another
+# model tomorrow, and a rollback to it would not bring the old behaviour back.
+# The patterns are written for RE2 (CEL's `matches`) and Python alike, without backslashes (a CEL string
+# literal would need them doubled); Python checks them with fullmatch, as RE2's `^...$` reads them.
+_MODEL_ID = "([A-Za-z0-9._/-]*-)?"  # the model id before the version, when the version is written whole
+_DATE = (
+    "[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"  # 2026-08-06 (OpenAI, Azure OpenAI)
+    "|[0-9]{4}(0[1-9]|1[0-2])(0[1-9]|[12][0-9]|3[01])"  # 20250514 (Anthropic)
+)
+PINNED_VERSION_PATTERN = (
+    f"^({_MODEL_ID}({_DATE})(-v[0-9]+(:[0-9]+)?)?"  # a date, alone or ending the model id; Bedrock's -v1:0
+    "|sha256:[0-9a-f]{64}"  # a content digest (a self-hosted model's image or weights)
+    "|[0-9a-f]{40})$"  # a commit (a Hugging Face revision)
+)
+# Providers whose pinned versions take another form as well: provider pattern -> version pattern.
+PINNED_VERSION_BY_PROVIDER = {
+    "(?i)^(google|vertex-ai|vertexai)$": f"^{_MODEL_ID}[0-9]{{3}}$",  # gemini-2.0-flash-001, or 001
+    "(?i)^(mistral|mistralai)$": f"^{_MODEL_ID}[0-9]{{2}}(0[1-9]|1[0-2])$",  # mistral-large-2407 (YYMM)
+}
+FLOATING_VERSION_MESSAGE = (
+    "pin an exact model version; a floating version makes rollback impossible (pinned: a date such as "
+    "2026-08-06 or 20260806, alone or ending the model id, as in gpt-4o-2024-08-06 or "
+    "anthropic.claude-3-5-sonnet-20240620-v1:0; a digest sha256:<64 hex>; a 40-hex commit; for google or "
+    "vertex-ai also a stable number such as 002; for mistral a YYMM release such as 2407)"
+)
+PINNED_VERSION_RULE = " || ".join(
+    [
+        f"self.version.matches('{PINNED_VERSION_PATTERN}')",
+        *(
+            f"(self.provider.matches('{provider}') && self.version.matches('{version}'))"
+            for provider, version in PINNED_VERSION_BY_PROVIDER.items()
+        ),
+    ]
+)
+
+
+def is_pinned_version(provider: str, version: str) -> bool:
+    """Whether `version` names one model build forever (see PINNED_VERSION_PATTERN and the per-provider forms)."""
+    if re.fullmatch(PINNED_VERSION_PATTERN, version):
+        return True
+    return any(
+        re.fullmatch(provider_pattern, provider) and re.fullmatch(version_pattern, version)
+        for provider_pattern, version_pattern in PINNED_VERSION_BY_PROVIDER.items()
+    )
 
 
 class ConsumerKind(str, enum.Enum):
@@ -87,22 +124,25 @@ class ModelRef(ApiModel):
     """The language model the agent runs, pinned to an exact version."""
 
     model_config = ConfigDict(
-        json_schema_extra=validations(
-            cel(f"!self.version.matches('{FLOATING_VERSION_PATTERN}')", FLOATING_VERSION_MESSAGE, ".version")
-        )
+        json_schema_extra=validations(cel(PINNED_VERSION_RULE, FLOATING_VERSION_MESSAGE, ".version"))
     )
 
     provider: str = Field(min_length=1, max_length=63)
     name: str = Field(min_length=1, max_length=253)
-    version: str = Field(min_length=1, max_length=128, description="An exact version; 'latest' is refused.")
+    version: str = Field(
+        min_length=1,
+        max_length=128,
+        description="A pinned version: a date (2026-08-06, 20250514, or ending the model id), a digest "
+        "sha256:<64 hex>, a 40-hex commit; google/vertex-ai also 002, mistral also 2407. A family name is refused.",
+    )
     egress: list[EgressRule] = Field(
         default_factory=list, description="Where the model endpoint lives (allowed in the NetworkPolicy)."
     )
 
     @field_validator("version")
     @classmethod
-    def _pinned(cls, value: str) -> str:
-        if _FLOATING_RE.search(value.strip()):
+    def _pinned(cls, value: str, info: ValidationInfo) -> str:
+        if not is_pinned_version(str(info.data.get("provider") or ""), value):
             raise ValueError(FLOATING_VERSION_MESSAGE)
         return value
 
