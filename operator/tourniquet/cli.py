@@ -315,9 +315,11 @@ async def _predict_clear(api: Any, namespace: str, agent: str, body: dict[str, A
         current=current,
         containment=plan_containment(agent, spec, views),
     )
-    if not plan.pinned:
+    if not plan.pinned and plan.reason in ("RevisionBad", "BundleTooLarge"):  # spec.bundle cannot run
         where = f"stay on revision {current}" if current else "run no revision"
         return f"{agent} would {where}: {plan.message}", None
+    if not plan.pinned:  # an open incident's refused rollback: clearing spec.rollback does not change it
+        return f"{agent} keeps running revision {current}: {plan.message}", current
     if plan.frozen:
         return f"{plan.frozen}; {agent} keeps running revision {current} for now", plan.active_revision
     if plan.reason == "RolledBack":  # an open incident's rollback: clearing spec.rollback does not move it

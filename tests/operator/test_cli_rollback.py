@@ -60,3 +60,24 @@ def test_clearing_a_rollback_while_an_incident_freezes_the_bundle_says_so(cluste
     assert "revision 2 is pinned but not rolled out while incident(s) bad-tone are open" in result.output
     assert "refund-agent keeps running revision 1 for now" in result.output
     assert wired_revision(cluster) == "1"
+
+
+def test_clearing_a_rollback_while_an_incidents_rollback_is_refused_goes_ahead_and_says_so(
+    cluster: Cluster, operator, kubeconfig
+):
+    on_revision_1_by_rollback_with_spec_bundle_at_2(cluster, kubeconfig)
+    incident = {
+        "apiVersion": "tourniquet.dev/v1alpha1",
+        "kind": "AgentIncident",
+        "metadata": {"name": "dup-refunds", "namespace": "default"},
+        "spec": {"agents": ["refund-agent"], "severity": "SEV2", "rollback": {"to": "lastKnownGood"}},
+    }
+    cluster.apply([incident])  # nothing is known good yet: its rollback is refused, containment goes on
+    wait_for(lambda: cluster.status(AI, "dup-refunds").get("phase") == "Contained", what="Contained")
+
+    result = rollback(kubeconfig, "--clear")
+    assert result.exit_code == 0, result.output
+    assert "refund-agent keeps running revision 1: incident dup-refunds asked for a rollback that is refused" in (
+        result.output
+    )
+    assert "rollback" not in cluster.get(AD, "refund-agent")["spec"]
