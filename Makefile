@@ -13,8 +13,9 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# SANDBOX_ARGS: more `tourniquet sandbox` options, e.g. SANDBOX_ARGS='--dir /tmp/sandbox'.
 sandbox: $(BIN)/.installed
-	$(BIN)/tourniquet sandbox
+	$(BIN)/tourniquet sandbox $(SANDBOX_ARGS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check operator tests bench

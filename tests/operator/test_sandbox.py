@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -59,9 +60,9 @@ class Sandbox:
         )
 
     def stop(self) -> str:
-        """Ctrl-C, as a person stops it; returns the console."""
+        """Ctrl-C, as a person stops it (to the whole process group: make and the sandbox); returns the console."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            os.killpg(self.process.pid, signal.SIGINT)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -70,19 +71,28 @@ class Sandbox:
         return self.console()
 
 
-def start_sandbox(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Sandbox:
-    """`make sandbox`: the venv's `tourniquet sandbox`, from the repository's root."""
+def start_sandbox(tmp_path: Path, *args: str, env: dict[str, str] | None = None, make: bool = False) -> Sandbox:
+    """The venv's `tourniquet sandbox`, from the repository's root; `make`: through `make sandbox` itself, with
+    this environment as its venv (already installed: make is told not to install it again)."""
     workdir = tmp_path / "sandbox"
     (workdir / "home").mkdir(parents=True)
     output = tmp_path / "sandbox.log"
+    options = ["--dir", str(workdir), *args]
+    venv = BIN.parent
+    command = (
+        ["make", "-s", "-o", f"{venv}/bin/.installed", "sandbox", f"VENV={venv}", f"SANDBOX_ARGS={shlex.join(options)}"]
+        if make
+        else [str(BIN / "tourniquet"), "sandbox", *options]
+    )
     with output.open("w") as sink:
         process = subprocess.Popen(
-            [str(BIN / "tourniquet"), "sandbox", "--dir", str(workdir), *args],
+            command,
             cwd=ROOT,
             stdout=sink,
             stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, **(env or {})},
+            start_new_session=True,  # its own process group, as in a terminal: Ctrl-C reaches make and the sandbox
         )
     return Sandbox(process, output, workdir)
 
@@ -194,3 +204,45 @@ def test_the_keda_scenario_applies_whole_in_the_sandbox(sandbox: Sandbox) -> Non
     assert result.returncode == 0, result.stdout + result.stderr
     assert "scaledobject.keda.sh/refund-agent-queue created" in result.stdout
     assert '"autoscaling.keda.sh/paused-replicas":"0"' in result.stdout  # the drain paused KEDA too
+
+
+# ---------------------------------------------------------------- the README's runbook, as written
+
+
+def runbook_commands(readme: str) -> list[str]:
+    """The commands of the README's on-call runbook: every line of its ```sh blocks, in order (a line ending
+    in a backslash continues on the next)."""
+    section = readme.split("\n## On-call runbook\n", 1)[1].split("\n## ", 1)[0]
+    commands: list[str] = []
+    for block in re.findall(r"^```sh\n(.*?)^```", section, re.MULTILINE | re.DOTALL):
+        pending = ""
+        for line in block.splitlines():
+            if line.rstrip().endswith("\\"):
+                pending += line.rstrip()[:-1] + " "
+                continue
+            command = (pending + line).strip()
+            pending = ""
+            if command and not command.startswith("#"):
+                commands.append(command)
+    return commands
+
+
+def test_the_runbook_parser_reads_every_block() -> None:
+    readme = "# x\n## On-call runbook\n```sh\na --b  # c\nd \\\n  e\n```\ntext\n```sh\nf\n```\n## Next\n```sh\ng\n```\n"
+    assert runbook_commands(readme) == ["a --b  # c", "d    e", "f"]
+
+
+def test_the_readmes_runbook_works_line_by_line_after_make_sandbox(tmp_path: Path) -> None:
+    commands = runbook_commands((ROOT / "README.md").read_text())
+    assert len(commands) >= 5, commands
+    sandbox = start_sandbox(tmp_path, make=True)
+    try:
+        wait_for(lambda: sandbox.kubeconfig.exists(), timeout=60, what="make sandbox's kubeconfig")
+        ready = sandbox.shell("kubectl wait --for=condition=Ready agd/refund-agent --timeout=60s")
+        assert ready.returncode == 0, ready.stdout + ready.stderr
+        for command in commands:
+            result = sandbox.shell(command)
+            assert result.returncode == 0, f"the runbook's line failed: {command}\n{result.stdout}{result.stderr}"
+    finally:
+        console = sandbox.stop()
+    assert "Traceback" not in console, console[-3000:]
