@@ -14,6 +14,12 @@ def rollback(kubeconfig: str, *args: str) -> Result:
     return CliRunner().invoke(cli.main, ["rollback", "refund-agent", *args, *common])
 
 
+def observed(cluster: Cluster) -> bool:
+    """The operator has acted on the agent's latest spec."""
+    agent = cluster.get(AD, "refund-agent") or {}
+    return (agent.get("status") or {}).get("observedGeneration") == agent["metadata"].get("generation")
+
+
 def on_revision_1_by_rollback_with_spec_bundle_at_2(cluster: Cluster, kubeconfig: str) -> None:
     cluster.apply(agent_doc())
     wait_for(lambda: active_revision(cluster) == 1, what="revision 1")
@@ -59,6 +65,7 @@ def test_clearing_a_rollback_while_an_incident_freezes_the_bundle_says_so(cluste
     assert result.exit_code == 0, result.output
     assert "revision 2 is pinned but not rolled out while incident(s) bad-tone are open" in result.output
     assert "refund-agent keeps running revision 1 for now" in result.output
+    wait_for(lambda: observed(cluster), what="the cleared rollback observed")
     assert wired_revision(cluster) == "1"
 
 
@@ -81,3 +88,5 @@ def test_clearing_a_rollback_while_an_incidents_rollback_is_refused_goes_ahead_a
         result.output
     )
     assert "rollback" not in cluster.get(AD, "refund-agent")["spec"]
+    wait_for(lambda: observed(cluster), what="the cleared rollback observed")
+    assert wired_revision(cluster) == "1", "as it said: the agent keeps revision 1"
