@@ -226,12 +226,16 @@ def cluster(backend: str, request: pytest.FixtureRequest) -> Iterator[Any]:
     if backend == "emulator":
         yield Cluster(request.getfixturevalue("api_server"))
         return
-    from tests.realcluster import ONCALL_GROUP, RealCluster
+    from tests.realcluster import ONCALL_GROUP, RealCluster, operator_account
 
     real = RealCluster.in_new_namespace(request.getfixturevalue("control_plane"))
     rendered = chart_install(real.namespace)
     real.apply([*chart_rbac(rendered), oncall_binding(ONCALL_GROUP)])
     real.operator_args = chart_operator_args(rendered)
+    # The authorizer learns of new roles through a watch: wait for both identities' grants to be there.
+    operator_user = "system:serviceaccount:{}:{}".format(*operator_account())
+    real.wait_allowed(operator_user, [], "tourniquet.dev", "agentincidents", "watch")
+    real.wait_allowed("alice", [ONCALL_GROUP], "tourniquet.dev", "agentincidents", "create")
     yield real
     real.remove_namespace()
 

@@ -332,6 +332,9 @@ class ControlPlane:
                 "--allow-privileged=true",
                 "--authorization-mode=RBAC",
                 "--disable-admission-plugins=ServiceAccount",
+                # As on clusters that enforce it (OpenShift among them): setting blockOwnerDeletion on an
+                # ownerReference needs update on the owner's finalizers subresource.
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
                 f"--service-account-issuer={self.url}/",
                 f"--service-account-key-file={sa_pub}",
                 f"--service-account-signing-key-file={sa_key}",

@@ -296,6 +296,35 @@ class RealCluster:
             time.sleep(0.1)
         raise TimeoutError(f"CRD {crd} not Established after {timeout}s")
 
+    def allowed(self, user: str, groups: list[str], group: str, resource: str, verb: str) -> bool:
+        """Whether the API server's authorizer lets `user` do `verb` on `resource` in this namespace now."""
+        plural, _, sub = resource.partition("/")
+        attributes = {"namespace": self.namespace, "verb": verb, "group": group, "resource": plural}
+        if sub:
+            attributes["subresource"] = sub
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {"user": user, "groups": [*groups, "system:authenticated"], "resourceAttributes": attributes},
+        }
+        answer = self.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
+        return bool(answer["status"].get("allowed"))
+
+    def wait_denied(self, user: str, groups: list[str], group: str, resource: str, verb: str) -> None:
+        """RBAC changes reach the authorizer through a watch: wait until a removed grant is really gone."""
+        deadline = time.monotonic() + 15
+        while self.allowed(user, groups, group, resource, verb):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{user} may still {verb} {resource} ({group or 'core'}) after 15s")
+            time.sleep(0.1)
+
+    def wait_allowed(self, user: str, groups: list[str], group: str, resource: str, verb: str) -> None:
+        deadline = time.monotonic() + 15
+        while not self.allowed(user, groups, group, resource, verb):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{user} may not {verb} {resource} ({group or 'core'}) after 15s")
+            time.sleep(0.1)
+
     # -- namespaces -----------------------------------------------------------------------------------------
 
     @classmethod
