@@ -285,6 +285,39 @@ def oncall_kubeconfig(cluster: Any, kubeconfig: str, tmp_path: Path) -> str:
     return str(write_user_kubeconfig(cluster.plane, tmp_path / "oncall", "alice", (ONCALL_GROUP,), cluster.namespace))
 
 
+AGENT_GROUP = "agent-runtimes"
+
+
+@pytest.fixture
+def agent_kubeconfig(cluster: Any, kubeconfig: str, tmp_path: Path) -> str:
+    """An agent runtime's credentials: what runtime/control.py asks for (get, list, watch on configmaps in its
+    namespace), nothing of the operator's."""
+    if cluster.backend == "emulator":
+        return kubeconfig
+    from tests.realcluster import write_user_kubeconfig
+
+    rbac = "rbac.authorization.k8s.io"
+    cluster.apply(
+        [
+            {
+                "apiVersion": f"{rbac}/v1",
+                "kind": "Role",
+                "metadata": {"name": "agent-runtime"},
+                "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}],
+            },
+            {
+                "apiVersion": f"{rbac}/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "agent-runtime"},
+                "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "agent-runtime"},
+                "subjects": [{"apiGroup": rbac, "kind": "Group", "name": AGENT_GROUP}],
+            },
+        ]
+    )
+    cluster.wait_allowed("agent", [AGENT_GROUP], "", "configmaps", "watch")
+    return str(write_user_kubeconfig(cluster.plane, tmp_path / "agent", "agent", (AGENT_GROUP,), cluster.namespace))
+
+
 @pytest.fixture
 async def kube(kubeconfig: str) -> Any:
     from tourniquet.adapters.kube import KubeApi

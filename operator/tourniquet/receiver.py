@@ -4,8 +4,9 @@
   Alerts carrying an ``agent`` label (and optionally ``namespace``, ``severity`` SEV1-3, ``class``) open
   or update incidents, de-duplicated by namespace + agent + alertname; a resolved alert is recorded on the
   open incident and never resolves it. Answers 200 with one outcome per alert; 401 (no or wrong token, or
-  no token configured), 400 (not a notification, or no alert could be mapped), 503 (the Kubernetes API
-  failed: Alertmanager retries).
+  no token configured), 400 (not a notification, or no alert could be mapped: e.g. its agent does not
+  exist, or its namespace is not one the operator watches), 503 (the Kubernetes API failed: Alertmanager
+  retries).
 * ``GET /metrics`` — the operator's metrics (:mod:`tourniquet.observability`), unauthenticated as usual.
 * ``GET /healthz`` — 200 once serving.
 
@@ -25,7 +26,7 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,9 +78,12 @@ def _json_error(status: int, reason: str) -> web.Response:
 class Receiver:
     """The aiohttp application, started and stopped with the operator."""
 
-    def __init__(self, api: Callable[[], KubeApi | None], token: TokenSource) -> None:
+    def __init__(
+        self, api: Callable[[], KubeApi | None], token: TokenSource, namespaces: Sequence[str] = ()
+    ) -> None:
         self._api = api
         self._token = token
+        self._namespaces = tuple(namespaces)  # those the operator serves; none: every namespace
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -138,7 +142,7 @@ class Receiver:
         if api is None:
             return _json_error(503, "the operator is still starting; retry")
         try:
-            outcomes = await receive_alerts(api, notification, now=now)
+            outcomes = await receive_alerts(api, notification, namespaces=self._namespaces, now=now)
         except ApiError as error:
             log.warning("Could not handle an Alertmanager notification: Kubernetes API: %s", error)
             return _json_error(503, f"Kubernetes API: {error}")

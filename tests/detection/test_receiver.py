@@ -31,8 +31,9 @@ def notification(*alerts: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def receiver(kube) -> AsyncIterator[str]:
-    served = Receiver(lambda: kube, TokenSource(TOKEN))
+async def receiver(kube, cluster: Cluster) -> AsyncIterator[str]:
+    """The receiver of an operator serving the test's namespace (as the chart with watchNamespaces runs it)."""
+    served = Receiver(lambda: kube, TokenSource(TOKEN), namespaces=(cluster.namespace,))
     port = await served.start("127.0.0.1", 0)
     yield f"http://127.0.0.1:{port}"
     await served.stop()
@@ -47,10 +48,10 @@ async def post(url: str, body: Any, token: str | None = TOKEN, raw: bytes | None
             return answer.status, await answer.json()
 
 
-def agent(cluster: Cluster, namespace: str = "default") -> None:
+def agent(cluster: Cluster, namespace: str | None = None) -> None:
     docs = copy.deepcopy(example())
     for doc in docs:
-        doc["metadata"]["namespace"] = namespace
+        doc["metadata"]["namespace"] = namespace or cluster.namespace
     cluster.apply(docs)
 
 
@@ -125,23 +126,63 @@ async def test_a_resolved_alert_is_recorded_and_resolves_nothing(receiver: str, 
 
 
 async def test_alerts_map_to_the_right_namespace_or_are_refused_with_the_reason(receiver: str, cluster: Cluster):
-    cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "support"}}])
-    agent(cluster, "support")
+    agent(cluster)
+    namespace = cluster.namespace
     status, body = await post(
         receiver,
         notification(
-            alert(),  # no namespace label: found by name
+            alert(),  # no namespace label: found by name among the watched namespaces
             alert(agent="ghost-agent", alertname="Ghost"),
-            alert(namespace="default", alertname="Elsewhere"),
+            alert(namespace=namespace, agent="other-agent", alertname="Elsewhere"),
             {"labels": {"alertname": "NoAgent"}},
         ),
     )
     assert status == 200, body
     outcomes = [(o["alertname"], o["outcome"], o.get("reason", "")) for o in body["alerts"]]
     assert outcomes[0][:2] == ("HighRefundRate", "opened")
-    assert outcomes[1] == ("Ghost", "refused", "no AgentDeployment named ghost-agent in any namespace")
-    assert outcomes[2] == ("Elsewhere", "refused", "AgentDeployment refund-agent not found in namespace default")
+    assert outcomes[1] == (
+        "Ghost",
+        "refused",
+        f"no AgentDeployment named ghost-agent in the watched namespaces ({namespace})",
+    )
+    assert outcomes[2] == ("Elsewhere", "refused", f"AgentDeployment other-agent not found in namespace {namespace}")
     assert outcomes[3] == ("NoAgent", "refused", "no agent label (the AgentDeployment's name)")
+    (incident,) = cluster.list(AI)
+    assert incident["spec"]["agents"] == ["refund-agent"]
+
+
+async def test_an_alert_for_a_namespace_the_operator_does_not_watch_is_a_400_naming_it(
+    receiver: str, cluster: Cluster
+):
+    """Alertmanager retries a 5xx forever; this alert can never be handled here, so it is a 4xx with the reason."""
+    agent(cluster)
+    status, body = await post(receiver, notification(alert(namespace="payments", alertname="Elsewhere")))
+    assert status == 400, body
+    (outcome,) = body["alerts"]
+    assert outcome["reason"] == (
+        f"namespace payments is not watched by this operator (it serves {cluster.namespace}): "
+        "send the alert to the Tourniquet that serves payments, or add it to watchNamespaces"
+    )
+    assert cluster.list(AI) == []
+
+
+@pytest.mark.emulator  # serving every namespace: the test's RBAC on the real control plane is one namespace's
+async def test_serving_every_namespace_an_alert_without_a_namespace_finds_its_agent_anywhere(
+    kube, cluster: Cluster
+):
+    cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "support"}}])
+    agent(cluster, "support")
+    served = Receiver(lambda: kube, TokenSource(TOKEN))
+    port = await served.start("127.0.0.1", 0)
+    try:
+        status, body = await post(
+            f"http://127.0.0.1:{port}", notification(alert(), alert(agent="ghost-agent", alertname="Ghost"))
+        )
+    finally:
+        await served.stop()
+    assert status == 200, body
+    assert body["alerts"][0]["outcome"] == "opened"
+    assert body["alerts"][1]["reason"] == "no AgentDeployment named ghost-agent in any namespace"
     (incident,) = cluster.list(AI, namespace="support")
     assert incident["spec"]["agents"] == ["refund-agent"]
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import AD, AI, CM, Cluster, OperatorProcess, example, wait_for
+from tests.conftest import AD, AI, CM, Cluster, OperatorProcess, example, operator_scope, wait_for
 from tests.detection.conftest import PrometheusProcess, free_port, needs_prometheus
 from tourniquet.runtime import AgentMetrics, ControlFollower, Guard, Shadowed, SqliteLedger, ToolRevoked, serve_metrics
 
@@ -46,12 +46,14 @@ def prometheus(prometheus_factory, registry) -> PrometheusProcess:
 
 
 @pytest.fixture
-def detecting_operator(kubeconfig: str, prometheus: PrometheusProcess, monkeypatch) -> Iterator[OperatorProcess]:
+def detecting_operator(
+    cluster: Cluster, kubeconfig: str, prometheus: PrometheusProcess, monkeypatch
+) -> Iterator[OperatorProcess]:
     monkeypatch.setenv("TOURNIQUET_PROMETHEUS_URL", prometheus.url)
     monkeypatch.setenv("TOURNIQUET_PROMETHEUS_TIMEOUT_SECONDS", "1")
     monkeypatch.setenv("TOURNIQUET_HTTP_PORT", str(free_port()))
     monkeypatch.setenv("TOURNIQUET_RECEIVER_TOKEN", TOKEN)
-    process = OperatorProcess(kubeconfig).start()
+    process = OperatorProcess(kubeconfig, scope=operator_scope(cluster)).start()
     yield process
     output = process.stop()
     if "Traceback" in output:
@@ -61,11 +63,11 @@ def detecting_operator(kubeconfig: str, prometheus: PrometheusProcess, monkeypat
 class Agent:
     """An agent's runtime as it runs in its pod: metrics scraped by Prometheus, control followed via the API."""
 
-    def __init__(self, name: str, registry: CollectorRegistry, kubeconfig: str, tmp_path: Path) -> None:
+    def __init__(self, name: str, namespace: str, registry: CollectorRegistry, kubeconfig: str, tmp_path: Path) -> None:
         self.name = name
         self.metrics = AgentMetrics(name, registry)
         self.follower = ControlFollower(
-            name, "default", kubeconfig=kubeconfig, mount_dir=tmp_path / "not-mounted", watch_timeout_seconds=5
+            name, namespace, kubeconfig=kubeconfig, mount_dir=tmp_path / "not-mounted", watch_timeout_seconds=5
         )
         self.ledger = SqliteLedger(tmp_path / f"{name}-ledger.db")
         self.guard = Guard(self.follower, self.ledger, self.metrics, agent=name, tools=TOOLS)
@@ -101,11 +103,11 @@ class Agent:
 
 
 @pytest.fixture
-def make_agent(registry, kubeconfig: str, tmp_path: Path) -> Iterator[Any]:
+def make_agent(cluster: Cluster, registry, agent_kubeconfig: str, tmp_path: Path) -> Iterator[Any]:
     agents: list[Agent] = []
 
     def make(name: str) -> Agent:
-        agent = Agent(name, registry[0], kubeconfig, tmp_path)
+        agent = Agent(name, cluster.namespace, registry[0], agent_kubeconfig, tmp_path)
         agents.append(agent)
         return agent
 
@@ -148,7 +150,7 @@ def control(cluster: Cluster, name: str) -> tuple[str, list[str]]:
 def test_a_retry_storm_opens_one_sev2_incident_within_an_interval_and_shadows_the_agent(
     cluster: Cluster, detecting_operator: OperatorProcess, make_agent, prometheus: PrometheusProcess
 ):
-    name = "storm-agent"
+    name = f"storm-agent-{cluster.backend}"  # Prometheus and the metrics registry outlive one backend's run
     deploy(
         cluster,
         name,
@@ -215,7 +217,7 @@ def test_a_retry_storm_opens_one_sev2_incident_within_an_interval_and_shadows_th
 def test_an_unauthorized_tool_call_opens_a_sev1_and_the_tool_is_revoked(
     cluster: Cluster, detecting_operator: OperatorProcess, make_agent
 ):
-    name = "deny-agent"
+    name = f"deny-agent-{cluster.backend}"  # Prometheus and the metrics registry outlive one backend's run
     deploy(cluster, name, [{"name": "unauthorized", "template": "policyDenial"}])
     agent = make_agent(name).start()
     wait_for(lambda: rules_of(cluster, name).get("unauthorized", {}).get("state") == "Inactive", what="rule evaluated")
@@ -234,7 +236,7 @@ def test_an_unauthorized_tool_call_opens_a_sev1_and_the_tool_is_revoked(
 def test_prometheus_down_is_degraded_detection_never_an_incident_and_it_recovers(
     cluster: Cluster, detecting_operator: OperatorProcess, make_agent, prometheus: PrometheusProcess
 ):
-    name = "flaky-agent"
+    name = f"flaky-agent-{cluster.backend}"  # Prometheus and the metrics registry outlive one backend's run
     deploy(cluster, name, [{"name": "retry-storm", "template": "retryStorm"}])
     make_agent(name).start()
     wait_for(lambda: degraded(cluster, name).get("status") == "False", what="evaluating")
@@ -262,13 +264,13 @@ def test_an_alertmanager_alert_is_contained_and_counted_on_the_operator_metrics(
 ):
     import os
 
-    name = "alerted-agent"
+    name = f"alerted-agent-{cluster.backend}"  # Prometheus and the metrics registry outlive one backend's run
     deploy(cluster, name, [])
     url = f"http://127.0.0.1:{os.environ['TOURNIQUET_HTTP_PORT']}"
     wait_for(lambda: _get(f"{url}/healthz") == "ok", what="the receiver")
     alert = {
         "status": "firing",
-        "labels": {"alertname": "RefundsSpike", "agent": name, "namespace": "default", "severity": "critical"},
+        "labels": {"alertname": "RefundsSpike", "agent": name, "namespace": cluster.namespace, "severity": "critical"},
         "annotations": {"summary": "refunds spiking"},
         "startsAt": datetime.now(UTC).isoformat(),
     }

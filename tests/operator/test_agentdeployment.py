@@ -173,4 +173,9 @@ def test_a_malformed_agent_is_refused_and_touches_nothing(cluster: Cluster, oper
     assert bundle_configmaps(cluster) == []
     assert cluster.get(NP, "refund-agent-egress") is None
     assert cluster.get(CM, "refund-agent-control") is None
-    assert cluster.get(DEPLOY, "refund-agent-worker") == worker_before
+    worker_after = cluster.get(DEPLOY, "refund-agent-worker")
+    # Untouched by the operator: its spec and metadata (a real cluster's Deployment controller moves status).
+    assert worker_after["spec"] == worker_before["spec"]
+    assert worker_after["metadata"].get("annotations") == worker_before["metadata"].get("annotations")
+    assert worker_after["metadata"].get("labels") == worker_before["metadata"].get("labels")
+    assert worker_after["metadata"]["generation"] == worker_before["metadata"]["generation"]

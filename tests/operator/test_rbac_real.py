@@ -113,27 +113,6 @@ def grant_key(grant: Grant) -> tuple[str, str, str]:
 # The grants are the same whatever namespace the chart is rendered for.
 GRANTS = grants_of(chart_install("rbac-proof"))
 
-# Known redundant today: with watchNamespaces set, the ClusterRole lists AgentDeployments everywhere (the
-# receiver's search for an alert without a namespace label) and the Role lists them in the namespace (Kopf's
-# watch); each covers the other's namespaced list. Strict: the day one of them becomes needed alone, this fails.
-REDUNDANT = {
-    "operator-ClusterRole:list:tourniquet.dev/agentdeployments",
-    "operator-Role:list:tourniquet.dev/agentdeployments",
-}
-
-
-def _grant_params() -> list[Any]:
-    return [
-        pytest.param(
-            grant,
-            id=str(grant),
-            marks=[pytest.mark.xfail(strict=True, reason="redundant grant, see REDUNDANT")]
-            if str(grant) in REDUNDANT
-            else [],
-        )
-        for grant in GRANTS
-    ]
-
 
 # -- the lifecycle ---------------------------------------------------------------------------------------------
 
@@ -333,7 +312,7 @@ def test_the_charts_roles_carry_the_whole_lifecycle_with_nothing_refused(
     assert operator_user in users and "alice" in users, users  # both identities were exercised
 
 
-@pytest.mark.parametrize("grant", _grant_params())
+@pytest.mark.parametrize("grant", GRANTS, ids=str)
 def test_without_any_one_grant_the_lifecycle_fails(
     grant: Grant,
     cluster: RealCluster,

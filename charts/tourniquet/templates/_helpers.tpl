@@ -131,11 +131,6 @@ every namespace, otherwise in a Role in each watched namespace.
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [list, watch]
-# The Alertmanager receiver finds the agent of an alert that has no namespace label by listing the
-# AgentDeployments of every namespace.
-- apiGroups: [tourniquet.dev]
-  resources: [agentdeployments]
-  verbs: [list]
 {{- end }}
 {{- end -}}
 

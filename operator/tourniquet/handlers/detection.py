@@ -48,7 +48,8 @@ async def start_detection(memo: Any, logger: kopf.Logger, **_: Any) -> None:
             "Detection is off: TOURNIQUET_PROMETHEUS_URL is not set (the Alertmanager receiver still works)"
         )
 
-    memo.receiver = Receiver(lambda: getattr(memo, "api", None), TokenSource.from_env())
+    served = tuple(getattr(memo, "served_namespaces", ()) or ())
+    memo.receiver = Receiver(lambda: getattr(memo, "api", None), TokenSource.from_env(), served)
     try:
         host, port = listen_address()
         bound = await memo.receiver.start(host, port)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -425,25 +426,42 @@ class AlertOutcome:
 
 
 async def receive_alerts(
-    api: KubeApi, notification: decide.Notification, *, now: datetime | None = None
+    api: KubeApi,
+    notification: decide.Notification,
+    *,
+    namespaces: Sequence[str] = (),
+    now: datetime | None = None,
 ) -> list[AlertOutcome]:
     """Map each alert to its agent and open, count or clear its incident (same fingerprint rules as rules).
 
-    A resolved alert never resolves the incident (a human does); it is recorded on it. Kubernetes API
-    errors propagate (the receiver answers 503, and Alertmanager retries).
+    ``namespaces``: those the operator serves (none: every namespace). An alert for another namespace is
+    refused, naming it (this operator can contain nothing there), and an alert without a namespace label
+    looks for its agent in those namespaces only. A resolved alert never resolves the incident (a human
+    does); it is recorded on it. Kubernetes API errors propagate (the receiver answers 503, and
+    Alertmanager retries).
     """
     now = now or _now()
     outcomes = [AlertOutcome(r.index, r.alertname, None, "refused", reason=r.reason) for r in notification.refused]
     everywhere: list[dict[str, Any]] | None = None
     for alert in notification.alerts:
         namespace = alert.namespace
+        if namespace is not None and namespaces and namespace not in namespaces:
+            reason = (
+                f"namespace {namespace} is not watched by this operator (it serves {', '.join(namespaces)}): "
+                f"send the alert to the Tourniquet that serves {namespace}, or add it to watchNamespaces"
+            )
+            outcomes.append(AlertOutcome(alert.index, alert.alertname, alert.agent, "refused", reason=reason))
+            continue
         if namespace is None:
             if everywhere is None:
-                everywhere = await api.list(AGENTDEPLOYMENTS)
+                everywhere = []
+                for served in namespaces or (None,):  # None: every namespace
+                    everywhere += await api.list(AGENTDEPLOYMENTS, served)
             homes = sorted(a["metadata"]["namespace"] for a in everywhere if a["metadata"]["name"] == alert.agent)
             if len(homes) != 1:
                 reason = (
-                    f"no AgentDeployment named {alert.agent} in any namespace"
+                    f"no AgentDeployment named {alert.agent} in "
+                    + (f"the watched namespaces ({', '.join(namespaces)})" if namespaces else "any namespace")
                     if not homes
                     else f"AgentDeployment {alert.agent} exists in namespaces {', '.join(homes)}: add a namespace label"
                 )
