@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tourniquet.adapters.kube import AGENTDEPLOYMENTS, ApiError, KubeApi
+from tourniquet.domain.patches import merge_patch
 from tourniquet.reconcilers.events import after_containment
 from tourniquet.reconcilers.locks import lock_for
 
@@ -33,6 +34,7 @@ Key = tuple[str, str]  # namespace, name
 class _Pending:
     api: KubeApi
     status: dict[str, Any]
+    written: dict[str, Any]  # the status it replaces, as last written (what the patch removes keys from)
 
 
 _pending: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Key, _Pending]] = weakref.WeakKeyDictionary()
@@ -50,11 +52,15 @@ async def write_status(api: KubeApi, body: dict[str, Any], new_status: dict[str,
     """Patch /status when it changed; the agent as written, or None when there was nothing to write."""
     if new_status == (body.get("status") or {}):
         return None
-    return await _patch_status(api, *_key(body), new_status)
+    return await _patch_status(api, *_key(body), body.get("status") or {}, new_status)
 
 
-async def _patch_status(api: KubeApi, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-    return await api.patch(AGENTDEPLOYMENTS, namespace, name, {"status": status}, subresource="status")
+async def _patch_status(
+    api: KubeApi, namespace: str, name: str, written: dict[str, Any], status: dict[str, Any]
+) -> dict[str, Any]:
+    """Replace `written` by `status`: a key the new status lacks is removed (null), not left behind."""
+    patch = {"status": merge_patch(written, status)}
+    return await api.patch(AGENTDEPLOYMENTS, namespace, name, patch, subresource="status")
 
 
 def write_status_later(api: KubeApi, body: dict[str, Any], new_status: dict[str, Any]) -> bool:
@@ -66,7 +72,8 @@ def write_status_later(api: KubeApi, body: dict[str, Any], new_status: dict[str,
         pending.pop(key, None)
         return False
     scheduled = key in pending
-    pending[key] = _Pending(api, new_status)
+    written = pending[key].written if scheduled else body.get("status") or {}
+    pending[key] = _Pending(api, new_status, written)
     if not scheduled:
         after_containment(lambda: _flush_locked(key))
     return True
@@ -78,7 +85,7 @@ async def flush(namespace: str, name: str) -> dict[str, Any] | None:
     if item is None:
         return None
     try:
-        return await _patch_status(item.api, namespace, name, item.status)
+        return await _patch_status(item.api, namespace, name, item.written, item.status)
     except ApiError as error:
         if not error.not_found:
             log.warning("AgentDeployment %s/%s: status not written (redone next pass): %s", namespace, name, error)

@@ -1,0 +1,26 @@
+"""What an on-call engineer reads in the statuses while an incident runs its course (issue 14): the incident's and
+the agent's status say what is observed, settle when the world has settled, and forget what is over."""
+
+from __future__ import annotations
+
+from tests.conftest import AD, AI, Cluster, wait_for
+from tests.operator.test_incidents import condition, incident, replicas, start_agent
+
+
+def test_the_agent_forgets_an_incident_once_it_is_resolved(cluster: Cluster, operator):
+    start_agent(cluster)
+    cluster.apply([incident("stale", contain=["drain"])])
+    wait_for(
+        lambda: (cluster.status(AD, "refund-agent").get("containment") or {}).get("incidents") == ["stale"],
+        what="the agent's containment lists the incident",
+    )
+    cluster.patch(AI, "stale", {"spec": {"resolved": True}})
+    wait_for(
+        lambda: (
+            replicas(cluster) == 2
+            and condition(cluster, AD, "refund-agent", "Contained").get("reason") == "NoOpenIncident"
+        ),
+        what="released, and the agent says no incident is open",
+    )
+    # The same status no longer lists the incident nor its drain (no "drain: Applied 2 → 0" left behind).
+    assert "containment" not in cluster.status(AD, "refund-agent"), cluster.status(AD, "refund-agent")
