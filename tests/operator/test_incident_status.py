@@ -24,3 +24,26 @@ def test_the_agent_forgets_an_incident_once_it_is_resolved(cluster: Cluster, ope
     )
     # The same status no longer lists the incident nor its drain (no "drain: Applied 2 → 0" left behind).
     assert "containment" not in cluster.status(AD, "refund-agent"), cluster.status(AD, "refund-agent")
+
+
+def test_the_bundle_reads_frozen_while_an_incident_is_open_on_the_agent(cluster: Cluster, operator):
+    start_agent(cluster)
+    assert condition(cluster, AD, "refund-agent", "BundleFrozen")["status"] == "False"
+    cluster.apply([incident("sev1")])  # no new bundle revision in sight: the bundle is held all the same
+    frozen = wait_for(
+        lambda: (
+            condition(cluster, AD, "refund-agent", "BundleFrozen").get("status") == "True"
+            and condition(cluster, AD, "refund-agent", "BundleFrozen")
+        ),
+        what="BundleFrozen=True",
+    )
+    assert frozen["reason"] == "IncidentOpen" and "sev1" in frozen["message"], frozen
+    cluster.patch(AI, "sev1", {"spec": {"resolved": True}})
+    thawed = wait_for(
+        lambda: (
+            condition(cluster, AD, "refund-agent", "BundleFrozen").get("status") == "False"
+            and condition(cluster, AD, "refund-agent", "BundleFrozen")
+        ),
+        what="BundleFrozen=False",
+    )
+    assert thawed["reason"] == "NotFrozen"

@@ -196,14 +196,15 @@ def test_the_bundle_is_frozen_while_an_incident_is_open_unless_it_is_the_fix(clu
     docs = example()
     docs[1]["spec"]["bundle"]["prompt"]["template"] = "A hasty fix."
     cluster.apply(docs)
+    # Frozen since the incident opened; the message then names the revision held back.
     frozen = wait_for(
         lambda: (
-            condition(cluster, AD, "refund-agent", "BundleFrozen").get("status") == "True"
+            "revision 2" in condition(cluster, AD, "refund-agent", "BundleFrozen").get("message", "")
             and condition(cluster, AD, "refund-agent", "BundleFrozen")
         ),
-        what="BundleFrozen",
+        what="BundleFrozen naming revision 2",
     )
-    assert "revision 2 is pinned but not rolled out" in frozen["message"]
+    assert frozen["status"] == "True" and "revision 2 is pinned but not rolled out" in frozen["message"]
     assert wired_revision(cluster) == "1" and cluster.get(CM, "refund-agent-bundle-2") is not None
 
     cluster.patch(AI, "freeze", {"spec": {"fix": {"revision": 2}}})

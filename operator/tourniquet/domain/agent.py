@@ -177,10 +177,12 @@ def agent_status(
     consumers: list[dict[str, Any]],
     containment: dict[str, Any] | None,
     contained: tuple[bool, str, str],
+    incidents: list[str],
     now: datetime,
     generation: int | None,
 ) -> dict[str, Any]:
-    """The whole new status of a reconciled agent; conditions keep their transition times."""
+    """The whole new status of a reconciled agent; conditions keep their transition times. `incidents`: the open
+    incidents on the agent (they hold its bundle)."""
     previous = status.get("bundle") or {}
     active = next((r for r in stored_after if r.revision == plan.active_revision), None)
     good = bundles.last_known_good(stored_after)
@@ -212,8 +214,12 @@ def agent_status(
         conditions = cond(conditions, "BundlePinned", True, plan.reason, message)
     else:
         conditions = cond(conditions, "BundlePinned", False, plan.reason, plan.message)
-    if plan.frozen:
-        conditions = cond(conditions, "BundleFrozen", True, "IncidentOpen", plan.frozen)
+    if incidents:
+        held = plan.frozen or (
+            f"incident(s) {', '.join(incidents)} open on this agent hold the bundle: a new revision is pinned but "
+            "not rolled out unless it is an incident's fix or known good"
+        )
+        conditions = cond(conditions, "BundleFrozen", True, "IncidentOpen", held)
     else:
         conditions = cond(conditions, "BundleFrozen", False, "NotFrozen", "no open incident holds the bundle")
     conditions = cond(conditions, "Contained", *contained)

@@ -313,6 +313,7 @@ async def reconcile_agent_deployment(
         ],
         containment=_containment_status(report, containment, now) if containment.incidents else None,
         contained=_contained_condition(report, containment),
+        incidents=containment.incidents,
         now=now,
         generation=generation,
     )
