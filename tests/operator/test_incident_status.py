@@ -4,7 +4,7 @@ the agent's status say what is observed, settle when the world has settled, and 
 from __future__ import annotations
 
 from tests.conftest import AD, AI, Cluster, wait_for
-from tests.operator.test_incidents import condition, incident, replicas, start_agent
+from tests.operator.test_incidents import condition, contained, incident, replicas, start_agent
 
 
 def test_the_agent_forgets_an_incident_once_it_is_resolved(cluster: Cluster, operator):
@@ -47,3 +47,29 @@ def test_the_bundle_reads_frozen_while_an_incident_is_open_on_the_agent(cluster:
         what="BundleFrozen=False",
     )
     assert thawed["reason"] == "NotFrozen"
+
+
+def test_a_lever_taken_out_of_contain_is_released_and_the_incident_settles_contained(cluster: Cluster, operator):
+    start_agent(cluster)
+    cluster.apply([incident("deescalate", contain=["revokeTools", "drain"])])
+    wait_for(lambda: contained(cluster, "deescalate") and replicas(cluster) == 0, what="Contained, drained")
+
+    cluster.patch(AI, "deescalate", {"spec": {"contain": ["revokeTools"]}})  # on-call de-escalates
+    wait_for(lambda: replicas(cluster) == 2, what="the drain released")
+    status = wait_for(
+        lambda: (
+            cluster.status(AI, "deescalate").get("observedGeneration") == 2
+            and contained(cluster, "deescalate")
+            and cluster.status(AI, "deescalate")
+        ),
+        what="the incident settled Contained on what it still holds",
+    )
+    levers = {lv["name"]: lv for lv in status["levers"]}
+    assert levers["revokeTools"]["state"] == "Applied"
+    assert levers["drain"]["state"] == "Released", levers["drain"]
+    assert any(e["event"] == "LeverReleased" and e["message"].startswith("drain") for e in status["timeline"])
+    assert condition(cluster, AI, "deescalate", "Contained")["reason"] == "LeversApplied"
+    wait_for(
+        lambda: condition(cluster, AD, "refund-agent", "Contained").get("message", "").startswith("revokeTools"),
+        what="the agent holds revokeTools only",
+    )

@@ -23,7 +23,8 @@ def micro_time(moment: datetime) -> str:
 
 @dataclass(frozen=True)
 class LeverSeen:
-    """One lever this incident holds (or held) on one agent, as observed."""
+    """One lever this incident holds (or held) on one agent, as observed. `held`: the incident still asks for it
+    (False once it was taken out of its levers: it is released, as by a resolution)."""
 
     agent: str
     lever: str
@@ -31,6 +32,7 @@ class LeverSeen:
     detail: str
     other_holders: tuple[str, ...] = ()
     pending: bool = False
+    held: bool = True
 
 
 def derive_phase(conditions: list[dict[str, Any]]) -> str:
@@ -77,7 +79,7 @@ def incident_status(
     lever_timings = dict(timings.get("levers") or {})
     for seen in levers:
         before = previous_levers.get((seen.agent, seen.lever)) or {}
-        if resolved:
+        if resolved or not seen.held:
             state = "Released"
             detail = (
                 f"released by this incident; still held by {', '.join(seen.other_holders)}"

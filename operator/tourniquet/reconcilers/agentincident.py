@@ -227,7 +227,8 @@ def _now() -> datetime:
 def _levers_seen(
     name: str, spec: AgentIncidentSpec, status: dict[str, Any], reports: dict[str, AgentReport]
 ) -> list[LeverSeen]:
-    """The levers this incident holds (or, once resolved, held) on each agent, as observed."""
+    """The levers this incident holds (or held: once resolved, or taken out of its levers) on each agent, as
+    observed."""
     seen: list[LeverSeen] = []
     held_before = {(lv.get("agent"), lv.get("name")) for lv in status.get("levers") or []}
     for agent, report in reports.items():
@@ -238,7 +239,13 @@ def _levers_seen(
             others = tuple(h for h in observation.holders if h != name)
             seen.append(
                 LeverSeen(
-                    agent, lever.value, observation.applied and holds, observation.detail, others, observation.pending
+                    agent,
+                    lever.value,
+                    observation.applied and holds,
+                    observation.detail,
+                    others,
+                    observation.pending,
+                    held=holds,
                 )
             )
     return seen
