@@ -3,8 +3,11 @@ the agent's status say what is observed, settle when the world has settled, and 
 
 from __future__ import annotations
 
+from click.testing import CliRunner
+
 from tests.conftest import AD, AI, Cluster, wait_for
 from tests.operator.test_incidents import condition, contained, incident, replicas, start_agent
+from tourniquet.cli import main as cli
 
 
 def test_the_agent_forgets_an_incident_once_it_is_resolved(cluster: Cluster, operator):
@@ -73,3 +76,29 @@ def test_a_lever_taken_out_of_contain_is_released_and_the_incident_settles_conta
         lambda: condition(cluster, AD, "refund-agent", "Contained").get("message", "").startswith("revokeTools"),
         what="the agent holds revokeTools only",
     )
+
+
+def test_a_lever_another_incident_already_holds_is_reported_applied_with_it_in_the_same_pass(
+    cluster: Cluster, operator, oncall_kubeconfig
+):
+    start_agent(cluster)
+    cluster.apply([incident("first", severity="SEV2", contain=["drain"])])
+    wait_for(lambda: contained(cluster, "first") and replicas(cluster) == 0, what="first drains the worker")
+
+    # The SEV1 playbook: revokeTools and drain; the drain is already in force, held by `first`.
+    common = ["--kubeconfig", oncall_kubeconfig, "-n", cluster.namespace]
+    result = CliRunner().invoke(cli, ["contain", "refund-agent", "--sev", "1", "--name", "second", *common])
+    assert result.exit_code == 0, result.output
+    assert "phase: Contained" in result.output
+    drain_line = next((line for line in result.output.splitlines() if "refund-agent/drain" in line), "")
+    assert "Applied" in drain_line and "held with first" in drain_line, result.output
+
+    status = cluster.status(AI, "second")
+    levers = {lv["name"]: lv for lv in status["levers"]}
+    assert levers.keys() == {"revokeTools", "drain"} and levers["drain"]["state"] == "Applied", levers
+    events = [(e["event"], e.get("message", "").split(":")[0]) for e in status["timeline"]]
+    contained_at = events.index(("Contained", "every lever observed applied"))
+    assert events.index(("LeverApplied", "drain")) < contained_at, events
+    assert next(i for i, e in enumerate(events) if e[0] == "EvidenceCaptured") < contained_at, events
+    applied = next(e for e in status["timeline"] if e["event"] == "LeverApplied" and e["message"].startswith("drain"))
+    assert applied["message"].endswith("held with first"), applied

@@ -89,9 +89,11 @@ def incident_status(
         else:
             state = "Applied" if seen.applied else "Pending"
             detail = seen.detail
+            if seen.applied and seen.other_holders:  # e.g. a drain another incident put in force before this one
+                detail += f"; held with {', '.join(seen.other_holders)}"
         observed_at = before.get("observedAt") if before.get("state") == state else stamp
         if state == "Applied" and before.get("state") != "Applied":
-            note("LeverApplied", f"{seen.lever}: {seen.detail}", seen.agent)
+            note("LeverApplied", f"{seen.lever}: {detail}", seen.agent)
             seconds = _seconds(created_at, now)
             if seconds is not None:
                 lever_timings.setdefault(f"{seen.agent}/{seen.lever}", seconds)
@@ -140,6 +142,10 @@ def incident_status(
             cond("Contained", False, "NoLeverHeld", "this incident holds no lever (its playbook contains nothing)")
         elif pending:
             cond("Contained", False, "LeversPending", f"not yet observed applied: {', '.join(pending)}")
+        elif not evidence and any(lv["name"] == "drain" for lv in held):
+            # The order is shadow and revoke, evidence, drain: an incident holding a drain (even one another
+            # incident already put in force) is contained once its evidence is captured too.
+            cond("Contained", False, "EvidencePending", "its evidence is captured before its drain")
         else:
             if not condition_is(conditions, "Contained"):
                 note("Contained", "every lever observed applied")

@@ -159,6 +159,6 @@ def observe_drain(
         Lever.DRAIN,
         bool(spec.consumers) and drained and containment.drained,
         detail,
-        containment.holders(Lever.DRAIN) or sorted(containment.drain_waiting),
+        sorted(containment.drain | containment.drain_waiting),  # a drain already in force is a newcomer's too
         pending=waiting,
     )
