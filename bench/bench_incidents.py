@@ -178,7 +178,7 @@ def _floor_writes(
     drained = f"{worker['metadata']['name']} 2 → 0 replicas, scaled down just now"
     status = incident_status(
         {},
-        created=micro_time(now),
+        start=(micro_time(now), "openedAt"),
         generation=1,
         agents=[name],
         levers=[

@@ -422,6 +422,8 @@ async def _contain(
     kube_context: str | None,
 ) -> None:
     from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError, KubeApi
+    from tourniquet.domain.incident import micro_time
+    from tourniquet.domain.names import ANNOTATION_OPENED_AT
 
     namespace = body["metadata"]["namespace"]
     api = await KubeApi.from_config(kubeconfig, kube_context)
@@ -430,6 +432,8 @@ async def _contain(
         if refused:
             _fail(f"{refused}; nothing was created")
             return
+        # The incident's timings start here, to the microsecond (its creationTimestamp has whole seconds).
+        body["metadata"]["annotations"] = {ANNOTATION_OPENED_AT: micro_time(_now())}
         try:
             created = await api.create(AGENTINCIDENTS, namespace, body)
         except ApiError as error:
@@ -548,7 +552,16 @@ def _print_incident(status: dict[str, Any]) -> None:
         click.echo(f"  {lever.get('agent')}/{lever['name']}: {lever['state']} — {lever.get('detail', '')}")
     timings = status.get("timings") or {}
     if "containedSeconds" in timings:
-        click.echo(f"  contained {timings['containedSeconds']:.2f}s after the incident was created")
+        since = _STARTS.get(str(timings.get("startedFrom")), "it was created")
+        click.echo(f"  contained {timings['containedSeconds']:.2f}s after {since}")
+
+
+# What status.timings.startedFrom says the timings are measured from.
+_STARTS = {
+    "openedAt": "it was opened",
+    "firstSeen": "the operator first saw it",
+    "creationTimestamp": "it was created (its creationTimestamp, to the second: the operator saw it late)",
+}
 
 
 @main.command()

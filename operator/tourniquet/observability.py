@@ -14,10 +14,12 @@ name                                            type       labels and meaning
                                                            (its episode's incident was resolved) | cleared
 ``tourniquet_incidents_open``                   gauge      ``severity, class``: open AgentIncidents
 ``tourniquet_containment_latency_seconds``      histogram  ``lever`` (shadow|revokeTools|drain): from an
-                                                           incident's creation to the lever observed applied;
+                                                           incident's start (its ``timings.startedAt``: when
+                                                           it was opened, see ``startedFrom``) to the lever
+                                                           observed applied;
                                                            ``lever="all"``: to every lever observed applied
                                                            (the incident Contained)
-``tourniquet_incident_resolution_seconds``      histogram  from an incident's creation to its resolution
+``tourniquet_incident_resolution_seconds``      histogram  from an incident's start to its resolution
 ``tourniquet_watch_last_event_age_seconds``     gauge      ``resource`` (agentdeployments|agentincidents):
                                                            since the last watch event of that resource (or
                                                            since start-up); grows on a quiet cluster too
@@ -79,14 +81,14 @@ OPEN_INCIDENTS = Gauge(
 )
 CONTAINMENT_LATENCY = Histogram(
     "tourniquet_containment_latency_seconds",
-    "From an incident's creation to a lever observed applied (lever=all: to every lever observed applied).",
+    "From an incident's start (timings.startedAt) to a lever observed applied (lever=all: to every lever applied).",
     ["lever"],
     buckets=_CONTAINMENT_BUCKETS,
     registry=REGISTRY,
 )
 RESOLUTION = Histogram(
     "tourniquet_incident_resolution_seconds",
-    "From an incident's creation to its resolution.",
+    "From an incident's start (timings.startedAt) to its resolution.",
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )

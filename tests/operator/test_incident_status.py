@@ -3,11 +3,17 @@ the agent's status say what is observed, settle when the world has settled, and 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from click.testing import CliRunner
 
 from tests.conftest import AD, AI, Cluster, wait_for
 from tests.operator.test_incidents import condition, contained, incident, replicas, start_agent
 from tourniquet.cli import main as cli
+from tourniquet.domain.detection import Signal
+from tourniquet.models import Severity
+from tourniquet.models.agentincident import IncidentClass
+from tourniquet.reconcilers.detection import record_signal
 
 
 def test_the_agent_forgets_an_incident_once_it_is_resolved(cluster: Cluster, operator):
@@ -102,3 +108,65 @@ def test_a_lever_another_incident_already_holds_is_reported_applied_with_it_in_t
     assert next(i for i, e in enumerate(events) if e[0] == "EvidenceCaptured") < contained_at, events
     applied = next(e for e in status["timeline"] if e["event"] == "LeverApplied" and e["message"].startswith("drain"))
     assert applied["message"].endswith("held with first"), applied
+
+
+def _contained_entry_seconds(status: dict) -> float:
+    """From status.timings.startedAt to the timeline's Contained entry (the moment the operator observed it)."""
+    entry = next(e for e in status["timeline"] if e["event"] == "Contained")
+    return (_time(entry["time"]) - _time(status["timings"]["startedAt"])).total_seconds()
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_contain_is_timed_from_the_moment_the_cli_opened_the_incident(cluster: Cluster, operator, oncall_kubeconfig):
+    start_agent(cluster)
+    common = ["--kubeconfig", oncall_kubeconfig, "-n", cluster.namespace]
+    result = CliRunner().invoke(cli, ["contain", "refund-agent", "--sev", "2", "--name", "timed", *common])
+    assert result.exit_code == 0, result.output
+
+    body = cluster.get(AI, "timed")
+    opened_at = body["metadata"]["annotations"]["tourniquet.dev/opened-at"]  # microseconds, not the second
+    timings = body["status"]["timings"]
+    assert (timings["startedFrom"], timings["startedAt"]) == ("openedAt", opened_at), timings
+    # containedSeconds is what elapsed from that moment to Contained, not from the creationTimestamp's second.
+    assert abs(timings["containedSeconds"] - _contained_entry_seconds(body["status"])) < 0.002, timings
+    assert f"contained {timings['containedSeconds']:.2f}s after it was opened" in result.output, result.output
+
+
+def test_an_incident_applied_by_hand_is_timed_from_when_the_operator_first_saw_it(cluster: Cluster, operator):
+    start_agent(cluster)
+    cluster.apply([incident("by-hand", contain=["shadow"])])  # kubectl apply: no opened-at annotation
+    wait_for(lambda: contained(cluster, "by-hand"), what="Contained")
+    body = cluster.get(AI, "by-hand")
+    timings = body["status"]["timings"]
+    assert timings["startedFrom"] == "firstSeen", timings
+    created = _time(body["metadata"]["creationTimestamp"])
+    assert created <= _time(timings["startedAt"]) < created + timedelta(seconds=2), (created, timings)
+    assert abs(timings["containedSeconds"] - _contained_entry_seconds(body["status"])) < 0.002, timings
+
+
+async def test_an_incident_detection_opens_is_timed_from_its_opened_at_annotation(cluster: Cluster, kube, operator):
+    start_agent(cluster)
+    signal = Signal(
+        cluster.namespace,
+        "refund-agent",
+        "DuplicateRefunds",
+        "alertmanager",
+        Severity.SEV2,
+        IncidentClass.TOOL_MISUSE,
+        "duplicate refunds",
+        datetime.now(UTC),
+    )
+    outcome = await record_signal(kube, signal)
+    assert outcome.outcome == "opened", outcome
+    timings = wait_for(
+        lambda: (
+            (cluster.status(AI, outcome.incident).get("timings") or {}).get("startedFrom")
+            and cluster.status(AI, outcome.incident)["timings"]
+        ),
+        what="timings",
+    )
+    annotations = cluster.get(AI, outcome.incident)["metadata"]["annotations"]
+    assert (timings["startedFrom"], timings["startedAt"]) == ("openedAt", annotations["tourniquet.dev/opened-at"])

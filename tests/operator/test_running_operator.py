@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Cluster, example, free_port, scrape, wait_for
+from tests.conftest import AI, ROOT, Cluster, example, free_port, scrape, wait_for
 from tests.operator.test_examples import start
 from tests.operator.test_incidents import contained
 
@@ -105,6 +105,10 @@ def test_metrics_show_the_containment_latency_of_each_lever_applied(cluster: Clu
         assert 0 < total < 30, (lever, total)
         assert metrics[("tourniquet_containment_latency_seconds_bucket", (("le", "+Inf"), ("lever", lever)))] >= 1
     assert metrics[("tourniquet_incidents_open", (("class", "tool-misuse"), ("severity", "SEV1")))] == 1
+    # The incident as a whole: the status's containedSeconds, from the start it names (timings.startedFrom).
+    timings = cluster.status(AI, "refund-agent-duplicate-refunds")["timings"]
+    assert timings["startedFrom"] == "firstSeen"  # applied by hand: no opened-at annotation
+    assert metrics[("tourniquet_containment_latency_seconds_sum", (("lever", "all"),))] == timings["containedSeconds"]
     # The watch is healthy: the canary comes back.
     wait_for(
         lambda: (

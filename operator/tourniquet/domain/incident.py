@@ -7,8 +7,9 @@ nothing. `phase` is derived from the conditions, for printer columns only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tourniquet.domain.conditions import condition_is, parse_time, rfc3339, set_condition
@@ -49,10 +50,41 @@ def _seconds(start: datetime | None, end: datetime) -> float | None:
     return None if start is None else round(max(0.0, (end - start).total_seconds()), 3)
 
 
+# An opened-at annotation is taken when it lies from this long before the creationTimestamp to the end of its
+# second (the client's clock and its request's way to the API server), and the operator saw the incident after it.
+OPENED_AT_SKEW = timedelta(seconds=2)
+# Seen later than this after its creationTimestamp, an incident waited for the operator (down, or behind):
+# timing it from when the operator saw it would hide that wait.
+SEEN_LATE = timedelta(seconds=2)
+STARTS = ("openedAt", "firstSeen", "creationTimestamp")  # timings.startedFrom
+SECOND = timedelta(seconds=1)  # a creationTimestamp's precision
+
+
+def plan_start(
+    timings: Mapping[str, Any], *, opened_at: str | None, created: str | None, first_seen: datetime
+) -> tuple[str, str]:
+    """Where an incident's timings start, as (startedAt, startedFrom); decided on its first pass, then kept.
+
+    `openedAt`: the annotation `tourniquet contain` and detection write just before creating the incident
+    (microseconds), when it fits the creationTimestamp (see OPENED_AT_SKEW): one copied from another incident,
+    or from a clock far off, does not. Else `firstSeen`: when the operator first saw it (an incident applied by
+    hand). But when that was more than SEEN_LATE after its creationTimestamp, `creationTimestamp`: a start
+    known to the second is closer than one that leaves out the wait."""
+    if timings.get("startedAt") and timings.get("startedFrom") in STARTS:
+        return str(timings["startedAt"]), str(timings["startedFrom"])
+    opened, created_at = parse_time(opened_at), parse_time(created)
+    fits = created_at is None or (opened is not None and created_at - OPENED_AT_SKEW <= opened < created_at + SECOND)
+    if opened is not None and opened <= first_seen and fits:
+        return micro_time(opened), "openedAt"
+    if created_at is not None and first_seen - created_at > SEEN_LATE:
+        return micro_time(created_at), "creationTimestamp"
+    return micro_time(first_seen), "firstSeen"
+
+
 def incident_status(
     status: dict[str, Any],
     *,
-    created: str | None,
+    start: tuple[str, str],  # (startedAt, startedFrom): see plan_start
     generation: int | None,
     agents: list[str],
     levers: list[LeverSeen],
@@ -64,7 +96,7 @@ def incident_status(
     previous_levers = {(lv.get("agent"), lv.get("name")): lv for lv in status.get("levers") or []}
     timeline = list(status.get("timeline") or [])
     stamp = micro_time(now)
-    created_at = parse_time(created)
+    started_at = parse_time(start[0])
 
     def note(event: str, message: str, agent: str | None = None) -> None:
         entry = {"time": stamp, "event": event, "message": message}
@@ -75,7 +107,7 @@ def incident_status(
     if not timeline:
         note("Opened", f"opened on {', '.join(agents)}")
     new_levers = []
-    timings = dict(status.get("timings") or {})
+    timings = {**(status.get("timings") or {}), "startedAt": start[0], "startedFrom": start[1]}
     lever_timings = dict(timings.get("levers") or {})
     for seen in levers:
         before = previous_levers.get((seen.agent, seen.lever)) or {}
@@ -94,7 +126,7 @@ def incident_status(
         observed_at = before.get("observedAt") if before.get("state") == state else stamp
         if state == "Applied" and before.get("state") != "Applied":
             note("LeverApplied", f"{seen.lever}: {detail}", seen.agent)
-            seconds = _seconds(created_at, now)
+            seconds = _seconds(started_at, now)
             if seconds is not None:
                 lever_timings.setdefault(f"{seen.agent}/{seen.lever}", seconds)
         if state == "Released" and before.get("state") != "Released":
@@ -134,7 +166,7 @@ def incident_status(
         cond("Contained", False, "Released", "the incident is resolved; its levers are released")
         if not condition_is(conditions, "Resolved"):
             note("Resolved", "resolved; levers released unless another open incident holds them")
-            timings["resolvedSeconds"] = _seconds(created_at, now)
+            timings["resolvedSeconds"] = _seconds(started_at, now)
         cond("Resolved", True, "Resolved", "resolved by spec.resolved")
     else:
         pending = [f"{lv['agent']}/{lv['name']}" for lv in held if lv["state"] != "Applied"]
@@ -149,7 +181,7 @@ def incident_status(
         else:
             if not condition_is(conditions, "Contained"):
                 note("Contained", "every lever observed applied")
-                timings.setdefault("containedSeconds", _seconds(created_at, now))
+                timings.setdefault("containedSeconds", _seconds(started_at, now))
             cond("Contained", True, "LeversApplied", f"{len(held)} lever(s) observed applied")
         cond("Resolved", False, "Open", "set spec.resolved: true to release")
     if lever_timings:
@@ -177,4 +209,12 @@ def invalid_incident_status(
     return new
 
 
-__all__ = ["LeverSeen", "derive_phase", "incident_status", "invalid_incident_status", "micro_time", "rfc3339"]
+__all__ = [
+    "LeverSeen",
+    "derive_phase",
+    "incident_status",
+    "invalid_incident_status",
+    "micro_time",
+    "plan_start",
+    "rfc3339",
+]

@@ -17,6 +17,9 @@ ANNOTATION_SHA256 = f"{PREFIX}/bundle-sha256"
 ANNOTATION_VERDICT_REASON = f"{PREFIX}/verdict-reason"
 ANNOTATION_BUNDLE = f"{PREFIX}/bundle"  # on a consumer's pod template: the bundle ConfigMap it mounts
 ANNOTATION_BUNDLE_REVISION = f"{PREFIX}/bundle-revision"
+# On an AgentIncident: when `tourniquet contain` or detection opened it (RFC 3339, microseconds), written just
+# before creating it; its timings start there (the creationTimestamp has only whole seconds).
+ANNOTATION_OPENED_AT = f"{PREFIX}/opened-at"
 
 # The watch-freshness canary: an AgentIncident the operator owns, never an incident (tourniquet.freshness).
 CANARY_NAME = "tourniquet-canary"

@@ -135,11 +135,29 @@ class TimelineEntry(ApiModel):
     agent: str | None = None
 
 
+class StartedFrom(str, enum.Enum):
+    """What an incident's timings are measured from."""
+
+    OPENED_AT = "openedAt"  # the tourniquet.dev/opened-at annotation (tourniquet contain, detection)
+    FIRST_SEEN = "firstSeen"  # when the operator first saw the incident
+    CREATION_TIMESTAMP = "creationTimestamp"  # whole seconds: the operator saw it late
+
+
 class Timings(ApiModel):
+    started_at: str | None = Field(
+        default=None, alias="startedAt", description="Where the seconds below are counted from (RFC 3339)."
+    )
+    started_from: StartedFrom | None = Field(
+        default=None,
+        alias="startedFrom",
+        description="openedAt: the tourniquet.dev/opened-at annotation written by `tourniquet contain` and "
+        "detection; firstSeen: when the operator first saw the incident; creationTimestamp (whole seconds): the "
+        "operator saw it more than 2 s after its creation.",
+    )
     detected_seconds: float | None = Field(default=None, alias="detectedSeconds")
     contained_seconds: float | None = Field(default=None, alias="containedSeconds")
     resolved_seconds: float | None = Field(default=None, alias="resolvedSeconds")
-    levers: dict[str, float] = Field(default_factory=dict, description="Seconds from creation to each lever applied.")
+    levers: dict[str, float] = Field(default_factory=dict, description="Seconds from startedAt to each lever applied.")
 
 
 class EvidenceStatus(ApiModel):

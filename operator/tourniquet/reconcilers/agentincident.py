@@ -17,7 +17,8 @@ from typing import Any
 from tourniquet import observability
 from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, KubeApi
 from tourniquet.domain.containment import IncidentView, incident_problems, parse_incident
-from tourniquet.domain.incident import LeverSeen, incident_status, invalid_incident_status, micro_time
+from tourniquet.domain.incident import LeverSeen, incident_status, invalid_incident_status, micro_time, plan_start
+from tourniquet.domain.names import ANNOTATION_OPENED_AT
 from tourniquet.models import AgentDeploymentSpec, AgentIncidentSpec, Lever
 from tourniquet.reconcilers import agent_status
 from tourniquet.reconcilers.agentdeployment import (
@@ -115,6 +116,7 @@ async def _reconcile_incident(
     notes: list[tuple[str, str, str | None]] | None,
     others: list[IncidentView] | None,
 ) -> IncidentReport:
+    seen = now or _now()
     meta = body["metadata"]
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
     status = body.get("status") or {}
@@ -170,10 +172,17 @@ async def _reconcile_incident(
         )
         return {a: r for a, r in zip(only, results, strict=True) if r is not None}
 
+    start = plan_start(
+        status.get("timings") or {},
+        opened_at=(meta.get("annotations") or {}).get(ANNOTATION_OPENED_AT),
+        created=meta.get("creationTimestamp"),
+        first_seen=seen,
+    )
+
     def compute(previous: dict[str, Any], reports: dict[str, AgentReport], notes: list[Any]) -> dict[str, Any]:
         return incident_status(
             previous,
-            created=meta.get("creationTimestamp"),
+            start=start,
             generation=generation,
             agents=targets,
             levers=_levers_seen(name, spec, previous, reports),
