@@ -448,12 +448,22 @@ async def _contain(
         name = created["metadata"]["name"]
         click.echo(f"Opened AgentIncident {name} in namespace {namespace}.")
         if wait:
+            # Done when contained, refused, or contained as far as it can be: a named agent is missing.
             status = await _wait_incident(
-                api, namespace, name, timeout, lambda s: s.get("phase") in ("Contained", "Invalid")
+                api,
+                namespace,
+                name,
+                timeout,
+                lambda s: s.get("phase") in ("Contained", "Invalid") or _contained_reason(s) == "AgentsMissing",
             )
             _print_incident(status)
             if status.get("phase") == "Invalid":
                 sys.exit(1)
+            if _agents_missing(status):
+                _fail(
+                    f"AgentIncident {name} did not contain every agent it names; it stays open, and the operator "
+                    "contains them once they exist"
+                )
     except ApiError as error:
         _fail(f"Kubernetes API: {error.message or error}")
     finally:
@@ -543,11 +553,24 @@ async def _wait_incident(api: Any, namespace: str, name: str, timeout: float, do
     return status
 
 
+def _contained_reason(status: dict[str, Any]) -> str | None:
+    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Contained"), None)
+
+
+def _agents_missing(status: dict[str, Any]) -> str | None:
+    """The AgentsMissing condition's message while it is True: named agents that are not contained."""
+    found: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "AgentsMissing"), {})
+    return str(found.get("message", "")) if found.get("status") == "True" else None
+
+
 def _print_incident(status: dict[str, Any]) -> None:
     conditions = {c["type"]: c for c in status.get("conditions") or []}
     click.echo(f"phase: {status.get('phase', 'Unknown')}")
     if conditions.get("Accepted", {}).get("status") == "False":
         click.echo(f"  refused: {conditions['Accepted'].get('message')}")
+    missing = _agents_missing(status)
+    if missing:
+        click.secho(f"  WARNING: {missing}", fg="yellow", bold=True)
     for lever in status.get("levers") or []:
         click.echo(f"  {lever.get('agent')}/{lever['name']}: {lever['state']} — {lever.get('detail', '')}")
     timings = status.get("timings") or {}
@@ -622,6 +645,9 @@ async def _status(
                 for i in open_incidents
             ]
         )
+        for incident in open_incidents:
+            if incident["agentsMissing"]:
+                click.secho(f"WARNING: {incident['name']}: {incident['agentsMissing']}", fg="yellow", bold=True)
     else:
         click.echo("\nNo open incidents.")
 
@@ -644,6 +670,7 @@ def _incident_row(body: dict[str, Any]) -> dict[str, Any]:
         "agents": status.get("agents") or spec.get("agents") or [],
         "since": contained.get("lastTransitionTime") if contained.get("status") == "True" else None,
         "levers": levers or "-",
+        "agentsMissing": _agents_missing(status),  # named agents not contained (not found), or None
     }
 
 

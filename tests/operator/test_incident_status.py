@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from click.testing import CliRunner
 
-from tests.conftest import AD, AI, Cluster, wait_for
+from tests.conftest import AD, AI, DEPLOY, Cluster, example, wait_for
 from tests.operator.test_incidents import condition, contained, incident, replicas, start_agent
 from tourniquet.cli import main as cli
 from tourniquet.domain.detection import Signal
@@ -170,3 +170,93 @@ async def test_an_incident_detection_opens_is_timed_from_its_opened_at_annotatio
     )
     annotations = cluster.get(AI, outcome.incident)["metadata"]["annotations"]
     assert (timings["startedFrom"], timings["startedAt"]) == ("openedAt", annotations["tourniquet.dev/opened-at"])
+
+
+def _agent_missing(cluster: Cluster, name: str) -> dict:
+    return condition(cluster, AI, name, "AgentsMissing")
+
+
+def _warnings(cluster: Cluster, incident_name: str) -> list[str]:
+    return [
+        f"{e['reason']}: {e.get('message', '')}"
+        for e in cluster.list("v1/events")
+        if e["involvedObject"]["name"] == incident_name and e.get("type") == "Warning"
+    ]
+
+
+def _another_agent(name: str) -> list[dict]:
+    """The example agent and its worker under another name (what the typo named, created later)."""
+    worker, agent = example()
+    worker["metadata"]["name"] = f"{name}-worker"
+    worker["metadata"]["labels"] = worker["spec"]["selector"]["matchLabels"] = {"app": name}
+    worker["spec"]["template"]["metadata"]["labels"] = {"app": name}
+    agent["metadata"]["name"] = name
+    agent["spec"]["consumers"] = [{"kind": "Deployment", "name": f"{name}-worker"}]
+    agent["spec"]["podSelector"] = {"matchLabels": {"app": name}}
+    return [worker, agent]
+
+
+def test_a_misspelled_agent_does_not_keep_the_real_one_from_being_contained(
+    cluster: Cluster, operator, oncall_kubeconfig
+):
+    start_agent(cluster)
+    # kubectl apply of an incident with one typo: the API server cannot tell; the operator contains what exists.
+    cluster.apply([incident("typo", agents=["refund-agent", "refund-agnet"], contain=["drain"])])
+    wait_for(lambda: replicas(cluster) == 0, what="the real agent drained")
+    missing = wait_for(
+        lambda: _agent_missing(cluster, "typo").get("status") == "True" and _agent_missing(cluster, "typo")
+    )
+    assert "AgentDeployment refund-agnet not found" in missing["message"], missing
+    assert "refund-agent " not in missing["message"] and "refund-agent," not in missing["message"]
+    assert condition(cluster, AI, "typo", "Accepted")["status"] == "True"
+    status = cluster.status(AI, "typo")
+    assert status["phase"] == "Containing", status["phase"]  # never Contained while a named agent is not
+    assert [(lv["agent"], lv["name"], lv["state"]) for lv in status["levers"]] == [("refund-agent", "drain", "Applied")]
+    warned = wait_for(lambda: [w for w in _warnings(cluster, "typo") if "refund-agnet" in w], what="a Warning Event")
+    assert warned[0].startswith("AgentMissing: refund-agnet"), warned
+
+    shown = CliRunner().invoke(cli, ["status", "--kubeconfig", oncall_kubeconfig, "-n", cluster.namespace])
+    assert shown.exit_code == 0, shown.output
+    assert "typo" in shown.output and "AgentDeployment refund-agnet not found" in shown.output, shown.output
+
+    # The operator keeps trying: once the agent it named exists, it is contained too.
+    cluster.apply(_another_agent("refund-agnet"))
+    wait_for(
+        lambda: (cluster.get(DEPLOY, "refund-agnet-worker") or {}).get("spec", {}).get("replicas") == 0,
+        timeout=20,
+        what="the agent that appeared drained",
+    )
+    wait_for(lambda: contained(cluster, "typo"), timeout=20, what="Contained once every agent is")
+    assert _agent_missing(cluster, "typo")["status"] == "False"
+
+
+def test_an_incident_naming_only_a_missing_agent_says_so_in_its_first_status(cluster: Cluster, operator):
+    start_agent(cluster)
+    cluster.apply([incident("ghost-only", agents=["ghost-agent"])])
+    first = wait_for(lambda: cluster.status(AI, "ghost-only") or None, what="its first status")
+    conditions = {c["type"]: c for c in first["conditions"]}
+    assert conditions["AgentsMissing"]["status"] == "True", first
+    assert "AgentDeployment ghost-agent not found" in conditions["AgentsMissing"]["message"]
+    assert conditions["Accepted"]["status"] == "True" and first["phase"] == "Containing", first
+    wait_for(lambda: [w for w in _warnings(cluster, "ghost-only") if "ghost-agent" in w], what="a Warning Event")
+
+
+def test_contain_says_loudly_when_the_agent_is_gone_by_the_time_the_incident_exists(
+    cluster: Cluster, operator, oncall_kubeconfig, monkeypatch
+):
+    from tourniquet import cli as cli_module
+
+    start_agent(cluster)
+    checked = cli_module._contain_problems
+
+    async def check_then_lose_the_agent(*args, **kwargs):
+        found = await checked(*args, **kwargs)
+        cluster.delete(AD, "refund-agent")  # someone deletes it between contain's check and its create
+        wait_for(lambda: cluster.get(AD, "refund-agent") is None, what="the agent gone (its finalizer run)")
+        return found
+
+    monkeypatch.setattr(cli_module, "_contain_problems", check_then_lose_the_agent)
+    common = ["--kubeconfig", oncall_kubeconfig, "-n", cluster.namespace]
+    result = CliRunner().invoke(cli, ["contain", "refund-agent", "--sev", "1", "--name", "gone", *common])
+    assert result.exit_code == 1, result.output
+    assert "AgentDeployment refund-agent not found" in result.output and "not contained" in result.output

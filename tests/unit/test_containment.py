@@ -71,7 +71,7 @@ def test_bad_incidents_are_explained():
         {"agents": ["a", "ghost"], "severity": "SEV1", "contain": ["drain"], "revokeTools": ["teleport"]}
     )
     problems = incident_problems(spec, {"a": no_consumers, "ghost": None}, "support")
-    assert "AgentDeployment ghost not found in namespace support" in problems
+    assert not [p for p in problems if "ghost" in p]  # missing: reported and retried, never a refusal
     assert any("has no tool 'teleport' to revoke (its tools: email, lookup, refund)" in p for p in problems)
     assert any("agent a has no consumers to drain" in p for p in problems)
 

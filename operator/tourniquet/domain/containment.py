@@ -173,12 +173,12 @@ def plan_containment(
 def incident_problems(
     spec: AgentIncidentSpec, agents: dict[str, AgentDeploymentSpec | None], namespace: str
 ) -> list[str]:
-    """What makes an incident impossible to act on; an incident with problems touches nothing."""
+    """What makes an incident impossible to act on; an incident with problems touches nothing. An agent that does
+    not exist (None) is not one: the agents that exist are contained, and the missing one once it exists."""
     problems = []
     for name in spec.agents:
         agent = agents.get(name)
         if agent is None:
-            problems.append(f"AgentDeployment {name} not found in namespace {namespace}")
             continue
         playbook = agent.playbook(spec.severity)
         levers = spec.contain if spec.contain is not None else playbook.contain

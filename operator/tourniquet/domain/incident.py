@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tourniquet.domain.conditions import condition_is, parse_time, rfc3339, set_condition
+from tourniquet.domain.conditions import condition_is, find_condition, parse_time, rfc3339, set_condition
 
 # Timeline events recorded once per distinct message (DriftRepaired repeats: each override is news).
-ONCE_EVENTS = frozenset({"Failed", "RolledBack"})
+ONCE_EVENTS = frozenset({"AgentMissing", "Failed", "RolledBack"})
 
 
 def micro_time(moment: datetime) -> str:
@@ -92,7 +92,10 @@ def incident_status(
     evidence: dict[str, Any] | None,
     notes: list[tuple[str, str, str | None]],  # (event, message, agent) to add to the timeline
     now: datetime,
+    missing: Mapping[str, str] | None = None,  # agents in spec.agents that cannot be contained -> why
 ) -> dict[str, Any]:
+    """`agents`: those acted on (cascade included); a missing agent is reported, retried, never a refusal."""
+    missing = dict(missing or {})
     previous_levers = {(lv.get("agent"), lv.get("name")): lv for lv in status.get("levers") or []}
     timeline = list(status.get("timeline") or [])
     stamp = micro_time(now)
@@ -105,7 +108,7 @@ def incident_status(
         timeline.append(entry)
 
     if not timeline:
-        note("Opened", f"opened on {', '.join(agents)}")
+        note("Opened", f"opened on {', '.join([*agents, *(a for a in missing if a not in agents)])}")
     new_levers = []
     timings = {**(status.get("timings") or {}), "startedAt": start[0], "startedFrom": start[1]}
     lever_timings = dict(timings.get("levers") or {})
@@ -134,6 +137,11 @@ def incident_status(
         new_levers.append(
             {"name": seen.lever, "agent": seen.agent, "state": state, "observedAt": observed_at, "detail": detail}
         )
+    if resolved:
+        not_contained = "never contained (the incident is resolved)"
+    else:
+        not_contained = "not contained; retried at every pass until it exists (a typo? fix spec.agents)"
+        notes = [*(("AgentMissing", f"{why}: {not_contained}", agent) for agent, why in missing.items()), *notes]
     for event, message, agent in notes:
         # A failure or rollback that a re-assert pass finds again is not news: one entry, not one per pass.
         repeated = any(
@@ -149,7 +157,12 @@ def incident_status(
         nonlocal conditions
         conditions = set_condition(conditions, type_, ok, reason, message, now=now, generation=generation)
 
-    cond("Accepted", True, "Valid", f"acting on {', '.join(agents)}")
+    acting = f"acting on {', '.join(agents) or 'no agent yet'}"
+    cond("Accepted", True, "Valid", acting + (f"; not found: {', '.join(missing)}" if missing else ""))
+    if missing:
+        cond("AgentsMissing", True, "AgentNotFound", f"{'; '.join(missing.values())}: {not_contained}")
+    elif find_condition(conditions, "AgentsMissing") is not None:
+        cond("AgentsMissing", False, "AgentsFound", "every agent in spec.agents exists")
     if evidence:
         if not condition_is(conditions, "EvidenceCaptured"):
             note(
@@ -170,10 +183,13 @@ def incident_status(
         cond("Resolved", True, "Resolved", "resolved by spec.resolved")
     else:
         pending = [f"{lv['agent']}/{lv['name']}" for lv in held if lv["state"] != "Applied"]
-        if not held:
-            cond("Contained", False, "NoLeverHeld", "this incident holds no lever (its playbook contains nothing)")
-        elif pending:
+        if pending:
             cond("Contained", False, "LeversPending", f"not yet observed applied: {', '.join(pending)}")
+        elif missing:
+            applied = f"{len(held)} lever(s) observed applied on {', '.join(agents)}; " if held else ""
+            cond("Contained", False, "AgentsMissing", f"{applied}not contained: {', '.join(missing)} (not found)")
+        elif not held:
+            cond("Contained", False, "NoLeverHeld", "this incident holds no lever (its playbook contains nothing)")
         elif not evidence and any(lv["name"] == "drain" for lv in held):
             # The order is shadow and revoke, evidence, drain: an incident holding a drain (even one another
             # incident already put in force) is contained once its evidence is captured too.

@@ -116,6 +116,7 @@ class AgentIncidentSpec(ApiModel):
 class TimelineEvent(str, enum.Enum):
     DETECTED = "Detected"
     OPENED = "Opened"
+    AGENT_MISSING = "AgentMissing"
     LEVER_APPLIED = "LeverApplied"
     EVIDENCE_CAPTURED = "EvidenceCaptured"
     CONTAINED = "Contained"

@@ -132,12 +132,15 @@ async def _reconcile_incident(
             strict=True,
         )
     )
-    agent_specs = {n: (parse_agent(b).spec if b else None) for n, b in agent_bodies.items()}
+    # Fail toward containment: an agent that does not exist (a typo, not created yet, being deleted) does not
+    # keep the others from being contained; it is reported (AgentsMissing) and retried at every pass.
+    missing = {n: why for n, b in agent_bodies.items() if (why := _missing(n, b, namespace)) is not None}
+    agent_specs = {n: (parse_agent(b).spec if b and n not in missing else None) for n, b in agent_bodies.items()}
     problems = incident_problems(spec, agent_specs, namespace)
     problems += [
         f"AgentDeployment {n} has an invalid spec; see its Ready condition"
-        for n, b in agent_bodies.items()
-        if b is not None and agent_specs[n] is None
+        for n in agent_bodies
+        if n not in missing and agent_specs[n] is None
     ]
     if problems:
         return await _refuse(api, body, "; ".join(problems))
@@ -148,7 +151,8 @@ async def _reconcile_incident(
         others = await list_incidents(api, namespace)
     views = [v for v in others if v.name != name] + [me]
     upstream = {n: s for n, s in agent_specs.items() if s is not None}
-    targets = list(spec.agents) + (await _cascade_targets(api, namespace, spec) if spec.cascade else [])
+    named = [a for a in spec.agents if a not in missing]
+    targets = named + (await _cascade_targets(api, namespace, spec) if spec.cascade else [])
 
     async def contain_all(
         current: list[IncidentView], only: list[str], previous: dict[str, AgentReport] | None = None
@@ -190,12 +194,13 @@ async def _reconcile_incident(
             evidence=evidence,
             notes=notes,
             now=now or _now(),
+            missing={} if deleting else missing,
         )
 
     # Shadow and revoke first (drain waits for the evidence), then evidence, then drain. The timeline
     # records each phase when it completed.
     reports = await contain_all(views, targets)
-    if me.open and evidence is None and not deleting:
+    if me.open and evidence is None and not deleting and any(a in reports for a in named):
         status = compute(status, reports, [])
         evidence = await capture_evidence(
             api, body, {a: reports[a] for a in spec.agents if a in reports}, captured_at=micro_time(_now())
@@ -231,6 +236,15 @@ async def _reconcile_incident(
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _missing(name: str, body: dict[str, Any] | None, namespace: str) -> str | None:
+    """Why an agent an incident names cannot be contained now, or None when it can be."""
+    if body is None:
+        return f"AgentDeployment {name} not found in namespace {namespace}"
+    if body["metadata"].get("deletionTimestamp"):
+        return f"AgentDeployment {name} is being deleted"
+    return None
 
 
 def _levers_seen(
