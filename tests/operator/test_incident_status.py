@@ -260,3 +260,25 @@ def test_contain_says_loudly_when_the_agent_is_gone_by_the_time_the_incident_exi
     result = CliRunner().invoke(cli, ["contain", "refund-agent", "--sev", "1", "--name", "gone", *common])
     assert result.exit_code == 1, result.output
     assert "AgentDeployment refund-agent not found" in result.output and "not contained" in result.output
+
+
+def test_an_agent_taken_out_of_an_open_incident_is_released_by_it(cluster: Cluster, operator):
+    start_agent(cluster)
+    cluster.apply(_another_agent("notify-agent"))
+    wait_for(lambda: cluster.status(AD, "notify-agent").get("bundle"), what="the second agent pinned")
+    cluster.apply([incident("two", agents=["refund-agent", "notify-agent"], contain=["drain"])])
+    wait_for(lambda: contained(cluster, "two"), what="both drained")
+
+    cluster.patch(AI, "two", {"spec": {"agents": ["refund-agent"]}})
+    status = wait_for(
+        lambda: (
+            cluster.status(AI, "two").get("observedGeneration") == 2
+            and contained(cluster, "two")
+            and cluster.status(AI, "two")
+        ),
+        what="the incident settled on refund-agent",
+    )
+    assert (cluster.get(DEPLOY, "notify-agent-worker") or {})["spec"]["replicas"] == 2  # released by this pass
+    assert replicas(cluster) == 0
+    released = [e for e in status["timeline"] if e["event"] == "LeverReleased"]
+    assert [(e["agent"], e["message"].split(":")[0]) for e in released] == [("notify-agent", "drain")], released

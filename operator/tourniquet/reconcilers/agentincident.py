@@ -153,6 +153,9 @@ async def _reconcile_incident(
     upstream = {n: s for n, s in agent_specs.items() if s is not None}
     named = [a for a in spec.agents if a not in missing]
     targets = named + (await _cascade_targets(api, namespace, spec) if spec.cascade else [])
+    # Agents it acted on and no longer names: reconciled without it now (not at their next resync), so what it
+    # held there is released, and shown Released once.
+    dropped = [a for a in status.get("agents") or [] if a not in targets and a not in missing]
 
     async def contain_all(
         current: list[IncidentView], only: list[str], previous: dict[str, AgentReport] | None = None
@@ -199,7 +202,7 @@ async def _reconcile_incident(
 
     # Shadow and revoke first (drain waits for the evidence), then evidence, then drain. The timeline
     # records each phase when it completed.
-    reports = await contain_all(views, targets)
+    reports = await contain_all(views, targets + dropped)
     if me.open and evidence is None and not deleting and any(a in reports for a in named):
         status = compute(status, reports, [])
         evidence = await capture_evidence(
