@@ -158,7 +158,9 @@ def incident_status(
         conditions = set_condition(conditions, type_, ok, reason, message, now=now, generation=generation)
 
     acting = f"acting on {', '.join(agents) or 'no agent yet'}"
-    cond("Accepted", True, "Valid", acting + (f"; not found: {', '.join(missing)}" if missing else ""))
+    if missing:
+        acting += f"; missing: {', '.join(missing)} (see AgentsMissing)"
+    cond("Accepted", True, "Valid", acting)
     if missing:
         cond("AgentsMissing", True, "AgentNotFound", f"{'; '.join(missing.values())}: {not_contained}")
     elif find_condition(conditions, "AgentsMissing") is not None:
@@ -187,7 +189,8 @@ def incident_status(
             cond("Contained", False, "LeversPending", f"not yet observed applied: {', '.join(pending)}")
         elif missing:
             applied = f"{len(held)} lever(s) observed applied on {', '.join(agents)}; " if held else ""
-            cond("Contained", False, "AgentsMissing", f"{applied}not contained: {', '.join(missing)} (not found)")
+            absent = f"not contained: {', '.join(missing)} (see AgentsMissing)"
+            cond("Contained", False, "AgentsMissing", applied + absent)
         elif not held:
             cond("Contained", False, "NoLeverHeld", "this incident holds no lever (its playbook contains nothing)")
         elif not evidence and any(lv["name"] == "drain" for lv in held):
