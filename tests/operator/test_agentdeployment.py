@@ -132,7 +132,8 @@ def test_a_converged_agent_gets_no_write(cluster: Cluster, operator):
     # Kopf records what it handled after the handler returns: that write belongs to the first pass.
     wait_for(
         lambda: (
-            "tourniquet.dev/last-handled-configuration" in cluster.get(AD, "refund-agent")["metadata"]["annotations"]
+            "tourniquet.dev/last-handled-configuration"
+            in (cluster.get(AD, "refund-agent")["metadata"].get("annotations") or {})
         ),
         what="Kopf's record of the handled spec",
     )

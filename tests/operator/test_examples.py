@@ -146,7 +146,9 @@ def test_rollback_incident(cluster: Cluster, operator) -> None:
     start(cluster)
     # The header's "Before:" steps.
     cluster.patch(AD, "refund-agent", {"spec": {"promotion": {"soakSeconds": 0}}})
-    wait_for(lambda: cluster.status(AD, "refund-agent")["bundle"].get("lastKnownGood") == 1, what="1 known good")
+    wait_for(
+        lambda: (cluster.status(AD, "refund-agent").get("bundle") or {}).get("lastKnownGood") == 1, what="1 known good"
+    )
     cluster.patch(
         AD,
         "refund-agent",
