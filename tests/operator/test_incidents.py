@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 
 import pytest
 
-from tests.conftest import AD, AI, CM, DEPLOY, NP, Cluster, example, wait_for
+from tests.conftest import AD, AI, CM, DEPLOY, NP, Cluster, example, project_kubectl, wait_for
 from tests.operator.test_agentdeployment import active_revision, wired_revision
 
 REFUNDS_CIDR = "10.30.0.0/16"  # issue_refund and reverse_refund
@@ -130,6 +131,30 @@ def test_drift_is_repaired_and_recorded(cluster: Cluster, operator):
     # The value release restores is the one from before the incident, not the drift.
     cluster.patch(AI, "drift", {"spec": {"resolved": True}})
     wait_for(lambda: replicas(cluster) == 2, what="restored to 2")
+
+
+def test_drift_names_who_scaled_the_consumer(cluster: Cluster, operator, kubeconfig: str):
+    start_agent(cluster)
+    cluster.apply([incident("who", contain=["drain"])])
+    wait_for(lambda: contained(cluster, "who"), what="Contained")
+    # A person scales the drained consumer back up with kubectl (a write to its /scale subresource).
+    person = str(cluster.plane.admin_kubeconfig) if cluster.backend == "real" else kubeconfig
+    scale = ("scale", "deployment/refund-agent-worker", "--replicas=3")
+    scaled = subprocess.run(
+        [project_kubectl(), f"--kubeconfig={person}", "-n", cluster.namespace, *scale],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert scaled.returncode == 0, scaled.stderr
+    entry = wait_for(
+        lambda: next((e for e in cluster.status(AI, "who")["timeline"] if e["event"] == "DriftRepaired"), None),
+        what="DriftRepaired in the timeline",
+    )
+    assert entry["message"] == (
+        "Deployment refund-agent-worker was scaled to 3 by kubectl during the incident; returned it to 0"
+    )
+    assert replicas(cluster) == 0
 
 
 @pytest.mark.emulator  # fault injection

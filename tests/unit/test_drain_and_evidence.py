@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,6 +35,48 @@ def test_restore_brings_back_the_recorded_value_and_drops_the_record():
     assert drain.plan_restore_patch(workload(3)) is None
     # An unset replicas field means 1, and 1 is what comes back.
     assert drain.plan_drain_patch(workload(None))["metadata"]["annotations"] == {drain.ANNOTATION_REPLICAS_BEFORE: "1"}
+
+
+def managed(manager: str, time: str, *fields: str, subresource: str | None = None) -> dict:
+    entry = {
+        "manager": manager,
+        "operation": "Update",
+        "time": time,
+        "fieldsV1": {"f:spec": {key: {} for key in fields}},
+    }
+    if subresource:
+        entry["subresource"] = subresource
+    return entry
+
+
+@pytest.mark.parametrize(
+    ("entries", "who"),
+    [
+        # kubectl scale owns spec.replicas through /scale; the creator keeps the template.
+        (
+            [
+                managed("kubectl-create", "2026-11-21T03:00:00Z", "f:template"),
+                managed("kubectl", "2026-11-21T03:05:00Z", "f:replicas", subresource="scale"),
+            ],
+            "kubectl",
+        ),
+        # An HPA's write is the latest of two that share the field (server-side apply shares ownership).
+        (
+            [
+                managed("argocd-controller", "2026-11-21T03:09:00Z", "f:replicas"),
+                managed("kube-controller-manager", "2026-11-21T03:01:00Z", "f:replicas"),
+            ],
+            "argocd-controller",
+        ),
+        # The operator's own drain is named like anyone else's.
+        ([managed("tourniquet", "2026-11-21T03:00:00Z", "f:replicas")], "tourniquet"),
+        # Nobody owns it: the server did not say.
+        ([managed("kubectl-create", "2026-11-21T03:00:00Z", "f:template")], "unknown"),
+        ([], "unknown"),
+    ],
+)
+def test_who_scaled_a_consumer_is_the_manager_owning_its_replicas(entries: list[dict], who: str):
+    assert drain.scaled_up_by({"metadata": {"managedFields": entries}, "spec": {"replicas": 3}}) == who
 
 
 def test_keda_is_paused_at_zero_and_its_own_setting_restored():

@@ -61,15 +61,16 @@ def plan_restore_patch(workload: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def scaled_up_by(workload: dict[str, Any]) -> str:
-    """Who last set spec.replicas, from managedFields; 'someone' when the server does not say."""
+    """Who last set spec.replicas: the manager of the managedFields entry that owns it (the latest, when
+    several share it), e.g. `kubectl` for a `kubectl scale`; 'unknown' when no entry owns it."""
     latest: tuple[str, str] | None = None
     for entry in (workload.get("metadata") or {}).get("managedFields") or []:
         fields = (entry.get("fieldsV1") or {}).get("f:spec") or {}
-        if "f:replicas" in fields and entry.get("manager") != "tourniquet":
-            moment = entry.get("time") or ""
+        if "f:replicas" in fields and entry.get("manager"):
+            moment = str(entry.get("time") or "")
             if latest is None or moment >= latest[0]:
-                latest = (moment, str(entry.get("manager")))
-    return latest[1] if latest else "someone"
+                latest = (moment, str(entry["manager"]))
+    return latest[1] if latest else "unknown"
 
 
 def targets(scaled_object: dict[str, Any], kind: str, name: str) -> bool:

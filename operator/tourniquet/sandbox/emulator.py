@@ -13,7 +13,10 @@ that operators and ``kubectl`` rely on:
   ``details.causes``, 400 BadRequest, 415 for strategic merge on custom resources;
 * writes: POST, PUT, JSON merge patch, JSON patch (a failing ``test`` op is a 422), strategic merge
   patch (approximated with the patch merge keys of the common built-in lists) and server-side apply
-  (an upsert merge, without field ownership); ``dryRun=All``; ``fieldValidation``;
+  (an upsert merge, without conflicts); ``dryRun=All``; ``fieldValidation``;
+  ``managedFields`` per manager (the ``fieldManager`` parameter or the User-Agent), operation and
+  subresource, with field paths approximated without the built-in schemas
+  (see :mod:`tourniquet.sandbox.managedfields`);
   no-op updates keep the ``resourceVersion`` and emit no watch event, as on a real server;
 * subresources: ``/status`` (and the main endpoint ignoring ``.status``), ``/scale`` for
   Deployments, StatefulSets, ReplicaSets and custom resources that declare it;
@@ -49,7 +52,7 @@ What is **not** emulated (a real cluster is needed for these):
   as if the GC controller were slow; call :meth:`RealisticEmulator.collect_garbage` to run one pass;
   ``propagationPolicy`` is accepted and ignored (no ``foregroundDeletion``/``orphan`` finalizers);
 * admission webhooks, RBAC and authentication (every request is allowed);
-* server-side apply field ownership and ``managedFields`` (apply is a merge; no apply conflicts);
+* server-side apply conflicts (apply is a merge; it owns the fields it applied, others keep theirs);
 * schemas of built-in kinds (unknown fields of built-ins are kept; only metadata is checked), and
   protobuf bodies of other kinds (415: use ``kubectl apply -f``, which sends JSON);
 * conversion between versions of built-ins (``autoscaling/v1`` and ``v2`` HPAs are separate stores);
@@ -91,7 +94,7 @@ import kmock
 import yaml
 from kmock._internal import dsl, k8s_dicts, references, rendering
 
-from tourniquet.sandbox import crvalidate, openapi
+from tourniquet.sandbox import crvalidate, managedfields, openapi
 
 __all__ = [
     "ApiCall",
@@ -1310,6 +1313,10 @@ class _WriteOptions:
     dry_run: bool = False
     field_validation: str = "Warn"  # Strict | Warn | Ignore
     warnings: list[str] = dataclasses.field(default_factory=list)
+    manager: str = ""  # managedFields: '' for the emulator's own helpers (no entry is recorded)
+    operation: str = "Update"  # Update | Apply
+    subresource: str = ""  # set by a write through /scale
+    applied: Any = None  # an apply's configuration
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> _WriteOptions:
@@ -1719,18 +1726,18 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                     )
                 if spec.namespaced and namespace is None:
                     raise _endpoint_not_found()
-                opts = _WriteOptions.from_params(params)
+                opts = self._write_options(params, request)
                 created = self._create(spec, namespace, self._body(request), opts)
                 reply = _Reply(201, created, opts.warnings)
             case "update":
-                opts = _WriteOptions.from_params(params)
+                opts = self._write_options(params, request)
                 reply = _Reply(
                     200,
                     self._replace(spec, namespace, name or "", sub, self._body(request), opts),
                     opts.warnings,
                 )
             case "patch":
-                opts = _WriteOptions.from_params(params)
+                opts = self._write_options(params, request)
                 content_type = (raw.content_type if raw is not None else "") or ""
                 status, result = self._patch(
                     spec, namespace, name or "", sub, content_type, request.data, request.text, opts
@@ -1747,6 +1754,40 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                     405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
                 )
         return reply.render()
+
+    @staticmethod
+    def _write_options(params: Mapping[str, str], request: rendering.Request) -> _WriteOptions:
+        opts = _WriteOptions.from_params(params)
+        opts.manager = managedfields.manager_of(params.get("fieldManager"), request.headers.get("User-Agent"))
+        return opts
+
+    def _managed_fields(
+        self, spec: ResourceSpec, old: JSON | None, new: JSON, opts: _WriteOptions, sub: str
+    ) -> list[JSON]:
+        """`new`'s managedFields after this write (see :mod:`tourniquet.sandbox.managedfields`)."""
+        subresource = opts.subresource or sub
+        scope = "status" if subresource == "status" else ""
+        status_is_subresource = "status" in spec.subresources
+        before = managedfields.scoped(old, scope, status_is_subresource) if old is not None else {}
+        after = managedfields.scoped(new, scope, status_is_subresource)
+        changed, removed = managedfields.diff(before, after, MERGE_KEYS)
+        applied = None
+        if opts.operation == "Apply" and isinstance(opts.applied, dict):
+            applied = managedfields.leaf_paths(
+                managedfields.scoped(opts.applied, scope, status_is_subresource), MERGE_KEYS
+            )
+        entries = ((old or {}).get("metadata") or {}).get("managedFields") or []
+        return managedfields.record_write(
+            entries,
+            manager=opts.manager,
+            operation=opts.operation,
+            api_version=spec.api_version,
+            subresource=subresource,
+            changed=changed,
+            removed=removed,
+            now=_now(),
+            applied=applied,
+        )
 
     def _as_table(self, spec: ResourceSpec, items: list[JSON], list_meta: JSON) -> JSON:
         """A meta.k8s.io/v1 Table built from the CRD's additionalPrinterColumns, as `kubectl get` asks for."""
@@ -2570,6 +2611,9 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                 finalizers.append(CRD_FINALIZER)
 
         obj = self._finish(spec, obj, None, opts, name)
+        managed = self._managed_fields(spec, None, obj, opts, "")
+        if managed:
+            obj["metadata"]["managedFields"] = managed
         key_ns = namespace if spec.namespaced else None
         if self._live(spec.storage, key_ns, name) is not None:
             raise ApiError(409, "AlreadyExists", f'{spec.qualified} "{name}" already exists', spec.details(name))
@@ -2685,8 +2729,15 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             new["status"] = self._crd_status(new, old)
         if spec.tracks_generation and self._spec_part(spec, new) != self._spec_part(spec, old):
             new["metadata"]["generation"] = int(old_meta.get("generation") or 0) + 1
+        if "managedFields" in old_meta:
+            new["metadata"]["managedFields"] = old_meta["managedFields"]
         if new == old:
             return self._present(spec, old)  # a no-op: no new resourceVersion, no event
+        managed = self._managed_fields(spec, old, new, opts, sub)
+        if managed:
+            new["metadata"]["managedFields"] = managed
+        else:
+            new["metadata"].pop("managedFields", None)
         if opts.dry_run:
             return self._present(spec, new)
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
@@ -2779,6 +2830,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             )
         if not data.get("apiVersion") or not data.get("kind"):
             raise _bad_request("invalid object type: apiVersion and kind must be set in an apply patch")
+        opts = dataclasses.replace(opts, operation="Apply", applied=data)
         current = self._live(spec.storage, namespace if spec.namespaced else None, name)
         if current is None:
             if sub:
@@ -2864,6 +2916,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = replicas
+        opts = dataclasses.replace(opts, subresource="scale")
         updated = self._update(spec, namespace, name, "", candidate, opts, require_rv=False)
         return self._scale_of(spec, updated)
 
