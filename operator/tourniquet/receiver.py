@@ -4,9 +4,9 @@
   Alerts carrying an ``agent`` label (and optionally ``namespace``, ``severity`` SEV1-3, ``class``) open
   or update incidents, de-duplicated by namespace + agent + alertname; a resolved alert is recorded on the
   open incident and never resolves it. Answers 200 with one outcome per alert; 401 (no or wrong token, or
-  no token configured), 400 (not a notification, or no alert could be mapped: e.g. its agent does not
-  exist, or its namespace is not one the operator watches), 503 (the Kubernetes API failed: Alertmanager
-  retries).
+  no token configured), 400 (not a notification, or no alert could be mapped), 422 (no alert could be
+  mapped, and one names a namespace the operator does not watch), 503 (the Kubernetes API failed:
+  Alertmanager retries). Alertmanager does not retry a 4xx.
 * ``GET /metrics`` — the operator's metrics (:mod:`tourniquet.observability`), unauthenticated as usual.
 * ``GET /healthz`` — 200 once serving.
 
@@ -79,11 +79,12 @@ class Receiver:
     """The aiohttp application, started and stopped with the operator."""
 
     def __init__(
-        self, api: Callable[[], KubeApi | None], token: TokenSource, namespaces: Sequence[str] = ()
+        self, api: Callable[[], KubeApi | None], token: TokenSource, served: Sequence[str] | None = None
     ) -> None:
+        """`served`: the namespaces the operator watches (its `--namespace` values); None: every one."""
         self._api = api
         self._token = token
-        self._namespaces = tuple(namespaces)  # those the operator serves; none: every namespace
+        self._served = tuple(served) if served else None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -142,7 +143,7 @@ class Receiver:
         if api is None:
             return _json_error(503, "the operator is still starting; retry")
         try:
-            outcomes = await receive_alerts(api, notification, namespaces=self._namespaces, now=now)
+            outcomes = await receive_alerts(api, notification, now=now, served=self._served)
         except ApiError as error:
             log.warning("Could not handle an Alertmanager notification: Kubernetes API: %s", error)
             return _json_error(503, f"Kubernetes API: {error}")
@@ -153,7 +154,8 @@ class Receiver:
         if outcomes and all(o.outcome == "refused" for o in outcomes):
             reasons = "; ".join(f"alerts[{o.index}] {o.alertname}: {o.reason}" for o in outcomes)
             refusal = {**body, "status": "refused", "reason": f"no alert could be mapped: {reasons}"}
-            return web.json_response(refusal, status=400)
+            # 422 when an agent is in a namespace this operator does not watch: a retry would not help.
+            return web.json_response(refusal, status=422 if any(o.unwatched for o in outcomes) else 400)
         return web.json_response(body)
 
 

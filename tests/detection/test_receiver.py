@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -31,12 +31,25 @@ def notification(*alerts: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def receiver(kube, cluster: Cluster) -> AsyncIterator[str]:
-    """The receiver of an operator serving the test's namespace (as the chart with watchNamespaces runs it)."""
-    served = Receiver(lambda: kube, TokenSource(TOKEN), namespaces=(cluster.namespace,))
-    port = await served.start("127.0.0.1", 0)
-    yield f"http://127.0.0.1:{port}"
-    await served.stop()
+async def serve(kube) -> AsyncIterator[Callable[[tuple[str, ...] | None], Awaitable[str]]]:
+    """Start a receiver for an operator serving the namespaces given (None: all of them); returns its URL."""
+    started: list[Receiver] = []
+
+    async def start(namespaces: tuple[str, ...] | None) -> str:
+        receiver = Receiver(lambda: kube, TokenSource(TOKEN), namespaces)
+        started.append(receiver)
+        return f"http://127.0.0.1:{await receiver.start('127.0.0.1', 0)}"
+
+    yield start
+    for receiver in started:
+        await receiver.stop()
+
+
+@pytest.fixture
+async def receiver(serve, cluster: Cluster) -> str:
+    """The receiver of the operator the tests run: serving every namespace on the emulator, the test's own
+    on the real control plane (as the chart installed with watchNamespaces runs it)."""
+    return str(await serve(None if cluster.backend == "emulator" else (cluster.namespace,)))
 
 
 async def post(url: str, body: Any, token: str | None = TOKEN, raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
@@ -48,10 +61,10 @@ async def post(url: str, body: Any, token: str | None = TOKEN, raw: bytes | None
             return answer.status, await answer.json()
 
 
-def agent(cluster: Cluster, namespace: str | None = None) -> None:
+def agent(cluster: Cluster, namespace: str = "default") -> None:
     docs = copy.deepcopy(example())
     for doc in docs:
-        doc["metadata"]["namespace"] = namespace or cluster.namespace
+        doc["metadata"]["namespace"] = namespace
     cluster.apply(docs)
 
 
@@ -126,64 +139,33 @@ async def test_a_resolved_alert_is_recorded_and_resolves_nothing(receiver: str, 
 
 
 async def test_alerts_map_to_the_right_namespace_or_are_refused_with_the_reason(receiver: str, cluster: Cluster):
-    agent(cluster)
-    namespace = cluster.namespace
+    cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "support"}}])
+    agent(cluster, "support")
     status, body = await post(
         receiver,
         notification(
-            alert(),  # no namespace label: found by name among the watched namespaces
+            alert(),  # no namespace label: found by name
             alert(agent="ghost-agent", alertname="Ghost"),
-            alert(namespace=namespace, agent="other-agent", alertname="Elsewhere"),
+            alert(namespace="default", alertname="Elsewhere"),
             {"labels": {"alertname": "NoAgent"}},
         ),
     )
     assert status == 200, body
     outcomes = [(o["alertname"], o["outcome"], o.get("reason", "")) for o in body["alerts"]]
     assert outcomes[0][:2] == ("HighRefundRate", "opened")
-    assert outcomes[1] == (
-        "Ghost",
-        "refused",
-        f"no AgentDeployment named ghost-agent in the watched namespaces ({namespace})",
+    ghost = "no AgentDeployment named ghost-agent in any namespace" + (
+        "" if cluster.backend == "emulator" else f" this operator watches ({cluster.namespace})"
     )
-    assert outcomes[2] == ("Elsewhere", "refused", f"AgentDeployment other-agent not found in namespace {namespace}")
+    assert outcomes[1] == ("Ghost", "refused", ghost)
+    elsewhere = (
+        "AgentDeployment refund-agent not found in namespace default"
+        if cluster.backend == "emulator"
+        else f"namespace default is not watched by this operator (it watches {cluster.namespace})"
+    )
+    assert outcomes[2] == ("Elsewhere", "refused", elsewhere)
     assert outcomes[3] == ("NoAgent", "refused", "no agent label (the AgentDeployment's name)")
-    (incident,) = cluster.list(AI)
-    assert incident["spec"]["agents"] == ["refund-agent"]
-
-
-async def test_an_alert_for_a_namespace_the_operator_does_not_watch_is_a_400_naming_it(
-    receiver: str, cluster: Cluster
-):
-    """Alertmanager retries a 5xx forever; this alert can never be handled here, so it is a 4xx with the reason."""
-    agent(cluster)
-    status, body = await post(receiver, notification(alert(namespace="payments", alertname="Elsewhere")))
-    assert status == 400, body
-    (outcome,) = body["alerts"]
-    assert outcome["reason"] == (
-        f"namespace payments is not watched by this operator (it serves {cluster.namespace}): "
-        "send the alert to the Tourniquet that serves payments, or add it to watchNamespaces"
-    )
-    assert cluster.list(AI) == []
-
-
-@pytest.mark.emulator  # serving every namespace: the test's RBAC on the real control plane is one namespace's
-async def test_serving_every_namespace_an_alert_without_a_namespace_finds_its_agent_anywhere(
-    kube, cluster: Cluster
-):
-    cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "support"}}])
-    agent(cluster, "support")
-    served = Receiver(lambda: kube, TokenSource(TOKEN))
-    port = await served.start("127.0.0.1", 0)
-    try:
-        status, body = await post(
-            f"http://127.0.0.1:{port}", notification(alert(), alert(agent="ghost-agent", alertname="Ghost"))
-        )
-    finally:
-        await served.stop()
-    assert status == 200, body
-    assert body["alerts"][0]["outcome"] == "opened"
-    assert body["alerts"][1]["reason"] == "no AgentDeployment named ghost-agent in any namespace"
-    (incident,) = cluster.list(AI, namespace="support")
+    home = "support" if cluster.backend == "emulator" else cluster.namespace  # the test's, on the real one
+    (incident,) = cluster.list(AI, namespace=home)
     assert incident["spec"]["agents"] == ["refund-agent"]
 
 
@@ -204,3 +186,32 @@ async def test_the_operator_metrics_are_served(receiver: str):
         "tourniquet_containment_latency_seconds",
     ):
         assert f"# TYPE {name.removesuffix('_total')}" in text
+
+
+async def test_an_alert_for_a_namespace_the_operator_does_not_watch_is_a_422_naming_it(serve, cluster: Cluster):
+    agent(cluster)
+    watching_one = await serve((cluster.namespace,))  # `tourniquet run -n NS`, as the chart runs it
+    status, body = await post(watching_one, notification(alert(namespace="elsewhere")))
+    # A 4xx: Alertmanager retries a 5xx forever, and no retry makes the namespace watched.
+    assert status == 422, body
+    assert body["reason"] == (
+        "no alert could be mapped: alerts[0] HighRefundRate: namespace elsewhere is not watched by this "
+        f"operator (it watches {cluster.namespace})"
+    )
+    assert cluster.list(AI) == []
+    # An alert without a namespace label is looked up in the watched namespaces only.
+    status, body = await post(watching_one, notification(alert()))
+    assert status == 200 and body["alerts"][0]["outcome"] == "opened", body
+
+
+@pytest.mark.real  # RBAC: the chart grants the operator nothing outside the namespaces it watches
+async def test_an_alert_for_a_namespace_the_operator_may_not_read_is_a_422_naming_it(serve, cluster: Cluster):
+    agent(cluster)
+    not_told = await serve(None)  # `kopf run -n NS`: the operator does not know its namespaces
+    status, body = await post(not_told, notification(alert(namespace="elsewhere")))
+    assert status == 422, body
+    assert body["reason"].startswith(
+        "no alert could be mapped: alerts[0] HighRefundRate: namespace elsewhere is not watched by this operator "
+        "(it may not read AgentDeployments there: "
+    )
+    assert cluster.list(AI) == []

@@ -239,3 +239,22 @@ def test_a_resolved_alert_carries_its_end():
 def test_a_body_that_is_not_a_notification_is_refused(payload, words: str):
     with pytest.raises(detection.PayloadError, match=words):
         detection.parse_notification(payload, T0)
+
+
+@pytest.mark.parametrize(
+    ("namespace", "served", "watched"),
+    [
+        ("support", None, True),  # --all-namespaces
+        ("support", (), True),
+        ("support", ("support", "billing"), True),
+        ("elsewhere", ("support", "billing"), False),
+        ("team-a", ("team-*",), True),
+        ("team-a-pr-7", ("team-*, !*-pr-*",), False),
+        ("team-a-pr-123", ("team-*, !*-pr-*, *pr-123",), True),  # matched again: the first glob matched it
+        ("other-pr-123", ("team-*, !*-pr-*, *pr-123",), False),  # never matched by the first glob
+        ("kube-system", ("!kube-*",), False),  # a leading exclusion implies *
+        ("support", ("!kube-*",), True),
+    ],
+)
+def test_the_namespaces_an_operator_watches_follow_its_namespace_patterns(namespace, served, watched):
+    assert detection.namespace_served(namespace, served) is watched

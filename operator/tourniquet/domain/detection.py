@@ -20,10 +20,11 @@ same episode (after an operator restart, say) hits 409 AlreadyExists instead of 
 from __future__ import annotations
 
 import enum
+import fnmatch
 import hashlib
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -865,6 +866,32 @@ def _parse_alert(index: int, raw: Any, now: datetime) -> Alert | Refusal:
         starts_at,
         ends_at if status != "firing" else None,
     )
+
+
+def namespace_served(namespace: str, patterns: Sequence[str] | None) -> bool:
+    """Whether an operator serving `patterns` (its `--namespace` values; None or empty: every namespace)
+    watches `namespace`. A pattern is Kopf's: comma-separated globs, where `!glob` excludes what an earlier
+    glob matched and a later glob matches again only what the first one did (a leading `!` implies `*`)."""
+    return not patterns or any(_matches(namespace, pattern) for pattern in patterns)
+
+
+def _matches(namespace: str, pattern: str) -> bool:
+    globs = [glob.strip() for glob in pattern.split(",")]
+    if globs[0].startswith("!"):
+        globs.insert(0, "*")
+    first = fnmatch.fnmatchcase(namespace, globs[0])
+    matched = first
+    for glob in globs[1:]:
+        if glob.startswith("!"):
+            matched = matched and not fnmatch.fnmatchcase(namespace, glob.lstrip("!"))
+        elif first and fnmatch.fnmatchcase(namespace, glob):
+            matched = True
+    return matched
+
+
+def is_pattern(namespace: str) -> bool:
+    """A `--namespace` value that is a pattern, not one namespace's name."""
+    return any(c in namespace for c in "*?[!,")
 
 
 def latency_seconds(started_at: datetime, now: datetime) -> float:

@@ -48,7 +48,7 @@ async def start_detection(memo: Any, logger: kopf.Logger, **_: Any) -> None:
             "Detection is off: TOURNIQUET_PROMETHEUS_URL is not set (the Alertmanager receiver still works)"
         )
 
-    served = tuple(getattr(memo, "served_namespaces", ()) or ())
+    served = getattr(memo, "served_namespaces", None)  # `tourniquet run -n`; `kopf run` does not say
     memo.receiver = Receiver(lambda: getattr(memo, "api", None), TokenSource.from_env(), served)
     try:
         host, port = listen_address()

@@ -20,12 +20,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tourniquet import observability
-from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, ApiError, KubeApi
+from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, NAMESPACES, ApiError, KubeApi
 from tourniquet.adapters.prometheus import PrometheusQuerier, PrometheusUnavailable, QueryRejected
 from tourniquet.domain import detection as decide
-from tourniquet.domain import names
 from tourniquet.domain.detection import CompiledRule, Degraded, RuleState, Sample, Signal
-from tourniquet.domain.incident import micro_time
 from tourniquet.reconcilers import agent_status
 from tourniquet.reconcilers.locks import lock_for
 
@@ -77,7 +75,6 @@ async def record_signal(
     body = decide.build_incident(signal)
     name = body["metadata"]["name"]
     async with lock_for("AgentIncident", namespace, name):
-        body["metadata"].setdefault("annotations", {})[names.ANNOTATION_OPENED_AT] = micro_time(_now())
         try:
             await api.create(AGENTINCIDENTS, namespace, body)
         except ApiError as error:
@@ -416,6 +413,7 @@ class AlertOutcome:
     outcome: str  # opened | updated | suppressed | cleared | ignored | refused
     incident: str | None = None
     reason: str = ""
+    unwatched: bool = False  # refused: its namespace is not one the operator watches
 
     def to_json(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"index": self.index, "alertname": self.alertname, "outcome": self.outcome}
@@ -432,49 +430,62 @@ async def receive_alerts(
     api: KubeApi,
     notification: decide.Notification,
     *,
-    namespaces: Sequence[str] = (),
     now: datetime | None = None,
+    served: Sequence[str] | None = None,
 ) -> list[AlertOutcome]:
     """Map each alert to its agent and open, count or clear its incident (same fingerprint rules as rules).
 
-    ``namespaces``: those the operator serves (none: every namespace). An alert for another namespace is
-    refused, naming it (this operator can contain nothing there), and an alert without a namespace label
-    looks for its agent in those namespaces only. A resolved alert never resolves the incident (a human
-    does); it is recorded on it. Kubernetes API errors propagate (the receiver answers 503, and
-    Alertmanager retries).
+    `served`: the namespaces the operator watches (its `--namespace` values; None: all). An alert for an
+    agent elsewhere is refused as unwatched, and so is one whose namespace the API server forbids the
+    operator to read (an operator that does not know its namespaces, with the chart's RBAC). A resolved
+    alert never resolves the incident (a human does); it is recorded on it. Other Kubernetes API errors
+    propagate (the receiver answers 503, and Alertmanager retries).
     """
     now = now or _now()
     outcomes = [AlertOutcome(r.index, r.alertname, None, "refused", reason=r.reason) for r in notification.refused]
     everywhere: list[dict[str, Any]] | None = None
     for alert in notification.alerts:
         namespace = alert.namespace
-        if namespace is not None and namespaces and namespace not in namespaces:
-            reason = (
-                f"namespace {namespace} is not watched by this operator (it serves {', '.join(namespaces)}): "
-                f"send the alert to the Tourniquet that serves {namespace}, or add it to watchNamespaces"
+
+        def refuse(reason: str, *, unwatched: bool = False, alert: decide.Alert = alert) -> None:
+            outcomes.append(
+                AlertOutcome(alert.index, alert.alertname, alert.agent, "refused", reason=reason, unwatched=unwatched)
             )
-            outcomes.append(AlertOutcome(alert.index, alert.alertname, alert.agent, "refused", reason=reason))
-            continue
+
         if namespace is None:
             if everywhere is None:
-                everywhere = []
-                for served in namespaces or (None,):  # None: every namespace
-                    everywhere += await api.list(AGENTDEPLOYMENTS, served)
+                everywhere = await _served_agents(api, served)
             homes = sorted(a["metadata"]["namespace"] for a in everywhere if a["metadata"]["name"] == alert.agent)
             if len(homes) != 1:
-                reason = (
-                    f"no AgentDeployment named {alert.agent} in "
-                    + (f"the watched namespaces ({', '.join(namespaces)})" if namespaces else "any namespace")
+                refuse(
+                    f"no AgentDeployment named {alert.agent} in any namespace"
+                    + (f" this operator watches ({', '.join(served)})" if served else "")
                     if not homes
                     else f"AgentDeployment {alert.agent} exists in namespaces {', '.join(homes)}: add a namespace label"
                 )
-                outcomes.append(AlertOutcome(alert.index, alert.alertname, alert.agent, "refused", reason=reason))
                 continue
             namespace = homes[0]
-        elif await api.get_or_none(AGENTDEPLOYMENTS, namespace, alert.agent) is None:
-            reason = f"AgentDeployment {alert.agent} not found in namespace {namespace}"
-            outcomes.append(AlertOutcome(alert.index, alert.alertname, alert.agent, "refused", reason=reason))
+        elif not decide.namespace_served(namespace, served):
+            refuse(
+                f"namespace {namespace} is not watched by this operator (it watches {', '.join(served or ())})",
+                unwatched=True,
+            )
             continue
+        else:
+            try:
+                found = await api.get_or_none(AGENTDEPLOYMENTS, namespace, alert.agent)
+            except ApiError as error:
+                if error.status != 403:
+                    raise
+                refuse(
+                    f"namespace {namespace} is not watched by this operator (it may not read AgentDeployments "
+                    f"there: {error.message})",
+                    unwatched=True,
+                )
+                continue
+            if found is None:
+                refuse(f"AgentDeployment {alert.agent} not found in namespace {namespace}")
+                continue
         if alert.firing:
             result = await record_signal(api, alert.signal(namespace), now=now)
         else:
@@ -485,3 +496,18 @@ async def receive_alerts(
             AlertOutcome(alert.index, alert.alertname, alert.agent, result.outcome, result.incident, result.message)
         )
     return sorted(outcomes, key=lambda o: o.index)
+
+
+async def _served_agents(api: KubeApi, served: Sequence[str] | None) -> list[dict[str, Any]]:
+    """The AgentDeployments in the namespaces the operator watches, listed in each of them: with patterns,
+    the namespaces they match (Kopf lists namespaces for them too). Serving every namespace, one list of
+    every namespace: the operator's namespaced grants are cluster-wide then (the chart's ClusterRole)."""
+    if not served:
+        everywhere: str | None = None
+        return await api.list(AGENTDEPLOYMENTS, everywhere)
+    names = [n for n in served if not decide.is_pattern(n)]
+    if len(names) < len(served):
+        matching = [n["metadata"]["name"] for n in await api.list(NAMESPACES)]
+        names = sorted({n for n in matching if decide.namespace_served(n, served)} | set(names))
+    listed = await asyncio.gather(*(api.list(AGENTDEPLOYMENTS, n) for n in names))
+    return [agent for agents in listed for agent in agents]
