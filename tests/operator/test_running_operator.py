@@ -3,6 +3,7 @@ and the watch-freshness signals on a healthy watch."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -39,8 +40,10 @@ def _healthy(port: int) -> bool:
         return False
 
 
-@pytest.fixture
-def running(cluster: Cluster, kubeconfig: str, tmp_path: Path) -> Iterator[Running]:
+@contextlib.contextmanager
+def spawn_operator(cluster: Cluster, kubeconfig: str, tmp_path: Path, **settings: str) -> Iterator[Running]:
+    """`tourniquet run` in its own process, serving the test's namespace, with the settings given (environment
+    variables) over the tests' own: e.g. TOURNIQUET_RESYNC_SECONDS="300", the default of a real install."""
     http, probes = free_port(), free_port()
     log = tmp_path / "operator.log"
     env = {
@@ -50,6 +53,7 @@ def running(cluster: Cluster, kubeconfig: str, tmp_path: Path) -> Iterator[Runni
         "TOURNIQUET_HTTP_PORT": str(http),
         "TOURNIQUET_HTTP_HOST": "127.0.0.1",
         "TOURNIQUET_CANARY_SECONDS": "0.5",
+        **settings,
     }
     for unset in ("TOURNIQUET_LOG_FORMAT", "TOURNIQUET_CANARY_NAMESPACE", "POD_NAMESPACE"):
         env.pop(unset, None)
@@ -81,6 +85,12 @@ def running(cluster: Cluster, kubeconfig: str, tmp_path: Path) -> Iterator[Runni
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def running(cluster: Cluster, kubeconfig: str, tmp_path: Path) -> Iterator[Running]:
+    with spawn_operator(cluster, kubeconfig, tmp_path) as process:
+        yield process
 
 
 def test_metrics_show_the_containment_latency_of_each_lever_applied(cluster: Cluster, running: Running) -> None:

@@ -101,3 +101,19 @@ def test_unwiring_restores_the_users_template():
             assert (new.get(key) or []) == (old.get(key) or [])
         assert {k: v for k, v in new.items() if k not in ours} == {k: v for k, v in old.items() if k not in ours}
     assert wiring.plan_unwiring_patch(unwired) is None
+
+
+def test_a_wired_consumer_names_its_agent_and_an_agent_names_its_consumers():
+    consumer = deployment()
+    assert wiring.wired_agent(consumer) is None
+    patch = wiring.plan_wiring_patch(
+        consumer, agent="refund-agent", revision=1, bundle_cm="refund-agent-bundle-1", control_cm="refund-agent-control"
+    )
+    assert patch is not None
+    assert wiring.wired_agent(apply_strategic(consumer, patch)) == "refund-agent"
+
+    agent = {"spec": {"consumers": [{"name": "worker"}, {"kind": "StatefulSet", "name": "indexer"}]}}
+    assert wiring.names_consumer(agent, "Deployment", "worker")  # kind defaults to Deployment
+    assert wiring.names_consumer(agent, "StatefulSet", "indexer")
+    assert not wiring.names_consumer(agent, "StatefulSet", "worker")
+    assert not wiring.names_consumer({"spec": {}}, "Deployment", "worker")

@@ -32,6 +32,26 @@ def wired_revision(workload: dict[str, Any]) -> int | None:
         return None
 
 
+def wired_agent(workload: dict[str, Any]) -> str | None:
+    """The agent whose bundle a consumer's pod template is wired to, if any."""
+    annotations = (_template(workload).get("metadata") or {}).get("annotations") or {}
+    agent = annotations.get(names.LABEL_AGENT)
+    return str(agent) if agent else None
+
+
+def names_consumer(agent: dict[str, Any], kind: str, name: str) -> bool:
+    """Whether an AgentDeployment (as read, not yet validated) names this workload among its consumers."""
+    consumers = (agent.get("spec") or {}).get("consumers")
+    return any(
+        isinstance(c, dict) and c.get("name") == name and (c.get("kind") or "Deployment") == kind
+        for c in consumers or []
+    )
+
+
+def claim_problem(kind: str, name: str, owner: str) -> str:
+    return f"consumer {kind}/{name} already wired by agent {owner}"
+
+
 def _desired_volumes(bundle_cm: str, control_cm: str) -> list[dict[str, Any]]:
     return [
         {"name": BUNDLE_VOLUME, "configMap": {"name": bundle_cm}},

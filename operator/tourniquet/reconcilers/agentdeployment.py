@@ -228,7 +228,7 @@ async def reconcile_agent_deployment(
         children = _known_children.get(cache_key) if known_bundles else None
         world = await gather(api, namespace, name, spec, known, children)
     missing = [f"{kind} {cname}" for (kind, cname), w in world.consumers.items() if w is None]
-    problems = decide.spec_problems(spec, missing, namespace)
+    problems = decide.spec_problems(spec, missing, namespace) + await _claimed_by_others(api, namespace, name, world)
     if problems:
         return await _refuse(api, body, "InvalidSpec", "; ".join(problems), now)
 
@@ -279,9 +279,7 @@ async def reconcile_agent_deployment(
                 control_cm=names.control_configmap(name),
             )
             if patch is not None:
-                consumers[key] = await api.patch(
-                    WORKLOADS[ref.kind.value], namespace, ref.name, patch, patch_type="strategic"
-                )
+                consumers[key] = await _wire(api, namespace, name, ref.kind.value, consumers[key], patch)
                 report.actions.append(f"Wired {ref.kind.value} {ref.name} to bundle revision {active.revision}")
         if plan.reason == "RolledBack" and previous != active.revision:
             report.rollback = f"rolled back from revision {previous} to {active.revision}"
@@ -339,6 +337,41 @@ async def reconcile_agent_deployment(
     report.ready, report.reason, report.message = ready["status"] == "True", ready["reason"], ready["message"]
     report.active_revision = active.revision if active else None
     return report
+
+
+async def _claimed_by_others(api: KubeApi, namespace: str, name: str, world: AgentWorld) -> list[str]:
+    """A consumer another agent wires (and still names) is that agent's: one per problem. Read only when a
+    consumer's template names another agent."""
+    problems = []
+    for (kind, cname), workload in world.consumers.items():
+        owner = wiring.wired_agent(workload) if workload else None
+        if owner is None or owner == name:
+            continue
+        other = await api.get_or_none(AGENTDEPLOYMENTS, namespace, owner)
+        if other is not None and wiring.names_consumer(other, kind, cname):
+            problems.append(wiring.claim_problem(kind, cname, owner))
+    return problems
+
+
+async def _wire(
+    api: KubeApi, namespace: str, name: str, kind: str, workload: dict[str, Any], patch: dict[str, Any]
+) -> dict[str, Any]:
+    """The wiring patch, guarded by the consumer's resourceVersion: two agents naming one consumer cannot both
+    wire it. On a conflict the consumer is read again; wired by another agent meanwhile, the pass fails (409)
+    and the next one refuses this agent."""
+    cname = workload["metadata"]["name"]
+    for attempt in range(1, 4):
+        guarded = {**patch, "metadata": {"resourceVersion": workload["metadata"].get("resourceVersion")}}
+        try:
+            return await api.patch(WORKLOADS[kind], namespace, cname, guarded, patch_type="strategic")
+        except ApiError as error:
+            if not error.conflict or attempt == 3:
+                raise
+        workload = await api.get(WORKLOADS[kind], namespace, cname)
+        owner = wiring.wired_agent(workload)
+        if owner not in (None, name):
+            raise ApiError(409, "Conflict", wiring.claim_problem(kind, cname, owner))
+    raise AssertionError("unreachable")
 
 
 async def _upstream(
@@ -463,14 +496,17 @@ def _contained_condition(report: AgentReport, containment: Containment) -> tuple
 
 
 async def unwire_agent_deployment(api: KubeApi, body: dict[str, Any]) -> list[str]:
-    """Remove the bundle and control mounts from every consumer (the agent is being deleted)."""
+    """Remove the bundle and control mounts from every consumer (the agent is being deleted); a consumer
+    another agent wires is that agent's and is left alone."""
     meta = body["metadata"]
     namespace = meta["namespace"]
     spec, _ = decide.parse_spec(body.get("spec"))
     actions = []
     for ref in spec.consumers if spec else []:
         workload = await api.get_or_none(WORKLOADS[ref.kind.value], namespace, ref.name)
-        patch = wiring.plan_unwiring_patch(workload) if workload else None
+        if workload is None or wiring.wired_agent(workload) not in (None, meta["name"]):
+            continue
+        patch = wiring.plan_unwiring_patch(workload)
         if patch is not None:
             await api.patch(WORKLOADS[ref.kind.value], namespace, ref.name, patch, patch_type="strategic")
             actions.append(f"Unwired {ref.kind.value} {ref.name} from agent {meta['name']}")
