@@ -1,5 +1,5 @@
-"""Consumers as a platform team meets them: named by two agents. Run with the resync of a real install
-(5 minutes), so nothing here waits on it."""
+"""Consumers as a platform team meets them: applied after their agent (GitOps applies in any order), or
+named by two agents. Run with the resync of a real install (5 minutes), so nothing here waits on it."""
 
 from __future__ import annotations
 
@@ -32,6 +32,18 @@ def template(cluster: Cluster, name: str = "refund-agent-worker") -> dict[str, A
 
 def wired_to(cluster: Cluster, name: str = "refund-agent-worker") -> str | None:
     return (template(cluster, name).get("metadata") or {}).get("annotations", {}).get("tourniquet.dev/bundle")
+
+
+def test_an_agent_applied_before_its_consumer_is_ready_once_the_consumer_appears(cluster: Cluster, installed):
+    worker, agent = example()
+    cluster.apply([agent])
+    refused = wait_for(lambda: ready(cluster, "refund-agent").get("reason") == "InvalidSpec", what="InvalidSpec")
+    assert refused
+    assert "consumer Deployment refund-agent-worker not found" in ready(cluster, "refund-agent")["message"]
+
+    cluster.apply([worker])  # the next commit, or the next sync wave
+    wait_for(lambda: ready(cluster, "refund-agent").get("status") == "True", timeout=30, what="Ready")
+    assert wired_to(cluster) == "refund-agent-bundle-1"
 
 
 def test_a_second_agent_naming_a_wired_consumer_is_refused_and_never_unwires_it(cluster: Cluster, installed):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import kopf
 
 from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError
+from tourniquet.domain.conditions import find_condition
 from tourniquet.domain.containment import IncidentView, incident_view
 from tourniquet.freshness import is_canary
 from tourniquet.handlers.freshness import count_incident_event
@@ -19,6 +21,8 @@ from tourniquet.reconcilers.locks import lock_for
 RESOURCE = ("tourniquet.dev", "v1alpha1", "agentdeployments")
 # How often every agent is re-reconciled (drift repair, promotion). Read once, at import.
 RESYNC_SECONDS = float(os.environ.get("TOURNIQUET_RESYNC_SECONDS", "300"))
+# How a refused agent is reconciled again, until it is not refused: after 1, 2, 4, 8 s, then every 10 s.
+REQUEUE_DELAYS = (1.0, 2.0, 4.0, 8.0, 10.0)
 
 
 def plain(body: kopf.Body) -> dict[str, Any]:
@@ -89,6 +93,28 @@ async def agent_changed(body: kopf.Body, memo: Any, logger: kopf.Logger, **kwarg
 async def agent_resync(body: kopf.Body, memo: Any, logger: kopf.Logger, **kwargs: Any) -> None:
     """Drift repair and promotion: the same reconcile, on a timer."""
     await _reconcile(body, memo, logger, kwargs["incidents_by_namespace"])
+
+
+def _refused(status: kopf.Status, **_: Any) -> bool:
+    ready = find_condition(list(status.get("conditions") or []), "Ready") or {}
+    return ready.get("status") == "False" and ready.get("reason") == "InvalidSpec"
+
+
+@kopf.daemon(*RESOURCE, id="requeue-refused", when=_refused, cancellation_timeout=1.0)
+async def requeue_refused(
+    body: kopf.Body, memo: Any, logger: kopf.Logger, stopped: kopf.DaemonStopped, **kwargs: Any
+) -> None:
+    """A refused agent may wait on what its spec does not hold: a consumer applied after it (GitOps applies in
+    any order), or one another agent still wires. The same reconcile again, with backoff, for as long as it
+    is refused (Kopf stops this daemon once its Ready condition says otherwise)."""
+    for attempt in itertools.count():
+        await stopped.wait(REQUEUE_DELAYS[min(attempt, len(REQUEUE_DELAYS) - 1)])
+        if stopped:
+            return
+        try:
+            await _reconcile(body, memo, logger, kwargs["incidents_by_namespace"])
+        except kopf.TemporaryError as error:
+            logger.warning("Could not reconcile the refused agent again: %s", error)
 
 
 @kopf.on.delete(*RESOURCE)
