@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import AD, AI, CM, Cluster, OperatorProcess, example, operator_scope, wait_for
+from tests.conftest import AD, AI, CM, Cluster, OperatorProcess, example, operator_scope, scrape, wait_for
 from tests.detection.conftest import PrometheusProcess, free_port, needs_prometheus
+from tourniquet.domain.detection import TASK_FAILURES
 from tourniquet.runtime import AgentMetrics, ControlFollower, Guard, Shadowed, SqliteLedger, ToolRevoked, serve_metrics
 
 pytestmark = needs_prometheus
@@ -301,3 +302,57 @@ def _get(url: str) -> str:
             return str(answer.read().decode())
     except OSError:
         return ""
+
+
+def suppressed(port: str) -> float:
+    """How many times the operator's detection found the incident of a signal's episode resolved (so far, in
+    this test process)."""
+    return scrape(int(port)).get(
+        ("tourniquet_detection_signals_total", (("outcome", "suppressed"), ("source", "prometheus"))), 0.0
+    )
+
+
+def test_an_episode_a_person_resolved_stays_resolved_across_restarts(
+    cluster: Cluster, detecting_operator: OperatorProcess, registry, prometheus: PrometheusProcess
+):
+    import os
+
+    name = f"episode-agent-{cluster.backend}"
+    failing = f'sum by (agent) ({TASK_FAILURES}{{agent="$agent"}}) >= 3'
+    deploy(cluster, name, [{"name": "failing", "expr": failing, "severity": "SEV2"}])  # SEV2: shadow
+    wait_for(lambda: rules_of(cluster, name).get("failing", {}).get("state") == "Inactive", what="rule evaluated")
+    port = os.environ["TOURNIQUET_HTTP_PORT"]
+
+    def restart() -> None:
+        detecting_operator.stop()
+        detecting_operator.start()
+        wait_for(lambda: _get(f"http://127.0.0.1:{port}/healthz") == "ok", what="the operator's endpoint")
+
+    # The rule starts firing while the operator is down: one episode, for as long as it fires.
+    detecting_operator.stop()
+    metrics = AgentMetrics(name, registry[0])
+    for _ in range(3):
+        metrics.task_failed("refund_request")
+    wait_for(lambda: prometheus.query(failing.replace("$agent", name)), what="Prometheus to see it")
+    detecting_operator.start()
+    (incident,) = wait_for(lambda: incidents_of(cluster, name), timeout=3 * INTERVAL + 10, what="the incident")
+    wait_for(lambda: control(cluster, name)[0] == "shadow", what="shadow")
+
+    restart()  # the same episode counts on the same incident
+    wait_for(
+        lambda: incidents_of(cluster, name)[0]["status"]["detection"]["count"] >= 2,
+        timeout=3 * INTERVAL + 10,
+        what="a sighting after the restart",
+    )
+    assert [i["metadata"]["name"] for i in incidents_of(cluster, name)] == [incident["metadata"]["name"]]
+
+    restart()
+    cluster.patch(AI, incident["metadata"]["name"], {"spec": {"resolved": True}})  # a person resolves it
+    wait_for(lambda: control(cluster, name)[0] == "active", what="shadow released")
+
+    for _ in range(2):  # still firing, still the episode a person resolved: not opened again
+        before = suppressed(port)
+        restart()
+        wait_for(lambda b=before: suppressed(port) > b, timeout=3 * INTERVAL + 10, what="the episode recognised")
+        assert [i["metadata"]["name"] for i in incidents_of(cluster, name)] == [incident["metadata"]["name"]]
+        assert control(cluster, name)[0] == "active"

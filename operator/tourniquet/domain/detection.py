@@ -526,7 +526,8 @@ def decide_rule(
     if not active:
         return RuleVerdict(RuleState.INACTIVE, None, cleared=was_firing)
     continuing = previous in (RuleState.PENDING, RuleState.FIRING) and previous_active_at is not None
-    active_at = previous_active_at if continuing and previous_active_at is not None else now
+    # Whole seconds, as the agent's status keeps it: a restarted operator resumes the very same episode.
+    active_at = previous_active_at if continuing and previous_active_at is not None else now.replace(microsecond=0)
     if (now - active_at).total_seconds() >= for_seconds:
         return RuleVerdict(RuleState.FIRING, active_at)
     return RuleVerdict(RuleState.PENDING, active_at)
@@ -643,8 +644,10 @@ def slug(text: str, limit: int = 40) -> str:
 
 
 def incident_name(signal: Signal) -> str:
-    """`<agent>-<rule>-<hash of fingerprint and start>`: the same episode always gets the same name."""
-    episode = hashlib.sha256(f"{signal.fingerprint}@{_micro(signal.started_at)}".encode()).hexdigest()[:10]
+    """`<agent>-<rule>-<hash of fingerprint and start>`: the same episode always gets the same name. The start
+    is taken to the second, as the agent's status records a rule's activeAt, so the name an operator derives
+    after a restart (from that status) is the name it derived before."""
+    episode = hashlib.sha256(f"{signal.fingerprint}@{rfc3339(signal.started_at)}".encode()).hexdigest()[:10]
     stem = f"{signal.agent}-{slug(signal.name)}"
     limit = 253 - len(episode) - 1
     if len(stem) > limit:

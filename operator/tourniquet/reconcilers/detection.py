@@ -23,6 +23,7 @@ from tourniquet import observability
 from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, NAMESPACES, ApiError, KubeApi
 from tourniquet.adapters.prometheus import PrometheusQuerier, PrometheusUnavailable, QueryRejected
 from tourniquet.domain import detection as decide
+from tourniquet.domain.conditions import rfc3339
 from tourniquet.domain.detection import CompiledRule, Degraded, RuleState, Sample, Signal
 from tourniquet.reconcilers import agent_status
 from tourniquet.reconcilers.locks import lock_for
@@ -167,6 +168,16 @@ class RuleResult:
     active_at: datetime | None = None
     error: str | None = None
     outcome: SignalOutcome | None = None
+    samples: list[Sample] = field(default_factory=list)
+    cleared: bool = False  # it was firing and no longer is
+
+
+def _recorded(status: dict[str, Any], result: RuleResult) -> bool:
+    """Whether the agent's status (as last read) already records this rule's episode as it is now."""
+    rules = (status.get("detection") or {}).get("rules") or []
+    entry: dict[str, Any] = next((r for r in rules if r.get("name") == result.rule.name), {})
+    active_at = rfc3339(result.active_at) if result.active_at is not None else None
+    return entry.get("state") == result.state.value and entry.get("activeAt") == active_at
 
 
 @dataclass
@@ -230,13 +241,19 @@ class AgentDetector:
         else:
             answers = await self._query_all(compiled)
         for rule, answer in zip(compiled, answers, strict=True):
-            report.rules.append(await self._judge(rule, answer, report, now))
+            report.rules.append(self._judge(rule, answer, report, now))
         self._forget_removed({r.rule.name for r in report.rules})
         evaluated = sum(1 for r in report.rules if r.state != RuleState.INVALID)
         url = self.prometheus.url if self.prometheus else None
         condition = decide.degraded_condition(report.degraded, evaluated, url)
         rules = [decide.rule_status(r.rule, r.state, r.active_at, r.error) for r in report.rules]
-        report.status_written = await self._report(body, rules, condition, now)
+        if any(r.state == RuleState.FIRING and not _recorded(status, r) for r in report.rules):
+            # Record before you change: an episode's start is in the agent's status before its incident exists,
+            # so an operator restarted in between derives the same incident name.
+            report.status_written = await self._report(body, rules, condition, now)
+        for result in report.rules:
+            await self._act(result, now)
+        report.status_written = await self._report(body, rules, condition, now) or report.status_written
         return report
 
     async def _query_all(self, compiled: list[CompiledRule]) -> list[list[Sample] | Exception | None]:
@@ -290,7 +307,7 @@ class AgentDetector:
             observability.EVALUATION_ERRORS.labels(reason).inc()
             raise
 
-    async def _judge(self, rule: CompiledRule, answer: Any, report: DetectionReport, now: datetime) -> RuleResult:
+    def _judge(self, rule: CompiledRule, answer: Any, report: DetectionReport, now: datetime) -> RuleResult:
         assert self._states is not None
         previous_state, previous_active = self._states.get(rule.name, (RuleState.INACTIVE, None))
         if not rule.valid:
@@ -308,11 +325,15 @@ class AgentDetector:
         samples: list[Sample] = answer
         verdict = decide.decide_rule(previous_state, previous_active, bool(samples), now, rule.for_seconds)
         self._states[rule.name] = (verdict.state, verdict.active_at)
-        result = RuleResult(rule, verdict.state, verdict.active_at)
+        return RuleResult(rule, verdict.state, verdict.active_at, samples=samples, cleared=verdict.cleared)
+
+    async def _act(self, result: RuleResult, now: datetime) -> None:
+        """Open or count the incident of a firing rule; record on it that a rule cleared."""
+        rule = result.rule
         try:
-            if verdict.firing and verdict.active_at is not None:
-                result.outcome = await self._fire(rule, samples, verdict.active_at, now)
-            elif verdict.cleared:
+            if result.state == RuleState.FIRING and result.active_at is not None:
+                result.outcome = await self._fire(rule, result.samples, result.active_at, now)
+            elif result.cleared:
                 known = self._incidents.pop(rule.name, None)
                 self._suppressed.pop(rule.name, None)
                 result.outcome = await record_cleared(
@@ -322,7 +343,6 @@ class AgentDetector:
             # A firing rule tries again on the next pass; the other rules are not held up.
             where = f"{self.namespace}/{self.name}"
             log.warning("Could not record rule %s of %s on its incident: %s", rule.name, where, error)
-        return result
 
     async def _fire(
         self, rule: CompiledRule, samples: list[Sample], active_at: datetime, now: datetime
