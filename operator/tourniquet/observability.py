@@ -56,7 +56,8 @@ _CONTAINMENT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
 
 DETECTION_LATENCY = Histogram(
     "tourniquet_detection_latency_seconds",
-    "From the start of a signal (rule first returning samples, alert startsAt) to its incident existing.",
+    "From the start of a signal (the rule's threshold crossing in Prometheus's data, the alert's startsAt) to its "
+    "incident existing.",
     ["source"],
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,

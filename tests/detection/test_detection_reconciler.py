@@ -30,8 +30,21 @@ class ScriptedPrometheus:
 
     def __init__(self) -> None:
         self.answers: dict[str, Any] = {}
+        self.ranges: dict[str, Any] = {}  # range queries: by substring; else the instant answer, at `end` only
         self.down: PrometheusUnavailable | None = None
         self.queries: list[str] = []
+        self.range_queries: list[tuple[str, datetime, datetime]] = []
+
+    async def query_range(self, expr: str, start: datetime, end: datetime, step_seconds: int = 1) -> Any:
+        self.range_queries.append((expr, start, end))
+        if self.down is not None:
+            raise self.down
+        for key, answer in self.ranges.items():
+            if key in expr:
+                if isinstance(answer, Exception):
+                    raise answer
+                return answer
+        return [{"metric": s["metric"], "values": [[end.timestamp(), s["value"][1]]]} for s in self.answer(expr)]
 
     async def query(self, expr: str, *, at: float | None = None) -> Any:
         self.queries.append(expr)
@@ -185,6 +198,69 @@ async def test_for_keeps_a_rule_pending_until_it_lasted(cluster, detector, prome
     (incident,) = incidents(cluster)
     assert incident["spec"]["window"]["start"] == "2026-11-21T03:02:00Z"  # when the signal began
     assert incident["status"]["timings"]["detectedSeconds"] == 10.0
+
+
+def run_of(first: float, last: float) -> list[dict[str, Any]]:
+    """A range query's answer: the storm's series with a sample at every second from `first` to `last`."""
+    seconds = range(int(first), int(last) + 1)
+    return [{"metric": STORM["metric"], "values": [[at(t).timestamp(), "3"] for t in seconds]}]
+
+
+async def test_an_episode_starts_at_the_threshold_crossing_prometheus_shows(cluster, detector, prometheus):
+    agent_with_rules(cluster, [{"name": "storm", "template": "retryStorm"}])
+    await run(detector, cluster, 0)  # seen inactive at T0
+    # Samples since T0+4 (and at T0+1, a blip before): the operator looks at T0+12.
+    prometheus.answers["task_failures"] = [STORM]
+    prometheus.ranges["task_failures"] = [
+        {"metric": STORM["metric"], "values": [[at(1).timestamp(), "3"]] + run_of(4, 12)[0]["values"]}
+    ]
+    await run(detector, cluster, 12.4)
+    (expr, start, end) = prometheus.range_queries[-1]
+    assert "task_failures" in expr and (start, end) == (at(0), at(12))  # since it was last seen inactive
+
+    (incident,) = incidents(cluster)
+    status = incident["status"]
+    assert detection_status(cluster)["rules"][0]["activeAt"] == "2026-11-21T03:02:04Z"
+    assert incident["spec"]["window"]["start"] == "2026-11-21T03:02:04Z"
+    assert status["timings"]["detectedSeconds"] == 8.4
+    assert status["timeline"][0] == {
+        "time": "2026-11-21T03:02:04.000000Z",
+        "event": "Detected",
+        "message": "rule storm crossed its threshold (its first samples in Prometheus's data)",
+        "agent": "refund-agent",
+    }
+    # A continuing episode asks nothing more.
+    await run(detector, cluster, 14)
+    assert len(prometheus.range_queries) == 1
+
+
+async def test_an_episode_whose_start_prometheus_cannot_show_is_not_timed(cluster, detector, prometheus):
+    agent_with_rules(cluster, [{"name": "storm", "template": "retryStorm"}])
+    prometheus.answers["task_failures"] = [STORM]
+    prometheus.ranges["task_failures"] = QueryRejected(422, "execution", "query processing would load too many samples")
+    await run(detector, cluster, 3)  # no earlier evaluation: the last 5 minutes are searched
+    (_, start, end) = prometheus.range_queries[-1]
+    assert (start, end) == (at(3 - 300), at(3))
+    (incident,) = incidents(cluster)
+    assert incident["spec"]["window"]["start"] == "2026-11-21T03:02:03Z"  # when the operator saw it
+    assert "detectedSeconds" not in (incident["status"].get("timings") or {})  # not measured, not reported
+    assert incident["status"]["timeline"][0]["message"] == (
+        "rule storm returned samples when the operator first evaluated it (Prometheus's data did not show when "
+        "they began)"
+    )
+
+
+async def test_no_episode_starts_while_prometheus_cannot_say_when(cluster, detector, prometheus):
+    agent_with_rules(cluster, [{"name": "storm", "template": "retryStorm"}])
+    await run(detector, cluster, 0)
+    prometheus.answers["task_failures"] = [STORM]
+    prometheus.ranges["task_failures"] = PrometheusUnavailable("PrometheusTimeout", "Prometheus did not answer")
+    await run(detector, cluster, 2)
+    assert incidents(cluster) == [] and rule_states(cluster) == {"storm": "Inactive"}
+    assert (degraded(cluster)["status"], degraded(cluster)["reason"]) == ("True", "PrometheusTimeout")
+    del prometheus.ranges["task_failures"]
+    await run(detector, cluster, 4)
+    assert rule_states(cluster) == {"storm": "Firing"} and len(incidents(cluster)) == 1
 
 
 async def test_a_firing_rule_that_clears_is_recorded_and_the_incident_stays_open(cluster, detector, prometheus):

@@ -258,3 +258,31 @@ def test_a_body_that_is_not_a_notification_is_refused(payload, words: str):
 )
 def test_the_namespaces_an_operator_watches_follow_its_namespace_patterns(namespace, served, watched):
     assert detection.namespace_served(namespace, served) is watched
+
+
+def matrix(agent: str, *seconds: int) -> dict:
+    return {"metric": {"agent": agent}, "values": [[at(s).timestamp(), "1"] for s in seconds]}
+
+
+@pytest.mark.parametrize(
+    ("result", "crossed"),
+    [
+        ([matrix("refund-agent", 3, 4, 5)], 3),
+        ([matrix("refund-agent", 0, 1, 4, 5)], 4),  # an earlier blip is another episode
+        ([matrix("refund-agent", 3, 5), matrix("refund-agent", 4)], 3),  # series together cover the run
+        ([matrix("other-agent", 0, 1, 2), matrix("refund-agent", 2)], 2),  # another agent's samples do not count
+        ([], None),
+        ([matrix("other-agent", 1)], None),
+        ([{"metric": {}, "value": [0, "1"]}], None),  # an instant vector is not a range query's answer
+    ],
+)
+def test_the_threshold_crossing_is_the_start_of_the_run_of_samples_that_reaches_now(result, crossed):
+    assert detection.first_crossing(result, "refund-agent") == (None if crossed is None else at(crossed))
+
+
+def test_the_crossing_is_searched_since_the_rule_was_last_seen_inactive():
+    assert detection.crossing_window(at(12.7), at(2.5), 15) == (at(2), at(12))
+    assert detection.crossing_window(at(12.7), None, 15) == (at(12 - 300), at(12))
+    assert detection.crossing_window(at(12.7), None, 600) == (at(12 - 1200), at(12))  # two intervals
+    assert detection.crossing_window(at(12.7), at(12.2), 15) == (at(11), at(12))  # at least one step
+    assert detection.crossing_window(at(20000), at(0), 15) == (at(20000 - 10800), at(20000))  # at most 3 h

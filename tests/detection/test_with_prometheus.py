@@ -12,7 +12,7 @@ import json
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -356,3 +356,51 @@ def test_an_episode_a_person_resolved_stays_resolved_across_restarts(
         wait_for(lambda b=before: suppressed(port) > b, timeout=3 * INTERVAL + 10, what="the episode recognised")
         assert [i["metadata"]["name"] for i in incidents_of(cluster, name)] == [incident["metadata"]["name"]]
         assert control(cluster, name)[0] == "active"
+
+
+def first_sample_at_or_over(prometheus: PrometheusProcess, series: str, threshold: float) -> datetime:
+    """When Prometheus scraped the first sample of `series` at or over `threshold`."""
+    values = prometheus.query(f"{series}[10m]")[0]["values"]
+    return datetime.fromtimestamp(next(float(t) for t, v in values if float(v) >= threshold), UTC)
+
+
+def test_detection_is_timed_from_the_threshold_crossing_prometheus_shows(
+    cluster: Cluster, detecting_operator: OperatorProcess, registry, prometheus: PrometheusProcess
+):
+    import os
+
+    name = f"crossing-agent-{cluster.backend}"
+    series = f'{TASK_FAILURES}{{agent="{name}",task="refund_request"}}'
+    deploy(cluster, name, [{"name": "failing", "expr": f"sum by (agent) ({series}) >= 3", "severity": "SEV3"}])
+    wait_for(lambda: rules_of(cluster, name).get("failing", {}).get("state") == "Inactive", what="rule evaluated")
+    port = int(os.environ["TOURNIQUET_HTTP_PORT"])
+    latency = ("tourniquet_detection_latency_seconds_sum", (("source", "prometheus"),))
+    before = scrape(port).get(latency, 0.0)
+
+    # The threshold is crossed while the operator is down; it sees the samples seconds later.
+    detecting_operator.stop()
+    metrics = AgentMetrics(name, registry[0])
+    for _ in range(3):
+        metrics.task_failed("refund_request")
+    wait_for(lambda: prometheus.query(f"{series} >= 3"), what="Prometheus to scrape the third failure")
+    crossed = first_sample_at_or_over(prometheus, series, 3)
+    wait_for(lambda: datetime.now(UTC) > crossed + timedelta(seconds=3), what="3 s after the crossing")
+    detecting_operator.start()
+
+    wait_for(lambda: incidents_of(cluster, name), timeout=3 * INTERVAL + 10, what="the incident")
+    def first_entries() -> list[dict[str, Any]]:
+        entries = incidents_of(cluster, name)[0].get("status", {}).get("timeline") or []
+        return entries if len(entries) >= 2 else []
+
+    timeline = wait_for(first_entries, what="the timeline's first two entries")
+    detected, opened = timeline[0], timeline[1]
+    assert (detected["event"], opened["event"]) == ("Detected", "Opened"), timeline
+    detected_at = datetime.fromisoformat(detected["time"].replace("Z", "+00:00"))
+    # The first evaluation over the threshold: Prometheus's 1 s step at or after that sample.
+    assert crossed <= detected_at <= crossed + timedelta(seconds=1), (crossed, detected)
+    assert detected["agent"] == name and "failing" in detected["message"]
+    rule = rules_of(cluster, name)["failing"]
+    assert rule["activeAt"] == detected_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    status = incidents_of(cluster, name)[0]["status"]
+    assert status["timings"]["detectedSeconds"] >= 3
+    assert scrape(port).get(latency, 0.0) - before >= 3

@@ -1,4 +1,4 @@
-"""Prometheus, through prometheus-api-client: instant queries, and the one mapping of its failures.
+"""Prometheus, through prometheus-api-client: instant and range queries, and the one mapping of its failures.
 
 prometheus-api-client is synchronous (requests); queries run on a small thread pool of their own so
 the operator's event loop never blocks on Prometheus. Failures are sorted once, here:
@@ -23,9 +23,10 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,21 @@ class PrometheusQuerier:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._query, expr, at)
 
+    async def query_range(self, expr: str, start: datetime, end: datetime, step_seconds: int = 1) -> Any:
+        """The `result` (a matrix) of a range query from `start` to `end` (whole seconds) every `step_seconds`."""
+        if self._closed:
+            raise PrometheusUnavailable(
+                "PrometheusClientClosed", "the Prometheus client is closed (the operator is stopping)"
+            )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, self._guarded, lambda: self._request_range(expr, start, end, step_seconds)
+        )
+
     def _query(self, expr: str, at: float | None) -> Any:
+        return self._guarded(lambda: self._request(expr, at))
+
+    def _guarded(self, request: Callable[[], Any]) -> Any:
         with self._silent_lock:
             if self._silent is not None:
                 until, error = self._silent
@@ -157,7 +172,7 @@ class PrometheusQuerier:
                     raise PrometheusUnavailable(error.reason, error.message)
                 self._silent = None
         try:
-            return self._request(expr, at)
+            return request()
         except PrometheusUnavailable as error:
             if error.reason in SILENT:
                 with self._silent_lock:
@@ -169,8 +184,16 @@ class PrometheusQuerier:
         params: dict[str, Any] = {"timeout": f"{self.settings.timeout_seconds:g}s"}
         if at is not None:
             params["time"] = f"{at:.3f}"
+        return self._answer(lambda: self._client.custom_query(expr, params=params))
+
+    def _request_range(self, expr: str, start: datetime, end: datetime, step_seconds: int) -> Any:
+        params: dict[str, Any] = {"timeout": f"{self.settings.timeout_seconds:g}s"}
+        return self._answer(lambda: self._client.custom_query_range(expr, start, end, str(step_seconds), params=params))
+
+    def _answer(self, call: Callable[[], Any]) -> Any:
+        """The query's answer, or its failure sorted into QueryRejected or PrometheusUnavailable."""
         try:
-            return self._client.custom_query(expr, params=params)
+            return call()
         except requests.exceptions.JSONDecodeError as error:  # a 200 that is not a Prometheus API answer
             raise PrometheusUnavailable(
                 "PrometheusBadResponse", f"{self.url} did not answer as the Prometheus query API: {error}"

@@ -26,7 +26,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -460,6 +460,47 @@ def samples_for_agent(result: Any, agent: str) -> list[Sample]:
     return samples
 
 
+CROSSING_STEP_SECONDS = 1
+CROSSING_LOOKBACK_SECONDS = 300.0
+CROSSING_MAX_LOOKBACK_SECONDS = 10800.0  # 3 h of 1 s steps: within Prometheus's 11,000 points per series
+
+
+def crossing_window(now: datetime, inactive_at: datetime | None, interval: float) -> tuple[datetime, datetime]:
+    """Where to look for a new episode's threshold crossing (whole seconds): since this operator last saw the
+    rule inactive, else the last max(5 minutes, two intervals); never more than 3 hours."""
+    end = now.replace(microsecond=0)
+    lookback = max(CROSSING_LOOKBACK_SECONDS, 2 * interval)
+    start = inactive_at.replace(microsecond=0) if inactive_at is not None else end - timedelta(seconds=lookback)
+    earliest = end - timedelta(seconds=CROSSING_MAX_LOOKBACK_SECONDS)
+    latest = end - timedelta(seconds=CROSSING_STEP_SECONDS)
+    return min(max(start, earliest), latest), end
+
+
+def first_crossing(result: Any, agent: str) -> datetime | None:
+    """When a rule's expression began returning samples for `agent`, from a range query of it with 1 s steps:
+    the first step of the run of steps with samples that ends at the latest one. None when no step has any
+    (or the answer is not a matrix); the window's first step when the run reaches back to it."""
+    if not isinstance(result, list):
+        return None
+    steps: set[int] = set()
+    for series in result:
+        if not isinstance(series, dict) or not isinstance(series.get("values"), list):
+            return None
+        if str((series.get("metric") or {}).get("agent", agent)) != agent:
+            continue
+        for point in series["values"]:
+            try:
+                steps.add(int(float(point[0])))
+            except (TypeError, ValueError, IndexError):
+                return None
+    if not steps:
+        return None
+    first = max(steps)
+    while first - CROSSING_STEP_SECONDS in steps:
+        first -= CROSSING_STEP_SECONDS
+    return datetime.fromtimestamp(first, UTC)
+
+
 RULE_LABEL = "tourniquet_rule"
 
 
@@ -518,16 +559,32 @@ class RuleVerdict:
         return self.state == RuleState.FIRING
 
 
+def new_episode(previous: RuleState, previous_active_at: datetime | None) -> bool:
+    """Whether samples now start an episode (rather than continue a pending or firing one)."""
+    return previous not in (RuleState.PENDING, RuleState.FIRING) or previous_active_at is None
+
+
 def decide_rule(
-    previous: RuleState, previous_active_at: datetime | None, active: bool, now: datetime, for_seconds: float
+    previous: RuleState,
+    previous_active_at: datetime | None,
+    active: bool,
+    now: datetime,
+    for_seconds: float,
+    started: datetime | None = None,
 ) -> RuleVerdict:
-    """Prometheus's alerting semantics: samples make a rule Pending, and Firing once they lasted `for`."""
+    """Prometheus's alerting semantics: samples make a rule Pending, and Firing once they lasted `for`.
+
+    `started`: when a new episode's samples began (the threshold crossing Prometheus's data show); `now`
+    when unknown. Kept to whole seconds, as the agent's status keeps it: a restarted operator resumes the
+    very same episode."""
     was_firing = previous == RuleState.FIRING
     if not active:
         return RuleVerdict(RuleState.INACTIVE, None, cleared=was_firing)
-    continuing = previous in (RuleState.PENDING, RuleState.FIRING) and previous_active_at is not None
-    # Whole seconds, as the agent's status keeps it: a restarted operator resumes the very same episode.
-    active_at = previous_active_at if continuing and previous_active_at is not None else now.replace(microsecond=0)
+    if new_episode(previous, previous_active_at):
+        active_at = min(started or now, now).replace(microsecond=0)
+    else:
+        assert previous_active_at is not None
+        active_at = previous_active_at
     if (now - active_at).total_seconds() >= for_seconds:
         return RuleVerdict(RuleState.FIRING, active_at)
     return RuleVerdict(RuleState.PENDING, active_at)
@@ -627,6 +684,7 @@ class Signal:
     incident_class: IncidentClass
     summary: str
     started_at: datetime  # when the signal started (rule activeAt, alert startsAt)
+    start_measured: bool = True  # False: started_at is only when the operator first saw the samples
 
     @property
     def fingerprint(self) -> str:
@@ -684,9 +742,25 @@ def build_incident(signal: Signal) -> dict[str, Any]:
     }
 
 
+def detected_entry(signal: Signal) -> dict[str, Any]:
+    """The timeline's first entry, at the signal's start: the threshold crossing in Prometheus's data (a
+    rule), or the alert's startsAt (Alertmanager)."""
+    if signal.source == SOURCE_ALERTMANAGER:
+        message = f"alert {signal.name} started firing (its startsAt)"
+    elif signal.start_measured:
+        message = f"rule {signal.name} crossed its threshold (its first samples in Prometheus's data)"
+    else:
+        message = (
+            f"rule {signal.name} returned samples when the operator first evaluated it (Prometheus's data did "
+            "not show when they began)"
+        )
+    return {"time": _micro(signal.started_at), "event": "Detected", "message": message, "agent": signal.agent}
+
+
 def first_detection(signal: Signal, now: datetime) -> dict[str, Any]:
-    """The new incident's `status.detection` (and how long detection took: `timings.detectedSeconds`)."""
-    return {
+    """The new incident's first status: `detection`, the `Detected` timeline entry (`Opened` follows) and how
+    long detection took, from the signal's start (`timings.detectedSeconds`) when that start was measured."""
+    status: dict[str, Any] = {
         "detection": {
             "fingerprint": signal.fingerprint,
             "rule": signal.name,
@@ -695,8 +769,11 @@ def first_detection(signal: Signal, now: datetime) -> dict[str, Any]:
             "firstSeen": _micro(now),
             "lastSeen": _micro(now),
         },
-        "timings": {"detectedSeconds": round(max(0.0, (now - signal.started_at).total_seconds()), 3)},
+        "timeline": [detected_entry(signal)],
     }
+    if signal.start_measured:
+        status["timings"] = {"detectedSeconds": round(latency_seconds(signal.started_at, now), 3)}
+    return status
 
 
 def repeated_detection(incident: dict[str, Any], signal: Signal, now: datetime) -> dict[str, Any]:
@@ -737,12 +814,26 @@ def _micro(moment: datetime) -> str:
 
 
 def rule_signal(
-    namespace: str, agent: str, rule: CompiledRule, samples: list[Sample], active_at: datetime
+    namespace: str,
+    agent: str,
+    rule: CompiledRule,
+    samples: list[Sample],
+    active_at: datetime,
+    *,
+    measured: bool = True,
 ) -> Signal:
-    """The signal of a firing rule."""
+    """The signal of a firing rule (`measured`: its activeAt is the crossing Prometheus's data show)."""
     summary = f"Rule {rule.name} fired on {agent}: {rule.description} ({describe_samples(samples)})"
     return Signal(
-        namespace, agent, rule.name, SOURCE_PROMETHEUS, rule.severity, rule.incident_class, summary, active_at
+        namespace,
+        agent,
+        rule.name,
+        SOURCE_PROMETHEUS,
+        rule.severity,
+        rule.incident_class,
+        summary,
+        active_at,
+        start_measured=measured,
     )
 
 

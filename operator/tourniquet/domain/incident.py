@@ -107,7 +107,7 @@ def incident_status(
             entry["agent"] = agent
         timeline.append(entry)
 
-    if not timeline:
+    if not any(e.get("event") == "Opened" for e in timeline):  # after Detected, for an incident detection opened
         note("Opened", f"opened on {', '.join([*agents, *(a for a in missing if a not in agents)])}")
     new_levers = []
     timings = {**(status.get("timings") or {}), "startedAt": start[0], "startedFrom": start[1]}

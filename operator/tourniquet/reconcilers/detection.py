@@ -26,6 +26,7 @@ from tourniquet.domain import detection as decide
 from tourniquet.domain.conditions import rfc3339
 from tourniquet.domain.detection import CompiledRule, Degraded, RuleState, Sample, Signal
 from tourniquet.reconcilers import agent_status
+from tourniquet.reconcilers.events import post_events_later
 from tourniquet.reconcilers.locks import lock_for
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ async def record_signal(
     name = body["metadata"]["name"]
     async with lock_for("AgentIncident", namespace, name):
         try:
-            await api.create(AGENTINCIDENTS, namespace, body)
+            created = await api.create(AGENTINCIDENTS, namespace, body)
         except ApiError as error:
             if not error.already_exists:
                 raise
@@ -94,11 +95,14 @@ async def record_signal(
                 f"incident {name} for this episode of {signal.readable} is resolved; it is not reopened until the "
                 "signal clears and starts again",
             )
-        # The detection record goes in before the incident handler (waiting on this lock) first reads it.
-        await api.patch(
-            AGENTINCIDENTS, namespace, name, {"status": decide.first_detection(signal, now)}, subresource="status"
-        )
-    observability.DETECTION_LATENCY.labels(signal.source).observe(decide.latency_seconds(signal.started_at, now))
+        # The detection record (and the timeline's Detected entry, which Opened follows) goes in before the
+        # incident handler (waiting on this lock) first reads it.
+        first = decide.first_detection(signal, now)
+        await api.patch(AGENTINCIDENTS, namespace, name, {"status": first}, subresource="status")
+    post_events_later(api, created, first["timeline"])
+    if signal.start_measured:
+        latency = decide.latency_seconds(signal.started_at, now)
+        observability.DETECTION_LATENCY.labels(signal.source).observe(latency)
     _count(signal.source, "opened")
     log.info("Opened AgentIncident %s/%s (%s): %s", namespace, name, signal.severity.value, signal.summary)
     return SignalOutcome("opened", name, f"opened incident {name}")
@@ -218,6 +222,8 @@ class AgentDetector:
         self._states: dict[str, tuple[RuleState, datetime | None]] | None = None
         self._incidents: dict[str, str] = {}  # rule -> the incident of its current episode
         self._suppressed: dict[str, datetime] = {}  # rule -> the episode whose incident a human resolved
+        self._inactive_at: dict[str, datetime] = {}  # rule -> when this process last saw it return nothing
+        self._unmeasured: set[str] = set()  # rules whose episode start is when this process first saw samples
         self._alone: set[str] = set()  # expressions queried on their own (Prometheus refused them combined)
 
     async def evaluate(self, body: dict[str, Any], *, now: datetime | None = None) -> DetectionReport:
@@ -230,7 +236,8 @@ class AgentDetector:
         if self._states is None:
             self._states = decide.previous_rule_states(status)
         if not raw_rules:
-            self._states, self._incidents, self._suppressed = {}, {}, {}
+            self._states, self._incidents, self._suppressed, self._inactive_at = {}, {}, {}, {}
+            self._unmeasured = set()
             report.status_written = await self._report(body, None, None, now)
             return report
 
@@ -240,8 +247,16 @@ class AgentDetector:
             answers: list[Any] = [None] * len(compiled)
         else:
             answers = await self._query_all(compiled)
-        for rule, answer in zip(compiled, answers, strict=True):
-            report.rules.append(self._judge(rule, answer, report, now))
+        starts = await asyncio.gather(
+            *(
+                self._episode_start(rule, answer, now, report.interval_seconds)
+                for rule, answer in zip(compiled, answers, strict=True)
+            )
+        )
+        for rule, answer, start in zip(compiled, answers, starts, strict=True):
+            if isinstance(start, PrometheusUnavailable):
+                answer, start = start, None  # no verdict without the episode's start
+            report.rules.append(self._judge(rule, answer, report, now, start))
         self._forget_removed({r.rule.name for r in report.rules})
         evaluated = sum(1 for r in report.rules if r.state != RuleState.INVALID)
         url = self.prometheus.url if self.prometheus else None
@@ -307,7 +322,35 @@ class AgentDetector:
             observability.EVALUATION_ERRORS.labels(reason).inc()
             raise
 
-    def _judge(self, rule: CompiledRule, answer: Any, report: DetectionReport, now: datetime) -> RuleResult:
+    async def _episode_start(
+        self, rule: CompiledRule, answer: Any, now: datetime, interval: float
+    ) -> datetime | PrometheusUnavailable | None:
+        """When a new episode's samples began, by Prometheus's data (a range query of the rule, 1 s steps): the
+        real threshold crossing, not when this operator happened to look. None when no episode starts now,
+        or Prometheus's data do not show it; the error when Prometheus could not answer."""
+        assert self._states is not None
+        if self.prometheus is None or not rule.valid or rule.expr is None or not isinstance(answer, list):
+            return None
+        if not answer:
+            return None
+        if not decide.new_episode(*self._states.get(rule.name, (RuleState.INACTIVE, None))):
+            return None
+        start, end = decide.crossing_window(now, self._inactive_at.get(rule.name), interval)
+        try:
+            result = await self.prometheus.query_range(rule.expr, start, end, decide.CROSSING_STEP_SECONDS)
+        except (QueryRejected, PrometheusUnavailable) as error:
+            reason = error.reason if isinstance(error, PrometheusUnavailable) else "QueryRejected"
+            observability.EVALUATION_ERRORS.labels(reason).inc()
+            if isinstance(error, PrometheusUnavailable):
+                return error
+            where = f"{self.namespace}/{self.name}"
+            log.warning("Prometheus refused the range query of rule %s of %s: %s", rule.name, where, error)
+            return None
+        return decide.first_crossing(result, self.name)
+
+    def _judge(
+        self, rule: CompiledRule, answer: Any, report: DetectionReport, now: datetime, started: datetime | None
+    ) -> RuleResult:
         assert self._states is not None
         previous_state, previous_active = self._states.get(rule.name, (RuleState.INACTIVE, None))
         if not rule.valid:
@@ -323,8 +366,16 @@ class AgentDetector:
             kept = previous_state if previous_state != RuleState.INVALID else RuleState.INACTIVE
             return RuleResult(rule, kept, previous_active)
         samples: list[Sample] = answer
-        verdict = decide.decide_rule(previous_state, previous_active, bool(samples), now, rule.for_seconds)
+        verdict = decide.decide_rule(previous_state, previous_active, bool(samples), now, rule.for_seconds, started)
         self._states[rule.name] = (verdict.state, verdict.active_at)
+        if not samples:
+            self._inactive_at[rule.name] = now
+            self._unmeasured.discard(rule.name)
+        elif decide.new_episode(previous_state, previous_active):
+            if started is None:
+                self._unmeasured.add(rule.name)
+            else:
+                self._unmeasured.discard(rule.name)
         return RuleResult(rule, verdict.state, verdict.active_at, samples=samples, cleared=verdict.cleared)
 
     async def _act(self, result: RuleResult, now: datetime) -> None:
@@ -349,7 +400,8 @@ class AgentDetector:
     ) -> SignalOutcome:
         if self._suppressed.get(rule.name) == active_at:
             return SignalOutcome("suppressed", self._incidents.get(rule.name), "this episode's incident is resolved")
-        signal = decide.rule_signal(self.namespace, self.name, rule, samples, active_at)
+        measured = rule.name not in self._unmeasured
+        signal = decide.rule_signal(self.namespace, self.name, rule, samples, active_at, measured=measured)
         outcome = await record_signal(self.api, signal, now=now, known=self._incidents.get(rule.name))
         if outcome.incident is not None:
             self._incidents[rule.name] = outcome.incident
@@ -359,9 +411,10 @@ class AgentDetector:
 
     def _forget_removed(self, present: set[str]) -> None:
         assert self._states is not None
-        for memory in (self._states, self._incidents, self._suppressed):
+        for memory in (self._states, self._incidents, self._suppressed, self._inactive_at):
             for gone in set(memory) - present:
                 del memory[gone]
+        self._unmeasured &= present
 
     async def _report(
         self,

@@ -27,6 +27,7 @@ from typing import Any
 
 from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError, KubeApi
 from tourniquet.domain.containment import IncidentView
+from tourniquet.domain.detection import LABEL_SOURCE
 from tourniquet.domain.names import PREFIX
 from tourniquet.reconcilers import agentincident
 from tourniquet.reconcilers.events import after_containment
@@ -48,6 +49,11 @@ def _key(body: Mapping[str, Any]) -> Key:
 
 def _is_open(body: Mapping[str, Any]) -> bool:
     return not (body.get("spec") or {}).get("resolved", False)
+
+
+def _opened_by_detection(body: Mapping[str, Any]) -> bool:
+    """Detection writes an incident's first status (its Detected entry) before the first pass: read it."""
+    return LABEL_SOURCE in (body["metadata"].get("labels") or {})
 
 
 def _behind(body: Mapping[str, Any]) -> bool:
@@ -140,7 +146,7 @@ class IncidentDriver:
         namespace, name = key
         async with lock_for("AgentIncident", namespace, name):
             body = delivered
-            if body is None or body.get("status"):
+            if body is None or body.get("status") or _opened_by_detection(body):
                 body = await self.api.get_or_none(AGENTINCIDENTS, namespace, name)
             if body is None:
                 self._schedule.pop(key, None)
