@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: sandbox test lint crds bench clean prometheus controlplane controlplane-gomod
+.PHONY: sandbox test lint crds bench clean prometheus postgresql controlplane controlplane-gomod
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ sandbox: $(BIN)/.installed
 	$(BIN)/tourniquet sandbox $(SANDBOX_ARGS)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff check operator tests bench examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/tourniquet crds --check
@@ -29,6 +29,15 @@ prometheus:
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null) ; } || \
 	  echo "prometheus is not installed and could not be: the detection tests against it will be skipped"
 
+# The ledger tests run a real PostgreSQL server of their own (Debian's package: initdb and postgres, found on PATH or
+# in /usr/lib/postgresql/*/bin; only the binaries are used); without it they are skipped and say why.
+postgresql:
+	@{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 ; } || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql \
+	  >/dev/null) ; } || \
+	  echo "postgresql is not installed and could not be: the ledger tests against it will be skipped"
+
 # The real control plane the operator tests run on: etcd, kube-apiserver and kube-controller-manager built from
 # Go modules (controlplane/versions.env) into .controlplane/, once; a later run finds them and does nothing.
 controlplane:
@@ -38,7 +47,7 @@ controlplane:
 controlplane-gomod:
 	controlplane/gomod.sh
 
-test: lint prometheus controlplane
+test: lint prometheus postgresql controlplane
 	$(BIN)/pytest
 
 crds: $(BIN)/.installed

@@ -193,6 +193,30 @@ def control_plane() -> Iterator[Any]:
         yield plane
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A PostgreSQL server of its own for the session (Debian's postgresql: `make postgresql`), on a loopback
+    port, in a temporary directory removed afterwards; not durable (no fsync), which tests do not need."""
+    from tourniquet.sandbox.postgres import PostgresServer, available
+
+    why = available()
+    if why:
+        pytest.skip(why)
+    with PostgresServer(durable=False) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: Any, request: pytest.FixtureRequest) -> str:
+    """A new, empty database on the session's PostgreSQL, for one test."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:8]
+    url: str = postgres.create_database(name)
+    return url
+
+
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 
 

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import ROOT
+
+# The demo refund agent (examples/refund_agent): the compensation tests run it.
+if str(ROOT / "examples") not in sys.path:
+    sys.path.insert(0, str(ROOT / "examples"))
 
 from tourniquet.runtime import AgentMetrics, Guard, SqliteLedger, StaticControl
+from tourniquet.runtime.ledger import SqlLedger, open_ledger
 
 AGENT = "refund-agent"
 NAMESPACE = "support"
@@ -21,6 +28,28 @@ TOOLS = {"issue_refund": "write", "send_email": "write", "lookup_order": "read"}
 def ledger(tmp_path: Path) -> Iterator[SqliteLedger]:
     with SqliteLedger(tmp_path / "ledger.db") as opened:
         yield opened
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a ledger lives, once per backend: a SQLite file, or a fresh database on the suite's PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def any_ledger(ledger_target: str) -> Iterator[SqlLedger]:
+    """The ledger on each backend (a test using it runs twice)."""
+    with open_ledger(ledger_target) as opened:
+        yield opened
+
+
+@pytest.fixture
+def reopen_ledger(ledger_target: str) -> Callable[[], SqlLedger]:
+    """Open the same ledger again, as another process would (its own connections)."""
+    return lambda: open_ledger(ledger_target)
 
 
 @pytest.fixture

@@ -1,9 +1,14 @@
-"""The action ledger: one row per action, idempotent records, window queries, exactly-once compensation."""
+"""The action ledger: one row per action, idempotent records, window queries, exactly-once compensation.
+
+Every test on the `ledger` fixture runs on both backends, SQLite (a file) and PostgreSQL (a server the
+suite starts); `reopen_ledger()` opens the same ledger again, as another process would.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +22,7 @@ from tourniquet.runtime import (
     UnknownAction,
     args_digest,
 )
-from tourniquet.runtime.ledger import SCHEMA_VERSION, canonical_json
+from tourniquet.runtime.ledger import SCHEMA_VERSION, SqlLedger, canonical_json
 
 AGENT = "refund-agent"
 T0 = datetime(2026, 11, 21, 3, 0, tzinfo=UTC)
@@ -46,13 +51,19 @@ def action(
     )
 
 
-def rows(ledger: SqliteLedger) -> int:
-    with sqlite3.connect(ledger.path) as conn:
-        count: int = conn.execute("SELECT COUNT(*) FROM tourniquet_actions").fetchone()[0]
+@pytest.fixture
+def ledger(any_ledger: SqlLedger) -> SqlLedger:
+    return any_ledger
+
+
+def rows(ledger: SqlLedger) -> int:
+    with ledger._transaction(write=False) as cur:
+        cur.execute("SELECT COUNT(*) FROM tourniquet_actions")
+        count: int = cur.fetchone()[0]
     return count
 
 
-def test_recording_the_same_key_twice_keeps_one_row_and_returns_the_first(ledger: SqliteLedger) -> None:
+def test_recording_the_same_key_twice_keeps_one_row_and_returns_the_first(ledger: SqlLedger) -> None:
     first = ledger.record(action("k1", minute=1))
     again = ledger.record(action("k1", minute=7))
 
@@ -61,7 +72,7 @@ def test_recording_the_same_key_twice_keeps_one_row_and_returns_the_first(ledger
     assert rows(ledger) == 1
 
 
-def test_the_same_key_with_other_arguments_is_a_conflict(ledger: SqliteLedger) -> None:
+def test_the_same_key_with_other_arguments_is_a_conflict(ledger: SqlLedger) -> None:
     ledger.record(action("k1", args={"order_id": "A1", "amount_cents": 500}))
 
     with pytest.raises(IdempotencyConflict, match="'k1' already names refund-agent/issue_refund"):
@@ -69,7 +80,7 @@ def test_the_same_key_with_other_arguments_is_a_conflict(ledger: SqliteLedger) -
     assert ledger.get("k1").args == {"order_id": "A1", "amount_cents": 500}  # type: ignore[union-attr]
 
 
-def test_an_error_or_shadowed_record_is_superseded_by_a_later_attempt(ledger: SqliteLedger) -> None:
+def test_an_error_or_shadowed_record_is_superseded_by_a_later_attempt(ledger: SqlLedger) -> None:
     ledger.record(action("k1", outcome="shadowed", minute=1))
     ledger.record(action("k1", outcome="error", minute=2))
     done = ledger.record(action("k1", outcome="ok", minute=3))
@@ -80,7 +91,7 @@ def test_an_error_or_shadowed_record_is_superseded_by_a_later_attempt(ledger: Sq
     assert rows(ledger) == 1
 
 
-def test_window_queries_give_the_blast_radius(ledger: SqliteLedger) -> None:
+def test_window_queries_give_the_blast_radius(ledger: SqlLedger) -> None:
     ledger.record(action("before", minute=-1, subjects=("customer:1",)))
     ledger.record(action("r1", minute=0, subjects=("customer:2", "order:9")))
     ledger.record(action("r2", minute=5, subjects=("customer:2",)))
@@ -102,21 +113,21 @@ def test_window_queries_give_the_blast_radius(ledger: SqliteLedger) -> None:
     assert [a.idempotency_key for a in ledger.actions(AGENT, start)][-1] == "after"  # no end: up to now
 
 
-def test_times_must_be_timezone_aware(ledger: SqliteLedger) -> None:
+def test_times_must_be_timezone_aware(ledger: SqlLedger) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         ledger.actions(AGENT, datetime(2026, 11, 21, 3, 0))
 
 
-def test_compensation_is_claimed_exactly_once_by_eight_racing_workers(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.db"
-    with SqliteLedger(path) as setup:
-        for i in range(20):
-            setup.record(action(f"k{i}"))
+def test_compensation_is_claimed_exactly_once_by_eight_racing_workers(
+    ledger: SqlLedger, reopen_ledger: Callable[[], SqlLedger]
+) -> None:
+    for i in range(20):
+        ledger.record(action(f"k{i}"))
     wins: list[tuple[str, int]] = []
     barrier = threading.Barrier(8)
 
     def worker(n: int) -> None:
-        with SqliteLedger(path) as own:  # its own connections, as another process would have
+        with reopen_ledger() as own:  # its own connections, as another process would have
             barrier.wait()
             for i in range(20):
                 if own.claim_compensation(f"k{i}", "incident-1", claimer=f"worker-{n}"):
@@ -129,13 +140,12 @@ def test_compensation_is_claimed_exactly_once_by_eight_racing_workers(tmp_path: 
         thread.join(timeout=30)
 
     assert sorted(key for key, _ in wins) == sorted(f"k{i}" for i in range(20))
-    with SqliteLedger(path) as check:
-        state = check.compensation_state("incident-1")
-        assert {k: (r.state, r.attempts) for k, r in state.items()} == {f"k{i}": ("claimed", 1) for i in range(20)}
-        assert check.claim_compensation("k0", "incident-2")  # another incident is another claim
+    state = ledger.compensation_state("incident-1")
+    assert {k: (r.state, r.attempts) for k, r in state.items()} == {f"k{i}": ("claimed", 1) for i in range(20)}
+    assert ledger.claim_compensation("k0", "incident-2")  # another incident is another claim
 
 
-def test_a_failed_compensation_may_be_claimed_again_a_done_one_never(ledger: SqliteLedger) -> None:
+def test_a_failed_compensation_may_be_claimed_again_a_done_one_never(ledger: SqlLedger) -> None:
     ledger.record(action("k1"))
     assert ledger.claim_compensation("k1", "incident-1")
     ledger.complete_compensation("k1", "incident-1", "failed", detail="payments API 503")
@@ -150,7 +160,7 @@ def test_a_failed_compensation_may_be_claimed_again_a_done_one_never(ledger: Sql
         ledger.complete_compensation("k1", "incident-1", "irreversible")
 
 
-def test_a_stale_claim_can_be_taken_over(ledger: SqliteLedger) -> None:
+def test_a_stale_claim_can_be_taken_over(ledger: SqlLedger) -> None:
     ledger.record(action("k1"))
     assert ledger.claim_compensation("k1", "incident-1", claimer="crashed")
 
@@ -159,7 +169,7 @@ def test_a_stale_claim_can_be_taken_over(ledger: SqliteLedger) -> None:
     assert ledger.compensation_state("incident-1")["k1"].claimed_by == "rescuer"
 
 
-def test_compensating_an_unknown_action_is_refused(ledger: SqliteLedger) -> None:
+def test_compensating_an_unknown_action_is_refused(ledger: SqlLedger) -> None:
     with pytest.raises(UnknownAction, match="no action with idempotency key 'nope'"):
         ledger.claim_compensation("nope", "incident-1")
     with pytest.raises(LedgerError, match="never claimed"):
@@ -179,6 +189,6 @@ def test_the_schema_is_versioned_and_a_newer_one_is_refused(tmp_path: Path) -> N
         SqliteLedger(path)
 
 
-def test_the_ledger_uses_wal_so_readers_do_not_block_the_agent(ledger: SqliteLedger) -> None:
-    with sqlite3.connect(ledger.path) as conn:
+def test_the_ledger_uses_wal_so_readers_do_not_block_the_agent(tmp_path: Path) -> None:
+    with SqliteLedger(tmp_path / "ledger.db") as ledger, sqlite3.connect(ledger.path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -178,6 +178,12 @@ class Compensation(ApiModel):
     type: CompensationType = CompensationType.NONE
     tool: str | None = Field(default=None, pattern=TOOL_NAME, description="The tool that reverses or mitigates.")
     description: str | None = None
+    steps: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="mitigation: what a human does for each such action (the compensation's checklist).",
+    )
+    reason: str | None = Field(default=None, max_length=1024, description="none: why the action cannot be undone.")
 
     @model_validator(mode="after")
     def _reversal_has_tool(self) -> Compensation:

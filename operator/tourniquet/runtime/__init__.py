@@ -25,10 +25,12 @@ Usage::
         runtime.metrics.record_usage(prompt_tokens=812, completion_tokens=95, cost_dollars=0.004)
 
 A revoked tool raises :class:`ToolRevoked`. See each module for the details: ``control`` (the flag),
-``guard`` (the rules per call), ``ledger`` (the action ledger), ``metrics`` (the metric names),
-``worker`` (SIGTERM and the environment variables).
+``guard`` (the rules per call), ``ledger`` (the action ledger; ``postgres`` for the shared one),
+``trace`` (decision traces), ``compensate`` (undoing an incident's actions), ``metrics`` (the metric
+names), ``worker`` (SIGTERM and the environment variables).
 """
 
+from tourniquet.runtime.compensate import CompensationRequest, CompensationWorker, Irreversible, compensator
 from tourniquet.runtime.control import (
     ControlFollower,
     ControlSource,
@@ -36,19 +38,33 @@ from tourniquet.runtime.control import (
     StaticControl,
     parse_control,
 )
-from tourniquet.runtime.guard import AlreadyDone, Denied, Guard, Shadowed, Skipped, ToolRevoked
+from tourniquet.runtime.guard import (
+    AlreadyDone,
+    Denied,
+    Guard,
+    Shadowed,
+    Skipped,
+    ToolRevoked,
+    current_idempotency_key,
+)
 from tourniquet.runtime.ledger import (
     Action,
     CompensationRecord,
     IdempotencyConflict,
     Ledger,
     LedgerError,
+    LedgerRadius,
+    LedgerUnavailable,
     SqliteLedger,
+    ToolRadius,
+    Trace,
     UnknownAction,
     args_digest,
     derive_idempotency_key,
+    open_ledger,
 )
 from tourniquet.runtime.metrics import AgentMetrics, serve_metrics
+from tourniquet.runtime.trace import TaskTrace
 from tourniquet.runtime.worker import (
     BundleError,
     ConfigurationError,
@@ -65,6 +81,8 @@ __all__ = [
     "AlreadyDone",
     "BundleError",
     "CompensationRecord",
+    "CompensationRequest",
+    "CompensationWorker",
     "ConfigurationError",
     "ControlFollower",
     "ControlSource",
@@ -72,21 +90,30 @@ __all__ = [
     "Denied",
     "Guard",
     "IdempotencyConflict",
+    "Irreversible",
     "Ledger",
     "LedgerError",
+    "LedgerRadius",
+    "LedgerUnavailable",
     "Runtime",
     "Shadowed",
     "Skipped",
     "SqliteLedger",
     "StaticControl",
     "StopToken",
+    "TaskTrace",
+    "ToolRadius",
     "ToolRevoked",
+    "Trace",
     "UnknownAction",
     "args_digest",
+    "compensator",
+    "current_idempotency_key",
     "derive_idempotency_key",
     "install_sigterm_handler",
     "iter_work",
     "load_bundle_tools",
+    "open_ledger",
     "parse_control",
     "serve_metrics",
 ]

@@ -10,6 +10,11 @@ Before each call, in this order:
 4. otherwise the tool runs; a ``write`` call is recorded with outcome ``ok`` or ``error`` (errors are
    re-raised, and a later retry of the same action may run).
 
+Each recorded action carries what the undo needs: its ``subjects`` (the first is the primary one, which
+``duplicatesOnly`` compares), a declared ``amount`` in minor units (``amount=lambda a: a["amount_cents"],
+amount_unit="USD cents"``), the task id, the bundle revision and hash that ran it, and, inside a
+:meth:`Guard.task`, its decision trace (see :mod:`tourniquet.runtime.trace`).
+
 Every call is counted in ``tourniquet_agent_tool_calls_total``; a call identical (same tool, same
 arguments) to one made within ``repeat_window`` seconds also counts in
 ``tourniquet_agent_repeated_tool_calls_total``, the signal of an agent stuck in a loop.
@@ -43,11 +48,13 @@ from tourniquet.runtime.ledger import (
     Action,
     IdempotencyConflict,
     Ledger,
+    Trace,
     args_digest,
     canonical_json,
     derive_idempotency_key,
 )
 from tourniquet.runtime.metrics import AgentMetrics
+from tourniquet.runtime.trace import DEFAULT_PART_LIMIT, TaskTrace
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,10 @@ SUMMARY_LIMIT = 500
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# A declared amount: an integer in minor units, or (amount, unit); a function of the arguments gives it per call.
+AmountValue = int | tuple[int, str] | None
+AmountSpec = AmountValue | Callable[[dict[str, Any]], AmountValue]
 
 
 class ToolRevoked(PermissionError):
@@ -102,9 +113,18 @@ class Denied(Skipped):
 class _TaskContext:
     name: str
     task_id: str | None
+    trace: TaskTrace
 
 
 _current_task: ContextVar[_TaskContext | None] = ContextVar("tourniquet_task", default=None)
+_current_key: ContextVar[str | None] = ContextVar("tourniquet_action_key", default=None)
+
+
+def current_idempotency_key() -> str | None:
+    """Inside a guarded tool call, the idempotency key of the action being made (None elsewhere): pass it
+    to the remote side (a payment API's idempotency key) so that the action, and its compensation, can
+    be found and retried safely."""
+    return _current_key.get()
 
 
 def _summary(value: Any) -> str | None:
@@ -114,12 +134,23 @@ def _summary(value: Any) -> str | None:
     return text if len(text) <= SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 1] + "…"
 
 
+def _amount(spec: AmountSpec, args: dict[str, Any], unit: str | None) -> tuple[int | None, str | None]:
+    value = spec(args) if callable(spec) else spec
+    if value is None:
+        return None, None
+    if isinstance(value, tuple):
+        amount, declared_unit = value
+        return amount, declared_unit
+    return value, unit
+
+
 @dataclass
 class _Plan:
     """A call cleared to run, and how to record it afterwards (``action`` is None: do not record)."""
 
     tool: str
     action: Action | None
+    trace: TaskTrace | None = None
 
 
 class Guard:
@@ -144,8 +175,14 @@ class Guard:
         summarize: Callable[[Any], str | None] = _summary,
         record_reads: bool = False,
         repeat_window: float = 600.0,
+        bundle_revision: int | None = None,
+        bundle_hash: str | None = None,
+        trace_limit: int = DEFAULT_PART_LIMIT,
     ) -> None:
         self.agent = agent
+        self.bundle_revision = bundle_revision
+        self.bundle_hash = bundle_hash
+        self.trace_limit = trace_limit
         self._control: ControlSource = StaticControl(control) if isinstance(control, ControlState) else control
         self.ledger = ledger
         self.metrics = metrics if metrics is not None else AgentMetrics(agent)
@@ -190,9 +227,12 @@ class Guard:
         subjects: Iterable[str] = (),
         idempotency_key: str | None = None,
         task_id: str | None = None,
+        amount: AmountValue = None,
+        amount_unit: str | None = None,
     ) -> R | Skipped:
         """Run ``fn(**args)`` as the tool ``tool`` if the control flag allows it (see the module docstring)."""
-        return self._run(tool, dict(args), lambda: fn(**args), subjects, idempotency_key, task_id)
+        declared = _amount(amount, dict(args), amount_unit)
+        return self._run(tool, dict(args), lambda: fn(**args), subjects, idempotency_key, task_id, declared)
 
     async def acall(
         self,
@@ -203,19 +243,26 @@ class Guard:
         subjects: Iterable[str] = (),
         idempotency_key: str | None = None,
         task_id: str | None = None,
+        amount: AmountValue = None,
+        amount_unit: str | None = None,
     ) -> R | Skipped:
         """:meth:`call` for a coroutine function: ``await fn(**args)``."""
-        return await self._arun(tool, dict(args), lambda: fn(**args), subjects, idempotency_key, task_id)
+        declared = _amount(amount, dict(args), amount_unit)
+        return await self._arun(tool, dict(args), lambda: fn(**args), subjects, idempotency_key, task_id, declared)
 
     def tool(
         self,
         name: str | None = None,
         *,
         subjects: Callable[[dict[str, Any]], Iterable[str]] | None = None,
+        amount: AmountSpec = None,
+        amount_unit: str | None = None,
     ) -> Callable[[Callable[P, R]], Callable[P, R | Skipped]]:
         """Decorate a tool function (sync or async) so every call goes through the guard.
 
-        ``subjects(args)`` names what the call touches (``["customer:42"]``), for the blast radius.
+        ``subjects(args)`` names what the call touches (``["order:123", "customer:42"]``; the first is the
+        primary subject), for the blast radius; ``amount(args)`` declares the money (or other quantity) it
+        moves, an integer in minor units, in ``amount_unit`` (or returns ``(amount, unit)``).
         """
 
         def decorate(fn: Callable[P, R]) -> Callable[P, R | Skipped]:
@@ -232,14 +279,18 @@ class Guard:
                 @functools.wraps(fn)
                 async def async_wrapper(*a: P.args, **kw: P.kwargs) -> Any:
                     args, invoke = bind(*a, **kw)
-                    return await self._arun(tool_name, args, invoke, subjects(args) if subjects else (), None, None)
+                    declared = _amount(amount, args, amount_unit)
+                    return await self._arun(
+                        tool_name, args, invoke, subjects(args) if subjects else (), None, None, declared
+                    )
 
                 return async_wrapper  # type: ignore[return-value]
 
             @functools.wraps(fn)
             def wrapper(*a: P.args, **kw: P.kwargs) -> R | Skipped:
                 args, invoke = bind(*a, **kw)
-                return self._run(tool_name, args, invoke, subjects(args) if subjects else (), None, None)
+                declared = _amount(amount, args, amount_unit)
+                return self._run(tool_name, args, invoke, subjects(args) if subjects else (), None, None, declared)
 
             return wrapper
 
@@ -253,15 +304,18 @@ class Guard:
         return Denied(tool=tool, message=f"{tool} was refused by policy: {reason}", reason=reason)
 
     @contextmanager
-    def task(self, name: str, task_id: str | None = None) -> Iterator[None]:
+    def task(self, name: str, task_id: str | None = None) -> Iterator[TaskTrace]:
         """A unit of work: its id keys the calls inside, and an exception counts as a task failure.
 
         ``name`` is the kind of task (``"refund_request"``: a metric label); ``task_id`` names this one
         (the ticket or message id) and makes a retried task's calls recognisable as the same actions.
+        It yields the task's :class:`~tourniquet.runtime.trace.TaskTrace`, where the agent puts the model
+        input, retrieved context and model output that its actions' decision traces carry.
         """
-        token = _current_task.set(_TaskContext(name, task_id))
+        trace = TaskTrace(name, task_id, limit=self.trace_limit)
+        token = _current_task.set(_TaskContext(name, task_id, trace))
         try:
-            yield
+            yield trace
         except Exception:
             self.metrics.task_failed(name)
             raise
@@ -277,6 +331,7 @@ class Guard:
         subjects: Iterable[str],
         idempotency_key: str | None,
         task_id: str | None,
+        declared: tuple[int | None, str | None] = (None, None),
     ) -> _Plan | Skipped:
         """Decide before the call: raise ToolRevoked, return a Skipped result, or a plan to run it."""
         state = self._control.state()
@@ -293,6 +348,10 @@ class Guard:
         write = self.side_effects(tool) == WRITE
         if not write and not self.record_reads:
             return _Plan(tool, None)
+        current = _current_task.get()
+        if task_id is None and current is not None:
+            task_id = current.task_id
+        now = datetime.now(UTC)
         action = Action(
             idempotency_key=idempotency_key or self._derive_key(tool, args, task_id),
             agent=self.agent,
@@ -300,10 +359,17 @@ class Guard:
             args_digest=digest,
             args_json=canonical_json(dict(self._redact(tool, args)) if self._redact else args),
             subjects=tuple(subjects),
-            time=datetime.now(UTC),
+            time=now,
+            task_id=task_id,
+            bundle_revision=self.bundle_revision,
+            bundle_hash=self.bundle_hash,
+            amount=declared[0],
+            amount_unit=declared[1],
         )
+        task_trace = current.trace if current is not None else None
         if write and state.shadow:
-            stored = self.ledger.record(replace(action, outcome="shadowed")) if self.ledger else action
+            trace = task_trace.for_action(action.idempotency_key, now) if task_trace is not None else None
+            stored = self.ledger.record(replace(action, outcome="shadowed"), trace) if self.ledger else action
             self.metrics.tool_call(tool, "shadowed")
             log.info("Shadowed %s: recorded, not executed (shadow mode)", tool)
             return Shadowed(
@@ -328,7 +394,7 @@ class Guard:
                     ),
                     action=previous,
                 )
-        return _Plan(tool, action)
+        return _Plan(tool, action, task_trace)
 
     def _finish(self, plan: _Plan, result: Any = None, error: BaseException | None = None) -> None:
         """Count the call and record its outcome; a ledger failure is logged, never raised over the result."""
@@ -337,8 +403,11 @@ class Guard:
         if plan.action is None or self.ledger is None:
             return
         summary = _summary(f"{type(error).__name__}: {error}") if error is not None else self._summarize(result)
+        trace: Trace | None = None
+        if plan.trace is not None:
+            trace = plan.trace.for_action(plan.action.idempotency_key)
         try:
-            self.ledger.record(replace(plan.action, outcome=outcome, result_summary=summary))
+            self.ledger.record(replace(plan.action, outcome=outcome, result_summary=summary), trace)
         except Exception:  # the action happened; raising now would invite a duplicate retry
             log.exception("Could not record %s (%s) in the ledger", plan.tool, plan.action.idempotency_key)
 
@@ -350,15 +419,19 @@ class Guard:
         subjects: Iterable[str],
         idempotency_key: str | None,
         task_id: str | None,
+        declared: tuple[int | None, str | None] = (None, None),
     ) -> R | Skipped:
-        plan = self._admit(tool, args, subjects, idempotency_key, task_id)
+        plan = self._admit(tool, args, subjects, idempotency_key, task_id, declared)
         if isinstance(plan, Skipped):
             return plan
+        token = _current_key.set(plan.action.idempotency_key if plan.action is not None else None)
         try:
             result = invoke()
         except Exception as exc:
             self._finish(plan, error=exc)
             raise
+        finally:
+            _current_key.reset(token)
         self._finish(plan, result)
         return result
 
@@ -370,15 +443,19 @@ class Guard:
         subjects: Iterable[str],
         idempotency_key: str | None,
         task_id: str | None,
+        declared: tuple[int | None, str | None] = (None, None),
     ) -> R | Skipped:
-        plan = self._admit(tool, args, subjects, idempotency_key, task_id)
+        plan = self._admit(tool, args, subjects, idempotency_key, task_id, declared)
         if isinstance(plan, Skipped):
             return plan
+        token = _current_key.set(plan.action.idempotency_key if plan.action is not None else None)
         try:
             result = await invoke()
         except Exception as exc:
             self._finish(plan, error=exc)
             raise
+        finally:
+            _current_key.reset(token)
         self._finish(plan, result)
         return result
 

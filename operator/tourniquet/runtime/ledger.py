@@ -1,8 +1,13 @@
 """The action ledger: every side-effecting tool call, keyed for idempotency, plus compensation bookkeeping.
 
 One row is one *action*: a tool called with given arguments for a given piece of work, named by its
-idempotency key. The operator reads the ledger to size an incident's blast radius (the actions in the
-incident window) and to compensate each of those actions exactly once.
+idempotency key. Besides the arguments it carries what the undo needs: the *subjects* it touched
+(``order:123``, ``customer:47``; the first is its *primary* subject), a declared *amount* (an integer in
+minor units, with its unit: ``2500 "USD cents"``), the task it belonged to and the bundle revision that
+ran it. Next to it, its *decision trace* (the model input, retrieved context and model output that led
+to it, size-bounded and redacted by :mod:`tourniquet.runtime.trace`). The operator reads the ledger to
+size an incident's blast radius (the actions in the incident window) and to compensate each of those
+actions exactly once.
 
 Rules that matter:
 
@@ -10,24 +15,33 @@ Rules that matter:
   the same key with different arguments raises :class:`IdempotencyConflict` (one key names one action).
   An ``ok`` outcome is final. An ``error`` or ``shadowed`` record is superseded by a later attempt of the
   same action (a retry after a failure, or the real call once shadow mode ends), so one action stays one
-  row and ``attempts`` says how often it was tried.
+  row and ``attempts`` says how often it was tried; its trace is replaced by the later attempt's.
 * ``claim_compensation`` is an atomic unique-row insert: across threads and processes exactly one caller
   gets ``True`` for an (incident, action) pair. A compensation that ended ``failed`` can be claimed again
   (by exactly one caller); a claim left behind by a crashed process can be taken over with
   ``reclaim_after``, which turns "exactly once" into "at least once" for that one crash: make the
   compensating call itself idempotent (pass the action's key to the remote side).
+* The compensation worker works under an incident *lease* (``acquire_lease``: one holder per incident
+  until it expires; the holder renews it). While it holds the lease no other worker compensates that
+  incident, so ``claim_batch`` can take over the claims a dead holder left behind at once: those are
+  the only actions whose compensating call may have happened twice, which is why the call carries the
+  original action's idempotency key.
 * Times are timezone-aware UTC; windows are half-open, ``start <= time < end``.
+* Traces are kept for a retention period (``prune_traces``); actions and compensations are the record
+  and are never pruned by the library.
 
 Backends. :class:`SqliteLedger` is the default: one file, WAL mode, one connection per thread, write
-transactions taken with ``BEGIN IMMEDIATE``. The queries live in :class:`SqlLedger` and use only what
-SQLite and PostgreSQL share: plain DDL, ``INSERT ... ON CONFLICT (...) DO NOTHING`` and conditional
-``UPDATE`` for every race (both stay correct under PostgreSQL's READ COMMITTED), and no ``INSERT OR
-REPLACE``, ``RETURNING`` or JSON functions. The dialect bits are isolated: :class:`SqlDialect` holds the
-placeholder style and the timestamp column type and its conversion, and a subclass's ``_transaction``
-says how a transaction begins and where connections come from. A PostgreSQL backend is therefore a
-subclass with ``%s`` placeholders, ``TIMESTAMP WITH TIME ZONE`` columns (datetimes passed through),
-a plain ``BEGIN`` and a connection pool; migrations and queries are shared. The schema version is kept
-in the ``tourniquet_ledger_schema`` table, and opening a ledger applies any newer migrations.
+transactions taken with ``BEGIN IMMEDIATE``. :class:`~tourniquet.runtime.postgres.PostgresLedger` is the
+shared one (every replica of every agent writes to it, the operator reads it): psycopg 3 with a
+connection pool. The queries live in :class:`SqlLedger` and use only what SQLite and PostgreSQL share:
+plain DDL, ``INSERT ... ON CONFLICT (...) DO NOTHING`` and conditional ``UPDATE`` for every race (both
+stay correct under PostgreSQL's READ COMMITTED), and no ``INSERT OR REPLACE``, ``RETURNING`` or JSON
+functions. The dialect bits are isolated: :class:`SqlDialect` holds the placeholder style and the
+timestamp column type and its conversion, and a subclass's ``_transaction`` says how a transaction
+begins and where connections come from. Migrations and queries are shared; the schema version is kept
+in the ``tourniquet_ledger_schema`` table, and opening a ledger applies any newer migrations (under a
+lock, so several processes opening a new ledger at once migrate it once). :func:`open_ledger` opens
+either from a path or a URL.
 """
 
 from __future__ import annotations
@@ -38,6 +52,7 @@ import os
 import socket
 import sqlite3
 import threading
+import uuid
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -48,17 +63,25 @@ from decimal import Decimal
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 OUTCOMES = ("ok", "error", "shadowed")
 SUPERSEDABLE_OUTCOMES = ("error", "shadowed")
-COMPENSATION_OUTCOMES = ("done", "failed", "irreversible")
+COMPENSATION_OUTCOMES = ("done", "failed", "irreversible", "skipped")
 CLAIMED = "claimed"
 MAX_KEY_LENGTH = 255
+MAX_UNIT_LENGTH = 32
+# Statements take at most this many keys at once (5 parameters each: SQLite 3.32+ allows 32,766).
+BATCH = 500
 
 
 class LedgerError(Exception):
     """A ledger operation was refused; the message says why and what to do."""
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger's database cannot be reached (or did not answer in time); retrying later may work."""
 
 
 class IdempotencyConflict(LedgerError):
@@ -134,6 +157,11 @@ class Action:
     outcome: str = "ok"
     result_summary: str | None = None
     attempts: int = 1
+    task_id: str | None = None
+    bundle_revision: int | None = None
+    bundle_hash: str | None = None
+    amount: int | None = None
+    amount_unit: str | None = None
 
     def __post_init__(self) -> None:
         if not self.idempotency_key or len(self.idempotency_key) > MAX_KEY_LENGTH:
@@ -142,6 +170,12 @@ class Action:
             )
         if self.outcome not in OUTCOMES:
             raise ValueError(f"unknown action outcome {self.outcome!r}; expected one of {', '.join(OUTCOMES)}")
+        if self.amount is not None and (isinstance(self.amount, bool) or not isinstance(self.amount, int)):
+            raise ValueError(
+                f"an action's amount is an integer in minor units (2500 for 25.00 USD), not {self.amount!r}"
+            )
+        if self.amount_unit is not None and len(self.amount_unit) > MAX_UNIT_LENGTH:
+            raise ValueError(f"an amount's unit has at most {MAX_UNIT_LENGTH} characters: {self.amount_unit!r}")
         object.__setattr__(self, "time", _require_utc(self.time, "Action.time"))
         object.__setattr__(self, "subjects", tuple(dict.fromkeys(self.subjects)))
 
@@ -151,6 +185,39 @@ class Action:
         loaded: dict[str, Any] = json.loads(self.args_json)
         return loaded
 
+    @property
+    def primary_subject(self) -> str | None:
+        """The first subject: what ``duplicatesOnly`` compares (the order a refund is for)."""
+        return self.subjects[0] if self.subjects else None
+
+
+@dataclass(frozen=True)
+class Trace:
+    """The decision trace of one action: what led the agent to it.
+
+    Each part is JSON text as :mod:`tourniquet.runtime.trace` writes it: ``{"value": ..., "bytes": N,
+    "truncated": false}`` (a redacted copy, cut to a size limit) or ``{"ref": "s3://..."}`` (a reference).
+    """
+
+    idempotency_key: str
+    recorded_at: datetime = field(default_factory=utcnow)
+    task_name: str | None = None
+    model_input: str | None = None
+    retrieved_context: str | None = None
+    model_output: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "recorded_at", _require_utc(self.recorded_at, "Trace.recorded_at"))
+
+    def parts(self) -> dict[str, Any]:
+        """The parts that were recorded, decoded: ``{"modelInput": {...}, ...}``."""
+        named = {
+            "modelInput": self.model_input,
+            "retrievedContext": self.retrieved_context,
+            "modelOutput": self.model_output,
+        }
+        return {name: json.loads(text) for name, text in named.items() if text is not None}
+
 
 @dataclass(frozen=True)
 class CompensationRecord:
@@ -158,7 +225,7 @@ class CompensationRecord:
 
     idempotency_key: str
     incident: str
-    state: str  # claimed | done | failed | irreversible
+    state: str  # claimed | done | failed | irreversible | skipped
     attempts: int
     claimed_by: str | None
     claimed_at: datetime
@@ -166,15 +233,41 @@ class CompensationRecord:
     detail: str | None = None
 
 
+@dataclass(frozen=True)
+class ToolRadius:
+    """One tool's share of a blast radius: successful actions in the window."""
+
+    tool: str
+    actions: int
+    subjects: int
+    amounts: dict[str, int] = field(default_factory=dict)  # unit ("" when undeclared) -> sum
+    first: datetime | None = None
+    last: datetime | None = None
+
+
+@dataclass(frozen=True)
+class LedgerRadius:
+    """What the ledger says about a window: per tool, plus the distinct subjects over every tool."""
+
+    tools: tuple[ToolRadius, ...]
+    subjects: int
+
+    @property
+    def actions(self) -> int:
+        return sum(t.actions for t in self.tools)
+
+
 @runtime_checkable
 class Ledger(Protocol):
     """What the guard writes and the operator reads; see the module docstring for the rules."""
 
-    def record(self, action: Action) -> Action:
-        """Store an action; idempotent on its key. Returns the action as stored."""
+    def record(self, action: Action, trace: Trace | None = None) -> Action:
+        """Store an action (and its decision trace); idempotent on its key. Returns the action as stored."""
         ...
 
     def get(self, idempotency_key: str) -> Action | None: ...
+
+    def trace(self, idempotency_key: str) -> Trace | None: ...
 
     def actions(
         self,
@@ -209,6 +302,10 @@ class Ledger(Protocol):
     ) -> list[str]:
         """The distinct subjects (customers, tickets, ...) the actions touched, sorted."""
         ...
+
+    def blast_radius(
+        self, agent: str, start: datetime, end: datetime | None = None, *, tools: Iterable[str] | None = None
+    ) -> LedgerRadius: ...
 
     def claim_compensation(
         self, idempotency_key: str, incident: str, *, claimer: str | None = None, reclaim_after: timedelta | None = None
@@ -265,7 +362,9 @@ SQLITE = SqlDialect(
     placeholder="?", timestamp_type="CHAR(27)", to_db_time=_sqlite_time, from_db_time=_sqlite_parse_time
 )
 
-# Each migration is a list of statements; {ts} is the dialect's timestamp column type.
+# Each migration is a list of statements; {ts} is the dialect's timestamp column type. A released
+# migration is never changed in a way that matters to an existing database (SQLite ignores VARCHAR
+# lengths, so widening one there changes nothing for a ledger already created).
 MIGRATIONS: list[list[str]] = [
     [
         """CREATE TABLE tourniquet_actions (
@@ -287,8 +386,9 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (idempotency_key, position)
         )""",
         "CREATE INDEX tourniquet_action_subjects_by_subject ON tourniquet_action_subjects (subject)",
+        # incident: "namespace/name", up to 63 + 1 + 253 characters.
         """CREATE TABLE tourniquet_compensations (
-            incident VARCHAR(253) NOT NULL,
+            incident VARCHAR(320) NOT NULL,
             idempotency_key VARCHAR(255) NOT NULL,
             state VARCHAR(16) NOT NULL,
             attempts INTEGER NOT NULL,
@@ -297,6 +397,53 @@ MIGRATIONS: list[list[str]] = [
             completed_at {ts},
             detail TEXT,
             PRIMARY KEY (incident, idempotency_key)
+        )""",
+    ],
+    [
+        # What the undo needs per action: its task, the bundle that ran it, a declared amount.
+        "ALTER TABLE tourniquet_actions ADD COLUMN task_id VARCHAR(255)",
+        "ALTER TABLE tourniquet_actions ADD COLUMN bundle_revision INTEGER",
+        "ALTER TABLE tourniquet_actions ADD COLUMN bundle_hash VARCHAR(64)",
+        "ALTER TABLE tourniquet_actions ADD COLUMN amount BIGINT",
+        "ALTER TABLE tourniquet_actions ADD COLUMN amount_unit VARCHAR(32)",
+        # The blast radius reads (agent, window, outcome, tool) and the amounts from the index alone where
+        # the database can (PostgreSQL's index-only scans); it replaces the (agent, action_time) index.
+        "CREATE INDEX tourniquet_actions_by_agent_window ON tourniquet_actions "
+        "(agent, action_time, outcome, tool, amount_unit, amount)",
+        "DROP INDEX tourniquet_actions_by_window",
+        # Subjects carry their action's agent, time and outcome too (kept in step by record), so the blast
+        # radius's distinct subjects come from this table's own window index, with no join.
+        "ALTER TABLE tourniquet_action_subjects ADD COLUMN agent VARCHAR(253)",
+        "ALTER TABLE tourniquet_action_subjects ADD COLUMN tool VARCHAR(253)",
+        "ALTER TABLE tourniquet_action_subjects ADD COLUMN action_time {ts}",
+        "ALTER TABLE tourniquet_action_subjects ADD COLUMN outcome VARCHAR(16)",
+        """UPDATE tourniquet_action_subjects SET
+            agent = (SELECT a.agent FROM tourniquet_actions a
+                     WHERE a.idempotency_key = tourniquet_action_subjects.idempotency_key),
+            tool = (SELECT a.tool FROM tourniquet_actions a
+                    WHERE a.idempotency_key = tourniquet_action_subjects.idempotency_key),
+            action_time = (SELECT a.action_time FROM tourniquet_actions a
+                           WHERE a.idempotency_key = tourniquet_action_subjects.idempotency_key),
+            outcome = (SELECT a.outcome FROM tourniquet_actions a
+                       WHERE a.idempotency_key = tourniquet_action_subjects.idempotency_key)""",
+        "CREATE INDEX tourniquet_action_subjects_by_window ON tourniquet_action_subjects "
+        "(agent, action_time, outcome, tool, subject)",
+        "CREATE INDEX tourniquet_action_subjects_by_primary ON tourniquet_action_subjects "
+        "(subject, agent, tool, position, action_time)",
+        """CREATE TABLE tourniquet_traces (
+            idempotency_key VARCHAR(255) NOT NULL PRIMARY KEY,
+            recorded_at {ts} NOT NULL,
+            task_name VARCHAR(253),
+            model_input TEXT,
+            retrieved_context TEXT,
+            model_output TEXT
+        )""",
+        "CREATE INDEX tourniquet_traces_by_time ON tourniquet_traces (recorded_at)",
+        "CREATE INDEX tourniquet_compensations_by_state ON tourniquet_compensations (incident, state)",
+        """CREATE TABLE tourniquet_compensation_leases (
+            incident VARCHAR(320) NOT NULL PRIMARY KEY,
+            holder VARCHAR(255) NOT NULL,
+            expires_at {ts} NOT NULL
         )""",
     ],
 ]
@@ -312,14 +459,26 @@ _ACTION_FIELDS = (
     "outcome",
     "result_summary",
     "attempts",
+    "task_id",
+    "bundle_revision",
+    "bundle_hash",
+    "amount",
+    "amount_unit",
 )
 _ACTION_COLUMNS = ", ".join(_ACTION_FIELDS)
 _ACTION_COLUMNS_OF_A = ", ".join(f"a.{name}" for name in _ACTION_FIELDS)
+_ACTION_PLACEHOLDERS = ", ".join("?" * len(_ACTION_FIELDS))
 _COMPENSATION_COLUMNS = "idempotency_key, incident, state, attempts, claimed_by, claimed_at, completed_at, detail"
+_TRACE_COLUMNS = "idempotency_key, recorded_at, task_name, model_input, retrieved_context, model_output"
 
 
 def _claimer() -> str:
     return f"{socket.gethostname()}/{os.getpid()}/{threading.get_ident()}"
+
+
+def worker_id() -> str:
+    """A name for one compensation worker run: host, process and a random part (never reused)."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
 
 
 def _outcomes(outcomes: Iterable[str]) -> tuple[str, ...]:
@@ -328,6 +487,15 @@ def _outcomes(outcomes: Iterable[str]) -> tuple[str, ...]:
     if not chosen or unknown:
         raise ValueError(f"outcomes must be a non-empty selection of {', '.join(OUTCOMES)}; got {list(chosen)}")
     return chosen
+
+
+def _chunks(items: Sequence[str], size: int = BATCH) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
 
 
 class SqlLedger(ABC):
@@ -342,6 +510,10 @@ class SqlLedger(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def _lock_migrations(self, cur: Cursor) -> None:  # noqa: B027  (a hook: SQLite needs nothing here)
+        """Serialise migrations between processes, inside the migration's transaction (SQLite's
+        ``BEGIN IMMEDIATE`` already does)."""
+
     def __enter__(self) -> SqlLedger:
         return self
 
@@ -354,8 +526,12 @@ class SqlLedger(ABC):
         cur.execute(self.dialect.sql(statement), list(params))
         return cur
 
+    def _time(self, value: datetime, what: str) -> Any:
+        return self.dialect.to_db_time(_require_utc(value, what))
+
     def _migrate(self) -> None:
         with self._transaction(write=True) as cur:
+            self._lock_migrations(cur)
             self._exec(cur, "CREATE TABLE IF NOT EXISTS tourniquet_ledger_schema (version INTEGER NOT NULL)")
             row = self._exec(cur, "SELECT MAX(version) FROM tourniquet_ledger_schema").fetchone()
             current = int(row[0]) if row and row[0] is not None else 0
@@ -375,7 +551,8 @@ class SqlLedger(ABC):
         return int(row[0]) if row and row[0] is not None else 0
 
     def _row_to_action(self, row: Sequence[Any], subjects: Sequence[str]) -> Action:
-        key, agent, tool, digest, args_json, when, outcome, summary, attempts = row
+        key, agent, tool, digest, args_json, when, outcome, summary, attempts = row[:9]
+        task_id, revision, bundle_hash, amount, unit = row[9:]
         return Action(
             idempotency_key=key,
             agent=agent,
@@ -387,6 +564,11 @@ class SqlLedger(ABC):
             outcome=outcome,
             result_summary=summary,
             attempts=int(attempts),
+            task_id=task_id,
+            bundle_revision=int(revision) if revision is not None else None,
+            bundle_hash=bundle_hash,
+            amount=int(amount) if amount is not None else None,
+            amount_unit=unit,
         )
 
     def _load(self, cur: Cursor, key: str) -> Action | None:
@@ -402,32 +584,61 @@ class SqlLedger(ABC):
         return self._row_to_action(found, [s[0] for s in subjects])
 
     def _window(
-        self, agent: str, start: datetime, end: datetime | None, tools: Iterable[str] | None, outcomes: Iterable[str]
+        self,
+        agent: str,
+        start: datetime,
+        end: datetime | None,
+        tools: Iterable[str] | None,
+        outcomes: Iterable[str],
+        alias: str = "a",
     ) -> tuple[str, list[Any]]:
-        """The WHERE clause (over ``tourniquet_actions a``) of a window query, and its parameters."""
+        """The WHERE clause (over a table aliased ``alias`` with agent, action_time, outcome and tool) of a
+        window query, and its parameters."""
         chosen = _outcomes(outcomes)
-        clauses = ["a.agent = ?", "a.action_time >= ?", f"a.outcome IN ({', '.join('?' * len(chosen))})"]
-        params: list[Any] = [agent, self.dialect.to_db_time(_require_utc(start, "start")), *chosen]
+        clauses = [f"{alias}.agent = ?", f"{alias}.action_time >= ?", f"{alias}.outcome IN ({_marks(len(chosen))})"]
+        params: list[Any] = [agent, self._time(start, "start"), *chosen]
         if end is not None:
-            clauses.append("a.action_time < ?")
-            params.append(self.dialect.to_db_time(_require_utc(end, "end")))
+            clauses.append(f"{alias}.action_time < ?")
+            params.append(self._time(end, "end"))
         if tools is not None:
             tool_list = sorted(set(tools))
             if not tool_list:
                 clauses.append("1 = 0")
             else:
-                clauses.append(f"a.tool IN ({', '.join('?' * len(tool_list))})")
+                clauses.append(f"{alias}.tool IN ({_marks(len(tool_list))})")
                 params += tool_list
         return " AND ".join(clauses), params
 
     # -- actions -----------------------------------------------------------------------------------
 
-    def record(self, action: Action) -> Action:
-        """Store an action; idempotent on its key (see the module docstring). Returns it as stored."""
+    def _write_trace(self, cur: Cursor, trace: Trace, *, replace_existing: bool) -> None:
+        if replace_existing:
+            self._exec(cur, "DELETE FROM tourniquet_traces WHERE idempotency_key = ?", [trace.idempotency_key])
+        self._exec(
+            cur,
+            f"INSERT INTO tourniquet_traces ({_TRACE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (idempotency_key) DO NOTHING",
+            [
+                trace.idempotency_key,
+                self.dialect.to_db_time(trace.recorded_at),
+                trace.task_name,
+                trace.model_input,
+                trace.retrieved_context,
+                trace.model_output,
+            ],
+        )
+
+    def record(self, action: Action, trace: Trace | None = None) -> Action:
+        """Store an action (and its trace); idempotent on its key (see the module docstring). Returns it as stored."""
+        if trace is not None and trace.idempotency_key != action.idempotency_key:
+            raise ValueError(
+                f"the trace is of {trace.idempotency_key!r}, not of the action {action.idempotency_key!r}"
+            )
+        when = self.dialect.to_db_time(action.time)
         with self._transaction(write=True) as cur:
             inserted = self._exec(
                 cur,
-                f"INSERT INTO tourniquet_actions ({_ACTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO tourniquet_actions ({_ACTION_COLUMNS}) VALUES ({_ACTION_PLACEHOLDERS}) "
                 "ON CONFLICT (idempotency_key) DO NOTHING",
                 [
                     action.idempotency_key,
@@ -435,19 +646,28 @@ class SqlLedger(ABC):
                     action.tool,
                     action.args_digest,
                     action.args_json,
-                    self.dialect.to_db_time(action.time),
+                    when,
                     action.outcome,
                     action.result_summary,
                     action.attempts,
+                    action.task_id,
+                    action.bundle_revision,
+                    action.bundle_hash,
+                    action.amount,
+                    action.amount_unit,
                 ],
             ).rowcount
             if inserted == 1:
                 for position, subject in enumerate(action.subjects):
                     self._exec(
                         cur,
-                        "INSERT INTO tourniquet_action_subjects (idempotency_key, position, subject) VALUES (?, ?, ?)",
-                        [action.idempotency_key, position, subject],
+                        "INSERT INTO tourniquet_action_subjects "
+                        "(idempotency_key, position, subject, agent, tool, action_time, outcome) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [action.idempotency_key, position, subject, action.agent, action.tool, when, action.outcome],
                     )
+                if trace is not None:
+                    self._write_trace(cur, trace, replace_existing=False)
                 return action
             stored = self._load(cur, action.idempotency_key)
             assert stored is not None, "a conflicting insert implies a stored row"
@@ -456,29 +676,66 @@ class SqlLedger(ABC):
             superseded = self._exec(
                 cur,
                 "UPDATE tourniquet_actions "
-                "SET outcome = ?, action_time = ?, result_summary = ?, attempts = attempts + 1 "
-                f"WHERE idempotency_key = ? AND outcome IN ({', '.join('?' * len(SUPERSEDABLE_OUTCOMES))})",
+                "SET outcome = ?, action_time = ?, result_summary = ?, attempts = attempts + 1, "
+                "bundle_revision = ?, bundle_hash = ? "
+                f"WHERE idempotency_key = ? AND outcome IN ({_marks(len(SUPERSEDABLE_OUTCOMES))})",
                 [
                     action.outcome,
-                    self.dialect.to_db_time(action.time),
+                    when,
                     action.result_summary,
+                    action.bundle_revision,
+                    action.bundle_hash,
                     action.idempotency_key,
                     *SUPERSEDABLE_OUTCOMES,
                 ],
             ).rowcount
             if superseded:
+                self._exec(
+                    cur,
+                    "UPDATE tourniquet_action_subjects SET outcome = ?, action_time = ? WHERE idempotency_key = ?",
+                    [action.outcome, when, action.idempotency_key],
+                )
+                if trace is not None:
+                    self._write_trace(cur, trace, replace_existing=True)
                 return replace(
                     stored,
                     outcome=action.outcome,
                     time=action.time,
                     result_summary=action.result_summary,
                     attempts=stored.attempts + 1,
+                    bundle_revision=action.bundle_revision,
+                    bundle_hash=action.bundle_hash,
                 )
             return stored
 
     def get(self, idempotency_key: str) -> Action | None:
         with self._transaction(write=False) as cur:
             return self._load(cur, idempotency_key)
+
+    def trace(self, idempotency_key: str) -> Trace | None:
+        """The decision trace of an action; None when none was recorded or retention removed it."""
+        with self._transaction(write=False) as cur:
+            row = self._exec(
+                cur, f"SELECT {_TRACE_COLUMNS} FROM tourniquet_traces WHERE idempotency_key = ?", [idempotency_key]
+            ).fetchone()
+        if row is None:
+            return None
+        key, recorded_at, task_name, model_input, context, output = row
+        return Trace(
+            idempotency_key=key,
+            recorded_at=self.dialect.from_db_time(recorded_at),
+            task_name=task_name,
+            model_input=model_input,
+            retrieved_context=context,
+            model_output=output,
+        )
+
+    def prune_traces(self, before: datetime) -> int:
+        """Delete the traces recorded before ``before`` (retention); returns how many went."""
+        with self._transaction(write=True) as cur:
+            return self._exec(
+                cur, "DELETE FROM tourniquet_traces WHERE recorded_at < ?", [self._time(before, "before")]
+            ).rowcount
 
     def actions(
         self,
@@ -491,6 +748,7 @@ class SqlLedger(ABC):
     ) -> list[Action]:
         """The agent's actions in ``[start, end)``, oldest first: an incident's blast radius."""
         where, params = self._window(agent, start, end, tools, outcomes)
+        subject_where, subject_params = self._window(agent, start, end, tools, outcomes, alias="s")
         with self._transaction(write=False) as cur:
             rows = self._exec(
                 cur,
@@ -500,15 +758,16 @@ class SqlLedger(ABC):
             ).fetchall()
             subject_rows = self._exec(
                 cur,
-                "SELECT s.idempotency_key, s.subject FROM tourniquet_action_subjects s "
-                f"JOIN tourniquet_actions a ON a.idempotency_key = s.idempotency_key WHERE {where} "
-                "ORDER BY s.idempotency_key, s.position",
-                params,
+                "SELECT s.idempotency_key, s.position, s.subject FROM tourniquet_action_subjects s "
+                f"WHERE {subject_where}",
+                subject_params,
             ).fetchall()
-        subjects: dict[str, list[str]] = {}
-        for key, subject in subject_rows:
-            subjects.setdefault(key, []).append(subject)
-        return [self._row_to_action(row, subjects.get(row[0], ())) for row in rows]
+        subjects: dict[str, list[tuple[int, str]]] = {}
+        for key, position, subject in subject_rows:
+            subjects.setdefault(key, []).append((int(position), subject))
+        return [
+            self._row_to_action(row, [s for _, s in sorted(subjects.get(row[0], ()))]) for row in rows
+        ]
 
     def count_by_tool(
         self,
@@ -537,15 +796,104 @@ class SqlLedger(ABC):
         outcomes: Iterable[str] = ("ok",),
     ) -> list[str]:
         """The distinct subjects the actions in ``[start, end)`` touched, sorted."""
-        where, params = self._window(agent, start, end, tools, outcomes)
+        where, params = self._window(agent, start, end, tools, outcomes, alias="s")
         with self._transaction(write=False) as cur:
             rows = self._exec(
                 cur,
-                "SELECT DISTINCT s.subject FROM tourniquet_action_subjects s "
-                f"JOIN tourniquet_actions a ON a.idempotency_key = s.idempotency_key WHERE {where} ORDER BY s.subject",
+                f"SELECT DISTINCT s.subject FROM tourniquet_action_subjects s WHERE {where} ORDER BY s.subject",
                 params,
             ).fetchall()
         return [row[0] for row in rows]
+
+    def subject_actions(
+        self,
+        agent: str,
+        start: datetime,
+        end: datetime | None = None,
+        *,
+        tools: Iterable[str] | None = None,
+    ) -> list[tuple[str, str, int]]:
+        """``(subject, tool, actions)`` for every subject the window's successful actions touched, sorted:
+        the list for customer communication."""
+        where, params = self._window(agent, start, end, tools, ("ok",), alias="s")
+        with self._transaction(write=False) as cur:
+            rows = self._exec(
+                cur,
+                f"SELECT s.subject, s.tool, COUNT(*) FROM tourniquet_action_subjects s WHERE {where} "
+                "GROUP BY s.subject, s.tool ORDER BY s.subject, s.tool",
+                params,
+            ).fetchall()
+        return [(subject, tool, int(count)) for subject, tool, count in rows]
+
+    def blast_radius(
+        self, agent: str, start: datetime, end: datetime | None = None, *, tools: Iterable[str] | None = None
+    ) -> LedgerRadius:
+        """Per tool, the successful actions in ``[start, end)``: how many, their distinct subjects, the sum of
+        their declared amounts per unit, the first and last; plus the distinct subjects over every tool.
+        Read in one snapshot."""
+        tool_list = list(tools) if tools is not None else None
+        where, params = self._window(agent, start, end, tool_list, ("ok",))
+        subject_where, subject_params = self._window(agent, start, end, tool_list, ("ok",), alias="s")
+        with self._transaction(write=False) as cur:
+            totals = self._exec(
+                cur,
+                "SELECT a.tool, a.amount_unit, COUNT(*), SUM(a.amount), MIN(a.action_time), MAX(a.action_time) "
+                f"FROM tourniquet_actions a WHERE {where} GROUP BY a.tool, a.amount_unit",
+                params,
+            ).fetchall()
+            # DISTINCT in a subquery rather than COUNT(DISTINCT): PostgreSQL can hash it instead of sorting.
+            per_tool = self._exec(
+                cur,
+                "SELECT d.tool, COUNT(*) FROM (SELECT DISTINCT s.tool, s.subject FROM tourniquet_action_subjects s "
+                f"WHERE {subject_where}) d GROUP BY d.tool",
+                subject_params,
+            ).fetchall()
+            overall = self._exec(
+                cur,
+                "SELECT COUNT(*) FROM (SELECT DISTINCT s.subject FROM tourniquet_action_subjects s "
+                f"WHERE {subject_where}) d",
+                subject_params,
+            ).fetchone()
+        subjects_by_tool = {tool: int(n) for tool, n in per_tool}
+        grouped: dict[str, dict[str, Any]] = {}
+        for tool, unit, count, total, first, last in totals:
+            entry = grouped.setdefault(tool, {"actions": 0, "amounts": {}, "first": None, "last": None})
+            entry["actions"] += int(count)
+            if total is not None:
+                entry["amounts"][unit or ""] = entry["amounts"].get(unit or "", 0) + int(total)
+            first_time, last_time = self.dialect.from_db_time(first), self.dialect.from_db_time(last)
+            entry["first"] = first_time if entry["first"] is None else min(entry["first"], first_time)
+            entry["last"] = last_time if entry["last"] is None else max(entry["last"], last_time)
+        radius = tuple(
+            ToolRadius(
+                tool=tool,
+                actions=entry["actions"],
+                subjects=subjects_by_tool.get(tool, 0),
+                amounts=dict(sorted(entry["amounts"].items())),
+                first=entry["first"],
+                last=entry["last"],
+            )
+            for tool, entry in sorted(grouped.items())
+        )
+        return LedgerRadius(tools=radius, subjects=int(overall[0]) if overall else 0)
+
+    def earlier_primary_subjects(
+        self, agent: str, start: datetime, end: datetime | None = None, *, tools: Iterable[str] | None = None
+    ) -> set[tuple[str, str]]:
+        """``(tool, subject)`` pairs where the primary subject of a successful action in ``[start, end)`` had a
+        successful action of the same tool *before* ``start``: what ``duplicatesOnly`` needs from beyond
+        the window."""
+        where, params = self._window(agent, start, end, tools, ("ok",), alias="w")
+        with self._transaction(write=False) as cur:
+            rows = self._exec(
+                cur,
+                f"SELECT DISTINCT w.tool, w.subject FROM tourniquet_action_subjects w WHERE {where} "
+                "AND w.position = 0 AND EXISTS (SELECT 1 FROM tourniquet_action_subjects p "
+                "WHERE p.subject = w.subject AND p.agent = w.agent AND p.tool = w.tool AND p.position = 0 "
+                "AND p.outcome = 'ok' AND p.action_time < ?)",
+                [*params, self._time(start, "start")],
+            ).fetchall()
+        return {(tool, subject) for tool, subject in rows}
 
     # -- compensation ------------------------------------------------------------------------------
 
@@ -589,10 +937,99 @@ class SqlLedger(ABC):
             ).rowcount
             return reclaimed == 1
 
+    def claim_batch(self, incident: str, keys: Sequence[str], claimer: str) -> dict[str, int]:
+        """Claim many compensations at once for a worker that holds the incident's lease (see
+        :meth:`acquire_lease`): new ones, ``failed`` ones, and claims another holder left behind. Returns
+        the keys now claimed by ``claimer`` with their claim count (more than 1: claimed before), in the
+        order given; done, irreversible and skipped ones are not claimed.
+
+        Only a lease holder may call this: taking over another's claim is safe only because no one else
+        works on the incident while the lease is held.
+        """
+        if len(keys) > BATCH:
+            raise ValueError(f"claim at most {BATCH} keys at once, not {len(keys)}")
+        if not keys:
+            return {}
+        now = self.dialect.to_db_time(utcnow())
+        unique = list(dict.fromkeys(keys))
+        with self._transaction(write=True) as cur:
+            known = {
+                row[0]
+                for row in self._exec(
+                    cur,
+                    f"SELECT idempotency_key FROM tourniquet_actions WHERE idempotency_key IN ({_marks(len(unique))})",
+                    unique,
+                ).fetchall()
+            }
+            missing = [k for k in unique if k not in known]
+            if missing:
+                raise UnknownAction(
+                    f"{len(missing)} of the keys are not in the ledger (first: {missing[0]!r}); nothing was claimed"
+                )
+            values = ", ".join(["(?, ?, ?, 1, ?, ?, NULL, NULL)"] * len(unique))
+            params: list[Any] = []
+            for key in unique:
+                params += [key, incident, CLAIMED, claimer, now]
+            self._exec(
+                cur,
+                f"INSERT INTO tourniquet_compensations ({_COMPENSATION_COLUMNS}) VALUES {values} "
+                "ON CONFLICT (incident, idempotency_key) DO NOTHING",
+                params,
+            )
+            self._exec(
+                cur,
+                "UPDATE tourniquet_compensations SET state = ?, attempts = attempts + 1, claimed_by = ?, "
+                "claimed_at = ?, completed_at = NULL, detail = NULL WHERE incident = ? "
+                f"AND idempotency_key IN ({_marks(len(unique))}) "
+                "AND (state = 'failed' OR (state = ? AND claimed_by <> ?))",
+                [CLAIMED, claimer, now, incident, *unique, CLAIMED, claimer],
+            )
+            held = {
+                row[0]: int(row[1])
+                for row in self._exec(
+                    cur,
+                    "SELECT idempotency_key, attempts FROM tourniquet_compensations WHERE incident = ? AND state = ? "
+                    f"AND claimed_by = ? AND idempotency_key IN ({_marks(len(unique))})",
+                    [incident, CLAIMED, claimer, *unique],
+                ).fetchall()
+            }
+        return {k: held[k] for k in unique if k in held}
+
+    def complete_batch(
+        self, incident: str, claimer: str, outcomes: Sequence[tuple[str, str, str | None]]
+    ) -> None:
+        """Record how many claimed compensations ended: ``(key, outcome, detail)`` each, in one transaction.
+        Raises :class:`LedgerError` (and records nothing) when one of them is no longer claimed by ``claimer``."""
+        groups: dict[tuple[str, str | None], list[str]] = {}
+        for key, outcome, detail in outcomes:
+            if outcome not in COMPENSATION_OUTCOMES:
+                raise ValueError(
+                    f"unknown compensation outcome {outcome!r}; expected one of {', '.join(COMPENSATION_OUTCOMES)}"
+                )
+            groups.setdefault((outcome, detail), []).append(key)
+        now = self.dialect.to_db_time(utcnow())
+        with self._transaction(write=True) as cur:
+            for (outcome, detail), keys in groups.items():
+                for chunk in _chunks(keys):
+                    updated = self._exec(
+                        cur,
+                        "UPDATE tourniquet_compensations SET state = ?, completed_at = ?, detail = ? "
+                        "WHERE incident = ? AND claimed_by = ? AND state = ? "
+                        f"AND idempotency_key IN ({_marks(len(chunk))})",
+                        [outcome, now, detail, incident, claimer, CLAIMED, *chunk],
+                    ).rowcount
+                    if updated != len(set(chunk)):
+                        raise LedgerError(
+                            f"{len(set(chunk)) - updated} of the compensations being completed for incident "
+                            f"{incident!r} are no longer claimed by {claimer}: another worker took them over "
+                            "(a lost lease?)"
+                        )
+
     def complete_compensation(
         self, idempotency_key: str, incident: str, outcome: str, *, detail: str | None = None
     ) -> None:
-        """Record how a claimed compensation ended: ``done``, ``failed`` (may be claimed again) or ``irreversible``.
+        """Record how a claimed compensation ended: ``done``, ``failed`` (may be claimed again),
+        ``irreversible`` or ``skipped``.
 
         Completing again with the same outcome is a no-op (a retry after a crash); anything else that
         is not a current claim raises :class:`LedgerError`.
@@ -648,6 +1085,115 @@ class SqlLedger(ABC):
                 detail=detail,
             )
         return records
+
+    def compensation_counts(self, incident: str) -> dict[str, int]:
+        """How many of an incident's compensations are in each state (``claimed``, ``done``, ...)."""
+        with self._transaction(write=False) as cur:
+            rows = self._exec(
+                cur,
+                "SELECT state, COUNT(*) FROM tourniquet_compensations WHERE incident = ? GROUP BY state",
+                [incident],
+            ).fetchall()
+        return {state: int(n) for state, n in sorted(rows)}
+
+    # -- the compensation lease ----------------------------------------------------------------------
+
+    def acquire_lease(self, incident: str, holder: str, ttl: timedelta) -> bool:
+        """Become the one worker compensating ``incident`` until ``now + ttl`` (renew before then). True when
+        ``holder`` holds it now: it was free, expired, or already its own."""
+        now = utcnow()
+        expires = self.dialect.to_db_time(now + ttl)
+        with self._transaction(write=True) as cur:
+            inserted = self._exec(
+                cur,
+                "INSERT INTO tourniquet_compensation_leases (incident, holder, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (incident) DO NOTHING",
+                [incident, holder, expires],
+            ).rowcount
+            if inserted == 1:
+                return True
+            taken = self._exec(
+                cur,
+                "UPDATE tourniquet_compensation_leases SET holder = ?, expires_at = ? "
+                "WHERE incident = ? AND (holder = ? OR expires_at < ?)",
+                [holder, expires, incident, holder, self.dialect.to_db_time(now)],
+            ).rowcount
+            return taken == 1
+
+    def renew_lease(self, incident: str, holder: str, ttl: timedelta) -> bool:
+        """Extend a lease ``holder`` still holds; False when it lost it (expired and taken by another)."""
+        with self._transaction(write=True) as cur:
+            return (
+                self._exec(
+                    cur,
+                    "UPDATE tourniquet_compensation_leases SET expires_at = ? WHERE incident = ? AND holder = ?",
+                    [self.dialect.to_db_time(utcnow() + ttl), incident, holder],
+                ).rowcount
+                == 1
+            )
+
+    def release_lease(self, incident: str, holder: str) -> None:
+        with self._transaction(write=True) as cur:
+            self._exec(
+                cur, "DELETE FROM tourniquet_compensation_leases WHERE incident = ? AND holder = ?", [incident, holder]
+            )
+
+    def lease_holder(self, incident: str) -> tuple[str, datetime] | None:
+        """Who holds the incident's lease and until when (possibly expired), or None."""
+        with self._transaction(write=False) as cur:
+            row = self._exec(
+                cur, "SELECT holder, expires_at FROM tourniquet_compensation_leases WHERE incident = ?", [incident]
+            ).fetchone()
+        return (row[0], self.dialect.from_db_time(row[1])) if row else None
+
+
+def redacted_url(url: str) -> str:
+    """A database URL fit for a log line: the password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+
+
+DEFAULT_LEDGER = "/var/lib/tourniquet/ledger.db"
+
+
+def ledger_target_from_env(environ: Mapping[str, str]) -> str:
+    """Where the ledger is, from the environment: ``TOURNIQUET_LEDGER_URL_FILE`` (a file holding the URL,
+    e.g. a mounted Secret's key) first, else ``TOURNIQUET_LEDGER`` (a path or URL), else the default file."""
+    url_file = environ.get("TOURNIQUET_LEDGER_URL_FILE", "").strip()
+    if url_file:
+        try:
+            url = Path(url_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise LedgerError(f"cannot read TOURNIQUET_LEDGER_URL_FILE={url_file}: {exc}") from exc
+        if not url:
+            raise LedgerError(f"TOURNIQUET_LEDGER_URL_FILE={url_file} is empty: it should hold the ledger's URL")
+        return url
+    return environ.get("TOURNIQUET_LEDGER", "").strip() or DEFAULT_LEDGER
+
+
+def open_ledger(target: str | os.PathLike[str], **options: Any) -> SqlLedger:
+    """The ledger at ``target``: a ``postgresql://`` (or ``postgres://``) URL opens the shared
+    :class:`~tourniquet.runtime.postgres.PostgresLedger`; a ``sqlite:///path`` URL or a plain path opens
+    a :class:`SqliteLedger`. ``options`` go to the backend's constructor."""
+    text = os.fspath(target)
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme in ("postgresql", "postgres"):
+        from tourniquet.runtime.postgres import PostgresLedger
+
+        return PostgresLedger(text, **options)
+    if scheme == "sqlite":
+        if not text.lower().startswith("sqlite:///"):
+            raise LedgerError(
+                f"a SQLite ledger URL is sqlite:///relative/path or sqlite:////absolute/path, not {text!r}"
+            )
+        return SqliteLedger(text[len("sqlite:///") :], **options)
+    if scheme:
+        raise LedgerError(f"unknown ledger URL scheme {scheme!r}: use postgresql://..., sqlite:///path or a file path")
+    return SqliteLedger(text, **options)
 
 
 class _Connection(sqlite3.Connection):

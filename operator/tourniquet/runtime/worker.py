@@ -12,21 +12,29 @@ new work and finish the task in hand::
 
 :meth:`Runtime.from_env` builds everything an agent needs from its environment:
 
-=========================  ==================================================================
-``TOURNIQUET_AGENT``       the AgentDeployment's name (required)
-``TOURNIQUET_NAMESPACE``   its namespace (default: the pod's, from the service account)
-``TOURNIQUET_LEDGER``      the SQLite ledger file (default ``/var/lib/tourniquet/ledger.db``)
-``TOURNIQUET_METRICS_PORT`` where ``/metrics`` is served (default 9464; ``off`` to not serve)
-``TOURNIQUET_KUBECONFIG``  a kubeconfig for the control watch (default: in-cluster; outside a pod,
-                           ``KUBECONFIG`` is used too)
-``TOURNIQUET_CONTROL_DIR`` the mounted control ConfigMap (default ``/etc/tourniquet/control``)
-``TOURNIQUET_BUNDLE``      the mounted bundle (default ``/etc/tourniquet/bundle/bundle.json``),
-                           read for each tool's ``sideEffects``
-=========================  ==================================================================
+=================================== ========================================================
+``TOURNIQUET_AGENT``                 the AgentDeployment's name (required)
+``TOURNIQUET_NAMESPACE``             its namespace (default: the pod's, from the service account)
+``TOURNIQUET_LEDGER``                the ledger: a SQLite file (default
+                                     ``/var/lib/tourniquet/ledger.db``) or a ``postgresql://`` URL
+``TOURNIQUET_LEDGER_URL_FILE``       a file holding the ledger's URL (a mounted Secret); wins over
+                                     ``TOURNIQUET_LEDGER``
+``TOURNIQUET_METRICS_PORT``          where ``/metrics`` is served (default 9464; ``off`` to not serve)
+``TOURNIQUET_KUBECONFIG``            a kubeconfig for the control watch (default: in-cluster; outside a
+                                     pod, ``KUBECONFIG`` is used too)
+``TOURNIQUET_CONTROL_DIR``           the mounted control ConfigMap (default ``/etc/tourniquet/control``)
+``TOURNIQUET_BUNDLE``                the mounted bundle (default ``/etc/tourniquet/bundle/bundle.json``),
+                                     read for each tool's ``sideEffects`` and hashed: each action
+                                     records the bundle's content hash
+``TOURNIQUET_BUNDLE_REVISION``       the bundle revision running (recorded on each action)
+``TOURNIQUET_TRACE_RETENTION_DAYS``  how long decision traces are kept (default 30)
+``TOURNIQUET_TRACE_LIMIT_BYTES``     the size limit of each part of a trace (default 16384)
+=================================== ========================================================
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -35,20 +43,29 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+from tourniquet.runtime.compensate import Compensator, compensator
 from tourniquet.runtime.control import CONTROL_MOUNT, ControlFollower, ControlSource
-from tourniquet.runtime.guard import Guard, P, R, Skipped
-from tourniquet.runtime.ledger import Ledger, SqliteLedger
+from tourniquet.runtime.guard import AmountSpec, Guard, P, R, Skipped
+from tourniquet.runtime.ledger import (
+    Ledger,
+    LedgerError,
+    canonical_json,
+    ledger_target_from_env,
+    open_ledger,
+    redacted_url,
+)
 from tourniquet.runtime.metrics import AgentMetrics, serve_metrics
+from tourniquet.runtime.trace import DEFAULT_PART_LIMIT, DEFAULT_RETENTION, TaskTrace, TraceRetention
 
 log = logging.getLogger(__name__)
 
 BUNDLE_FILE = "/etc/tourniquet/bundle/bundle.json"
-DEFAULT_LEDGER = "/var/lib/tourniquet/ledger.db"
 DEFAULT_METRICS_PORT = 9464
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
@@ -132,6 +149,28 @@ def load_bundle_tools(path: str | Path = BUNDLE_FILE) -> dict[str, str]:
         raise BundleError(f"cannot read the tools of the bundle {bundle_path}: {type(exc).__name__}: {exc}") from exc
 
 
+def bundle_hash(path: str | Path = BUNDLE_FILE) -> str | None:
+    """The sha256 of a mounted bundle's content, as the operator labels its revision (None without one)."""
+    try:
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return hashlib.sha256(canonical_json(content).encode()).hexdigest()
+
+
+def _positive_int(environ: Mapping[str, str], key: str, default: int | None) -> int | None:
+    raw = environ.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigurationError(f"{key} must be a whole number of 1 or more, not {raw!r}")
+    return value
+
+
 def _namespace(environ: Mapping[str, str]) -> str:
     namespace = environ.get("TOURNIQUET_NAMESPACE")
     if namespace:
@@ -180,6 +219,7 @@ class Runtime:
         metrics: AgentMetrics,
         stop: StopToken,
         metrics_server: WSGIServer | None = None,
+        retention: TraceRetention | None = None,
     ) -> None:
         self.agent = agent
         self.namespace = namespace
@@ -189,6 +229,7 @@ class Runtime:
         self.metrics = metrics
         self.stop = stop
         self.metrics_server = metrics_server
+        self.retention = retention
 
     @classmethod
     def from_env(
@@ -218,19 +259,37 @@ class Runtime:
             mount_dir=env.get("TOURNIQUET_CONTROL_DIR", CONTROL_MOUNT),
             on_change=lambda state: metrics.observe_control(state.shadow, state.revoked_tools),
         )
-        ledger_path = env.get("TOURNIQUET_LEDGER", DEFAULT_LEDGER)
+        bundle_file = env.get("TOURNIQUET_BUNDLE", BUNDLE_FILE)
+        revision = _positive_int(env, "TOURNIQUET_BUNDLE_REVISION", None)
+        retention_days = _positive_int(env, "TOURNIQUET_TRACE_RETENTION_DAYS", DEFAULT_RETENTION.days)
+        trace_limit = _positive_int(env, "TOURNIQUET_TRACE_LIMIT_BYTES", DEFAULT_PART_LIMIT)
         try:
-            ledger = SqliteLedger(ledger_path)
-        except (OSError, sqlite3.Error) as exc:
+            ledger_target = ledger_target_from_env(env)
+        except LedgerError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        try:
+            ledger = open_ledger(ledger_target)
+        except (OSError, sqlite3.Error, LedgerError) as exc:
             raise ConfigurationError(
-                f"cannot open the ledger {ledger_path} ({exc}): set TOURNIQUET_LEDGER to a writable path, "
-                "e.g. on a mounted volume"
+                f"cannot open the ledger {redacted_url(ledger_target)} ({exc}): set TOURNIQUET_LEDGER to a "
+                "writable path (e.g. on a mounted volume) or to a reachable postgresql:// URL"
             ) from exc
-        guard = Guard(follower, ledger, metrics, agent=agent, tools=tools)
+        guard = Guard(
+            follower,
+            ledger,
+            metrics,
+            agent=agent,
+            tools=tools,
+            bundle_revision=revision,
+            bundle_hash=bundle_hash(bundle_file),
+            trace_limit=trace_limit or DEFAULT_PART_LIMIT,
+        )
         stop = install_sigterm_handler() if install_signal_handler else StopToken()
+        retention = TraceRetention(ledger, timedelta(days=retention_days or DEFAULT_RETENTION.days))
         server = None
         if start:
             follower.start()
+            retention.start()
             if port is not None:
                 server, _ = serve_metrics(port, registry=metrics)
         runtime = cls(
@@ -242,6 +301,7 @@ class Runtime:
             metrics=metrics,
             stop=stop,
             metrics_server=server,
+            retention=retention,
         )
         log.info(
             "Started the Tourniquet runtime for %s/%s: %s; %d tools from the bundle; ledger %s; metrics %s",
@@ -249,7 +309,7 @@ class Runtime:
             agent,
             follower.state().describe(),
             len(tools),
-            ledger_path,
+            redacted_url(ledger_target),
             f"on :{server.server_port}" if server else "not served",
         )
         return runtime
@@ -259,17 +319,28 @@ class Runtime:
     def should_take_work(self) -> bool:
         return self.stop.should_take_work()
 
-    def task(self, name: str, task_id: str | None = None) -> AbstractContextManager[None]:
+    def task(self, name: str, task_id: str | None = None) -> AbstractContextManager[TaskTrace]:
         return self.guard.task(name, task_id)
 
     def call(self, tool: str, args: Mapping[str, Any], fn: Callable[..., Any], **options: Any) -> Any | Skipped:
         return self.guard.call(tool, args, fn, **options)
 
     def tool(
-        self, name: str | None = None, *, subjects: Callable[[dict[str, Any]], Iterable[str]] | None = None
+        self,
+        name: str | None = None,
+        *,
+        subjects: Callable[[dict[str, Any]], Iterable[str]] | None = None,
+        amount: AmountSpec = None,
+        amount_unit: str | None = None,
     ) -> Callable[[Callable[P, R]], Callable[P, R | Skipped]]:
         """The guard's tool decorator: ``@runtime.tool("issue_refund")``."""
-        return self.guard.tool(name, subjects=subjects)
+        return self.guard.tool(name, subjects=subjects, amount=amount, amount_unit=amount_unit)
+
+    def compensator(self, tool: str) -> Callable[[Compensator], Compensator]:
+        """Register how ``tool``'s actions are undone: ``@runtime.compensator("issue_refund")``. The
+        compensation worker (``python -m tourniquet.runtime.compensate``) calls it with the original action;
+        see :mod:`tourniquet.runtime.compensate`."""
+        return compensator(tool)
 
     def close(self) -> None:
         """Stop following, stop serving metrics, close the ledger."""
@@ -278,6 +349,8 @@ class Runtime:
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
+        if self.retention is not None:
+            self.retention.stop()
         if self.ledger is not None:
             self.ledger.close()
 
