@@ -56,6 +56,7 @@ crds: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_agentdeployments.py
 	$(BIN)/python bench/bench_incidents.py
+	$(BIN)/python bench/bench_ledger.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .sandbox
