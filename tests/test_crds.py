@@ -524,6 +524,14 @@ CASES = [
         "set exactly one of rollback.revision or rollback.to",
     ),
     agi("duplicate-agents", "agents", ["refund-agent", "refund-agent"], "agents must be unique"),
+    agi(
+        "approval-without-plan-hash",
+        "compensate",
+        {"approved": True, "duplicatesOnly": True},
+        "an approval names the plan it approves: set planHash (kubectl tourniquet compensate shows it)",
+    ),
+    agi("approval-with-plan-hash", "compensate", {"approved": True, "planHash": "ab" * 32}),
+    agd("ledger-secret", "ledger", {"secretRef": {"name": "refund-ledger"}}),
     # refused by pydantic and by the OpenAPI schema
     agd("unknown-field", "replicas", 3, "Extra inputs are not permitted", "schema"),
     agd("unknown-nested-field", "bundle.model.temperature", 0.2, "Extra inputs are not permitted", "schema"),

@@ -164,3 +164,45 @@ def subject_table(rows: Iterable[SubjectRow]) -> list[dict[str, Any]]:
         entry["actions"] += row.actions
         entry["tools"][row.tool] = entry["tools"].get(row.tool, 0) + row.actions
     return list(grouped.values())
+
+
+@dataclass(frozen=True)
+class IncidentWindow:
+    start: datetime
+    end: datetime | None
+    source: str  # where the start came from
+
+
+def _parse(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def incident_window(incident: Mapping[str, Any]) -> IncidentWindow:
+    """The window an incident's blast radius covers: from ``spec.window.start`` when set, else from the first
+    detection signal (``status.detection.firstSeen``), else from when the incident was opened; to
+    ``spec.window.end`` when set, else to the first time containment was observed (the timeline's first
+    ``Contained``), else open (up to now)."""
+    spec = incident.get("spec") or {}
+    status = incident.get("status") or {}
+    window = spec.get("window") or {}
+    start = _parse(window.get("start"))
+    source = "spec.window.start"
+    if start is None:
+        start = _parse((status.get("detection") or {}).get("firstSeen"))
+        source = "the first detection signal"
+    if start is None:
+        start = _parse((incident.get("metadata") or {}).get("creationTimestamp"))
+        source = "the incident's creation"
+    if start is None:
+        raise ValueError("the incident has neither spec.window.start nor a creation time")
+    end = _parse(window.get("end"))
+    if end is None:
+        contained = [e for e in status.get("timeline") or [] if e.get("event") == "Contained"]
+        end = min((t for t in (_parse(e.get("time")) for e in contained) if t is not None), default=None)
+    return IncidentWindow(start=start, end=end, source=source)

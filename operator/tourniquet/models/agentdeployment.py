@@ -239,6 +239,30 @@ class Bundle(ApiModel):
         return tools
 
 
+class SecretKeyRef(ApiModel):
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    key: str = Field(default="url", min_length=1, max_length=253)
+
+
+class LedgerRef(ApiModel):
+    """Where the agent's shared action ledger is: a Secret holding its postgresql:// URL."""
+
+    secret_ref: SecretKeyRef = Field(alias="secretRef", description="The Secret and key holding the ledger's URL.")
+
+
+class CompensationSettings(ApiModel):
+    """How this agent's actions are compensated: the modules registering its compensators."""
+
+    modules: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Python modules the compensation worker imports (they call @compensator(tool)).",
+    )
+    container: str | None = Field(
+        default=None, description="The consumer's container to run the worker in (default: its first)."
+    )
+
+
 class AgentRef(ApiModel):
     name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
 
@@ -359,6 +383,10 @@ class AgentDeploymentSpec(ApiModel):
     )
     promotion: Promotion | None = None
     revision_history_limit: int = Field(default=10, ge=1, le=100, alias="revisionHistoryLimit")
+    ledger: LedgerRef | None = Field(
+        default=None, description="The shared action ledger (blast radius, traces, compensation)."
+    )
+    compensation: CompensationSettings | None = None
 
     @field_validator("consumers")
     @classmethod

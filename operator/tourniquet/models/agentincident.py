@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from tourniquet.models.agentdeployment import LeverStatus
 from tourniquet.models.common import (
@@ -46,8 +46,42 @@ class IncidentWindow(ApiModel):
     )
 
 
+PLAN_HASH = r"^[0-9a-f]{64}$"
+
+
 class CompensateSpec(ApiModel):
+    """Which of the window's actions to compensate, and a human's approval of the plan (by its hash)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.approved) || !self.approved || has(self.planHash)",
+                "an approval names the plan it approves: set planHash (kubectl tourniquet compensate shows it)",
+            )
+        )
+    )
+
     approved: bool = Field(default=False, description="A human approves running compensation.")
+    plan_hash: str | None = Field(
+        default=None, alias="planHash", pattern=PLAN_HASH, description="The hash of the plan approved."
+    )
+    approved_by: str | None = Field(default=None, alias="approvedBy", max_length=253)
+    duplicates_only: bool = Field(
+        default=False,
+        alias="duplicatesOnly",
+        description="Only actions whose primary subject had an earlier successful action of the same tool.",
+    )
+    tools: list[str] | None = Field(default=None, max_length=64)
+    subjects: list[str] | None = Field(default=None, max_length=1000)
+    bundle_revisions: list[int] | None = Field(default=None, alias="bundleRevisions", max_length=100)
+
+    @model_validator(mode="after")
+    def _approval_names_a_plan(self) -> CompensateSpec:
+        if self.approved and not self.plan_hash:
+            raise ValueError(
+                "an approval names the plan it approves: set planHash (kubectl tourniquet compensate shows it)"
+            )
+        return self
 
 
 class FixSpec(ApiModel):
