@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: sandbox test lint crds bench clean prometheus postgresql controlplane controlplane-gomod
+.PHONY: sandbox test lint crds bench bench-real clean prometheus postgresql controlplane controlplane-gomod
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,10 +53,16 @@ test: lint prometheus postgresql controlplane
 crds: $(BIN)/.installed
 	$(BIN)/tourniquet crds
 
+# The benchmarks on the emulated API server (bench-real: on the real control plane), each with its floor measured
+# on the same server in the same run. BENCH_ARGS: more options for both, e.g. BENCH_ARGS='--server all'.
 bench: $(BIN)/.installed
-	$(BIN)/python bench/bench_agentdeployments.py
-	$(BIN)/python bench/bench_incidents.py
+	$(BIN)/python bench/bench_agentdeployments.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_incidents.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_ledger.py
+
+bench-real: $(BIN)/.installed controlplane
+	$(BIN)/python bench/bench_agentdeployments.py --server real $(BENCH_ARGS)
+	$(BIN)/python bench/bench_incidents.py --server real $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .sandbox

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from prometheus_client import CollectorRegistry  # noqa: E402
 
-from bench_agentdeployments import agent_for, cpu_seconds, watched_objects  # noqa: E402
+from bench_agentdeployments import agent_for, cpu_seconds, opened, watched_objects  # noqa: E402
 from tourniquet import crdgen  # noqa: E402
 from tourniquet.adapters.kube import AGENTDEPLOYMENTS, DEPLOYMENTS, KubeApi  # noqa: E402
 from tourniquet.runtime import AgentMetrics, Guard, StaticControl, serve_metrics  # noqa: E402
@@ -185,8 +185,7 @@ async def time_to_detect(api: KubeApi, url: str, registry: CollectorRegistry, in
     await wait_evaluated(api, agents, timeout=120)
     seen: dict[str, float] = {}
     ready = asyncio.Event()
-    watcher = asyncio.create_task(watch_incidents(url, agents, seen, ready))
-    await ready.wait()
+    watcher = await opened(watch_incidents(url, agents, seen, ready), ready)
     crossed: dict[str, float] = {}
 
     def storm(name: str) -> None:
