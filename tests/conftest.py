@@ -37,7 +37,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--backend",
         choices=("all", *BACKENDS),
-        default=os.environ.get("TOURNIQUET_TEST_BACKEND", "emulator"),
+        default=os.environ.get("TOURNIQUET_TEST_BACKEND", "all"),
         help="Which API server the operator tests run on: the real control plane, the emulator, or both (all).",
     )
 
