@@ -23,8 +23,10 @@ from tourniquet import observability
 from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, NAMESPACES, ApiError, KubeApi
 from tourniquet.adapters.prometheus import PrometheusQuerier, PrometheusUnavailable, QueryRejected
 from tourniquet.domain import detection as decide
+from tourniquet.domain import names
 from tourniquet.domain.conditions import rfc3339
 from tourniquet.domain.detection import CompiledRule, Degraded, RuleState, Sample, Signal
+from tourniquet.domain.incident import micro_time
 from tourniquet.reconcilers import agent_status
 from tourniquet.reconcilers.events import post_events_later
 from tourniquet.reconcilers.locks import lock_for
@@ -77,6 +79,7 @@ async def record_signal(
     body = decide.build_incident(signal)
     name = body["metadata"]["name"]
     async with lock_for("AgentIncident", namespace, name):
+        body["metadata"].setdefault("annotations", {})[names.ANNOTATION_OPENED_AT] = micro_time(_now())
         try:
             created = await api.create(AGENTINCIDENTS, namespace, body)
         except ApiError as error:
