@@ -296,10 +296,15 @@ class RealCluster:
             time.sleep(0.1)
         raise TimeoutError(f"CRD {crd} not Established after {timeout}s")
 
-    def allowed(self, user: str, groups: list[str], group: str, resource: str, verb: str) -> bool:
-        """Whether the API server's authorizer lets `user` do `verb` on `resource` in this namespace now."""
+    def allowed(
+        self, user: str, groups: list[str], group: str, resource: str, verb: str, *, cluster_scope: bool = False
+    ) -> bool:
+        """Whether the API server's authorizer lets `user` do `verb` on `resource` in this namespace now (or in
+        every namespace, at the cluster scope)."""
         plural, _, sub = resource.partition("/")
-        attributes = {"namespace": self.namespace, "verb": verb, "group": group, "resource": plural}
+        attributes = {"verb": verb, "group": group, "resource": plural}
+        if not cluster_scope:
+            attributes["namespace"] = self.namespace
         if sub:
             attributes["subresource"] = sub
         review = {
@@ -310,10 +315,12 @@ class RealCluster:
         answer = self.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
         return bool(answer["status"].get("allowed"))
 
-    def wait_denied(self, user: str, groups: list[str], group: str, resource: str, verb: str) -> None:
+    def wait_denied(
+        self, user: str, groups: list[str], group: str, resource: str, verb: str, *, cluster_scope: bool = False
+    ) -> None:
         """RBAC changes reach the authorizer through a watch: wait until a removed grant is really gone."""
         deadline = time.monotonic() + 15
-        while self.allowed(user, groups, group, resource, verb):
+        while self.allowed(user, groups, group, resource, verb, cluster_scope=cluster_scope):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{user} may still {verb} {resource} ({group or 'core'}) after 15s")
             time.sleep(0.1)

@@ -19,6 +19,7 @@ import copy
 import json
 import os
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -113,6 +114,16 @@ def grant_key(grant: Grant) -> tuple[str, str, str]:
 # The grants are the same whatever namespace the chart is rendered for.
 GRANTS = grants_of(chart_install("rbac-proof"))
 
+# Redundant: the ClusterRole's list of AgentDeployments in every namespace (the receiver's lookup of an alert
+# without a namespace label, by an operator started as `kopf run`, which is not told its namespaces) covers the
+# Role's list in the namespace (Kopf's watch). Strict: the day the Role's grant is needed alone, this fails.
+REDUNDANT = {"operator-Role:list:tourniquet.dev/agentdeployments"}
+
+
+def _grant_params() -> list[Any]:
+    redundant = pytest.mark.xfail(strict=True, reason="redundant grant, see REDUNDANT")
+    return [pytest.param(g, id=str(g), marks=[redundant] if str(g) in REDUNDANT else []) for g in GRANTS]
+
 
 # -- the lifecycle ---------------------------------------------------------------------------------------------
 
@@ -161,8 +172,11 @@ class Lifecycle:
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
             method="POST",
         )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert response.status == 200, response.read()
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 200, response.read()
+        except urllib.error.HTTPError as error:
+            raise AssertionError(f"the receiver answered {error.code}: {error.read().decode()}") from None
         self.check()
 
     # -- reading --
@@ -312,7 +326,7 @@ def test_the_charts_roles_carry_the_whole_lifecycle_with_nothing_refused(
     assert operator_user in users and "alice" in users, users  # both identities were exercised
 
 
-@pytest.mark.parametrize("grant", GRANTS, ids=str)
+@pytest.mark.parametrize("grant", _grant_params())
 def test_without_any_one_grant_the_lifecycle_fails(
     grant: Grant,
     cluster: RealCluster,
@@ -324,7 +338,9 @@ def test_without_any_one_grant_the_lifecycle_fails(
         "system:serviceaccount:{}:{}".format(*operator_account()) if grant.owner == "operator" else "alice"
     )
     groups = [] if grant.owner == "operator" else [ONCALL_GROUP]
-    cluster.wait_denied(user, groups, grant.group, grant.resource, grant.verb)
+    # The operator's ClusterRole is bound cluster-wide: its grants are checked in every namespace.
+    cluster_scope = grant.owner == "operator" and grant.role == "ClusterRole"
+    cluster.wait_denied(user, groups, grant.group, grant.resource, grant.verb, cluster_scope=cluster_scope)
     lifecycle.since = cluster.mark()
     run_operator()
     with pytest.raises(AssertionError) as failed:  # Refused, or a step that never happened

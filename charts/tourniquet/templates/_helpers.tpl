@@ -131,6 +131,12 @@ every namespace, otherwise in a Role in each watched namespace.
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [list, watch]
+# The Alertmanager receiver finds the agent of an alert that has no namespace label among the watched
+# namespaces; run as `kopf run` (which does not tell the operator its namespaces), by listing the
+# AgentDeployments of every namespace.
+- apiGroups: [tourniquet.dev]
+  resources: [agentdeployments]
+  verbs: [list]
 {{- end }}
 {{- end -}}
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tourniquet import observability
-from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, NAMESPACES, ApiError, KubeApi
+from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, ApiError, KubeApi
 from tourniquet.adapters.prometheus import PrometheusQuerier, PrometheusUnavailable, QueryRejected
 from tourniquet.domain import detection as decide
 from tourniquet.domain import names
@@ -575,15 +575,10 @@ async def receive_alerts(
 
 
 async def _served_agents(api: KubeApi, served: Sequence[str] | None) -> list[dict[str, Any]]:
-    """The AgentDeployments in the namespaces the operator watches, listed in each of them: with patterns,
-    the namespaces they match (Kopf lists namespaces for them too). Serving every namespace, one list of
-    every namespace: the operator's namespaced grants are cluster-wide then (the chart's ClusterRole)."""
-    if not served:
-        everywhere: str | None = None
-        return await api.list(AGENTDEPLOYMENTS, everywhere)
-    names = [n for n in served if not decide.is_pattern(n)]
-    if len(names) < len(served):
-        matching = [n["metadata"]["name"] for n in await api.list(NAMESPACES)]
-        names = sorted({n for n in matching if decide.namespace_served(n, served)} | set(names))
-    listed = await asyncio.gather(*(api.list(AGENTDEPLOYMENTS, n) for n in names))
-    return [agent for agents in listed for agent in agents]
+    """The AgentDeployments in the namespaces the operator watches: listed in each when they are names (the
+    chart grants nothing more), else (every namespace, patterns, or not told which: `kopf run`) cluster-wide
+    and filtered."""
+    if served and not any(decide.is_pattern(n) for n in served):
+        listed = await asyncio.gather(*(api.list(AGENTDEPLOYMENTS, n) for n in served))
+        return [agent for agents in listed for agent in agents]
+    return [a for a in await api.list(AGENTDEPLOYMENTS) if decide.namespace_served(a["metadata"]["namespace"], served)]
