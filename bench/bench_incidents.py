@@ -88,9 +88,17 @@ async def watch_contained(
 
 
 async def wait_converged(api: KubeApi, agents: int, timeout: float) -> float:
-    start = time.perf_counter()
+    """Seconds until every agent names bundle revision 1 in its status. A list the busy API server does not
+    answer in time (1,000 agents converging, and on the real server the controllers making their pods) is
+    asked again."""
+    start, ready = time.perf_counter(), 0
     while time.perf_counter() - start < timeout:
-        items = await api.list(AGENTDEPLOYMENTS, NAMESPACE)
+        try:
+            items = await api.list(AGENTDEPLOYMENTS, NAMESPACE)
+        except ApiError as error:
+            if not error.transient:
+                raise
+            continue
         ready = sum(1 for a in items if (a.get("status") or {}).get("bundle", {}).get("revision") == 1)
         if ready >= agents:
             return time.perf_counter() - start

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "operator"))
 sys.path.insert(0, str(ROOT))
 
-from tourniquet.adapters.kube import NAMESPACES, PODS, KubeApi  # noqa: E402
+from tourniquet.adapters.kube import NAMESPACES, PODS, ApiError, KubeApi  # noqa: E402
 
 SERVERS = ("emulator", "real")
 CHOICES = (*SERVERS, "all")
@@ -122,7 +122,12 @@ class BenchServer:
         start = last_change = time.perf_counter()
         last = -1
         while time.perf_counter() - start < timeout:
-            page = await api.request("GET", PODS.path(None), query={"limit": 1})  # a count, not 3,000 pods
+            try:
+                page = await api.request("GET", PODS.path(None), query={"limit": 1})  # a count, not 3,000 pods
+            except ApiError as error:  # a busy API server that did not answer in time: ask again
+                if not error.transient:
+                    raise
+                continue
             count = len(page.get("items") or []) + int(page["metadata"].get("remainingItemCount") or 0)
             now = time.perf_counter()
             if count != last:
