@@ -195,6 +195,8 @@ EXPECTED_COLUMNS = {
         ("Class", ".spec.class", "string", 1),
         ("Phase", ".status.phase", "string", 0),
         ("Contained", '.status.conditions[?(@.type=="Contained")].status', "string", 0),
+        ("Blast", ".status.blastRadius.actions", "integer", 0),
+        ("Compensated", '.status.conditions[?(@.type=="Compensated")].status', "string", 1),
         ("Resolved", ".spec.resolved", "boolean", 0),
         ("Age", ".metadata.creationTimestamp", "date", 0),
     ],

@@ -133,6 +133,13 @@ KINDS: tuple[KindSpec, ...] = (
             PrinterColumn("Class", ".spec.class", priority=1),
             PrinterColumn("Phase", ".status.phase", description="Derived from the conditions."),
             _condition_column("Contained", "Contained"),
+            PrinterColumn(
+                "Blast",
+                ".status.blastRadius.actions",
+                "integer",
+                description="Successful actions of its agents in the incident window, from their ledger.",
+            ),
+            _condition_column("Compensated", "Compensated", priority=1),
             PrinterColumn("Resolved", ".spec.resolved", "boolean"),
             _AGE,
         ),

@@ -156,6 +156,11 @@ class TimelineEvent(str, enum.Enum):
     CONTAINED = "Contained"
     DRIFT_REPAIRED = "DriftRepaired"
     ROLLED_BACK = "RolledBack"
+    BLAST_RADIUS = "BlastRadius"
+    LEDGER_UNAVAILABLE = "LedgerUnavailable"
+    COMPENSATION_PLANNED = "CompensationPlanned"
+    COMPENSATION_REFUSED = "CompensationRefused"
+    COMPENSATION_STARTED = "CompensationStarted"
     COMPENSATED = "Compensated"
     LEVER_RELEASED = "LeverReleased"
     RELEASED = "Released"
@@ -202,17 +207,74 @@ class EvidenceStatus(ApiModel):
     truncated: bool = False
 
 
+class ToolBlastRadius(ApiModel):
+    """One agent's tool: its successful actions in the window, their distinct subjects and declared amounts."""
+
+    agent: str
+    tool: str
+    actions: int = 0
+    subjects: int = 0
+    amounts: dict[str, int] = Field(default_factory=dict, description="Sum of the declared amounts, per unit.")
+    compensation: str = Field(default="none", description="reversal | mitigation | none, as the bundle declares.")
+    reversible: bool = False
+
+
+class BlastWindow(ApiModel):
+    start: str
+    end: str | None = Field(default=None, description="Unset: the window is still open (not contained yet).")
+    source: str = Field(default="", description="Where the start comes from.")
+
+
 class BlastRadius(ApiModel):
+    """What the incident's agents did in its window, read from their ledger (never a partial count)."""
+
     actions: int = 0
     by_tool: dict[str, int] = Field(default_factory=dict, alias="byTool")
-    subjects: int = 0
+    subjects: int = Field(default=0, description="Distinct subjects per agent, added up over the agents.")
+    reversible: int = 0
+    irreversible: int = 0
+    amounts: dict[str, int] = Field(default_factory=dict)
+    tools: list[ToolBlastRadius] = Field(default_factory=list)
+    window: BlastWindow | None = None
+    observed_at: str | None = Field(default=None, alias="observedAt")
+
+
+class ChecklistItem(ApiModel):
+    """Actions a human mitigates (or that nothing can undo): how many, and the steps."""
+
+    agent: str
+    tool: str
+    actions: int = 0
+    type: str = "none"
+    steps: list[str] = Field(default_factory=list)
+    reason: str | None = None
+
+
+class CompensationPlanStatus(ApiModel):
+    """The current plan for spec.compensate's selection: approve it by its hash."""
+
+    hash: str
+    actions: int = 0
+    planned: int = Field(default=0, description="Actions to reverse.")
+    irreversible: int = Field(default=0, description="Actions to mitigate by hand (the checklist).")
+    skipped: int = Field(default=0, description="Actions nothing is declared to undo.")
+    by_tool: dict[str, int] = Field(default_factory=dict, alias="byTool")
+    checklist: list[ChecklistItem] = Field(default_factory=list)
 
 
 class CompensationStatus(ApiModel):
+    """The plan, and the approved plan's progress as the ledger records it."""
+
+    plan: CompensationPlanStatus | None = None
+    approved_hash: str | None = Field(default=None, alias="approvedHash")
+    job: str | None = Field(default=None, description="The compensation Job of the approved plan.")
     planned: int = 0
     done: int = 0
     failed: int = 0
     irreversible: int = 0
+    skipped: int = 0
+    pending: int = 0
+    observed_at: str | None = Field(default=None, alias="observedAt")
 
 
 class DetectionRecord(ApiModel):
