@@ -217,14 +217,16 @@ def postgres_url(postgres: Any, request: pytest.FixtureRequest) -> str:
     return url
 
 
+LEDGER_SECRET = "refund-ledger"
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 
 
 def chart_install(namespace: str) -> list[dict[str, Any]]:
-    """What `helm install --set watchNamespaces={NAMESPACE}` renders, as Helm's engine renders it."""
+    """What `helm install --set watchNamespaces={NAMESPACE} --set ledger.secretNames={refund-ledger}` renders, as
+    Helm's engine renders it (the tests' agents keep their ledger's URL in Secret refund-ledger)."""
     from tests.chart.render import render
 
-    return render({"watchNamespaces": [namespace]})
+    return render({"watchNamespaces": [namespace], "ledger": {"secretNames": [LEDGER_SECRET]}})
 
 
 def chart_rbac(rendered: list[dict[str, Any]]) -> list[dict[str, Any]]:

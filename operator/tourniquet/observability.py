@@ -93,6 +93,17 @@ RESOLUTION = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+COMPENSATIONS = Counter(
+    "tourniquet_compensations",
+    "Compensations of approved plans observed in the ledger, by outcome (done, failed, irreversible, skipped).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+COMPENSATION_JOBS = Counter(
+    "tourniquet_compensation_jobs_created",
+    "Compensation Jobs the operator created (one per approved plan).",
+    registry=REGISTRY,
+)
 
 WATCH_LAST_EVENT_AGE = Gauge(
     "tourniquet_watch_last_event_age_seconds",

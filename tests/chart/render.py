@@ -28,6 +28,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "namespaced": {"watchNamespaces": ["payments", "support"]},
     "ha": {"replicas": 2},
     "ha-namespaced": {"replicas": 3, "watchNamespaces": ["payments", "support"]},
+    "ledger": {"watchNamespaces": ["support"], "ledger": {"secretNames": ["refund-ledger", "pricing-ledger"]}},
     "observability": {
         "service": {"enabled": True},
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},

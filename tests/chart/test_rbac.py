@@ -125,8 +125,15 @@ def operator_needs(values: dict[str, Any]) -> set[Need]:
         for scope in scopes if namespaced else [CLUSTER]:
             needs.add(Need(scope, permission))
 
+    secret_names = tuple(sorted((values.get("ledger") or {}).get("secretNames") or ()))
     for call in derived.calls:
-        add(call.permission, call.namespaced)
+        permission = call.permission
+        if (permission.group, permission.resource) == ("", "secrets"):
+            # The ledger Secrets the agents name: get on those only; none listed, none readable (by design).
+            if not secret_names or permission.verb != "get":
+                continue
+            permission = Permission("", "secrets", "get", secret_names)
+        add(permission, call.namespaced)
     for (group, plural), verbs in kopf_served().items():
         for verb in verbs:
             add(Permission(group, plural, verb), True)
@@ -168,12 +175,28 @@ def test_namespaced_rules_live_in_each_watched_namespace_only() -> None:
     assert not cluster_resources & per_namespace
 
 
-def test_no_wildcards_and_no_secrets() -> None:
+def test_no_wildcards_and_secrets_only_by_name() -> None:
     for variant in VARIANTS:
+        names = (VARIANTS[variant].get("ledger") or {}).get("secretNames") or []
         for doc in render_variant(variant):
             for rule in doc.get("rules") or []:
                 assert "*" not in rule.get("verbs", []) + rule.get("resources", []) + rule.get("apiGroups", [])
-                assert "secrets" not in rule.get("resources", []), variant
+                if "secrets" in rule.get("resources", []):
+                    assert rule["resources"] == ["secrets"] and rule["verbs"] == ["get"], variant
+                    assert rule.get("resourceNames") == names and names, variant
+
+
+def test_the_ledger_secrets_are_readable_by_name_in_each_watched_namespace_only() -> None:
+    docs = render_variant("ledger")
+    rules = [
+        (d["kind"], d["metadata"].get("namespace"), r.get("resourceNames"))
+        for d in docs
+        if d["kind"] in ("Role", "ClusterRole")
+        for r in d.get("rules") or []
+        if "secrets" in r["resources"]
+    ]
+    assert rules == [("Role", "support", ["refund-ledger", "pricing-ledger"])]
+    assert not [r for d in render_variant("default") for r in d.get("rules") or [] if "secrets" in r["resources"]]
 
 
 def test_the_oncall_role_is_exactly_what_the_commands_call() -> None:

@@ -34,6 +34,7 @@ from tests.conftest import (
     AI,
     CM,
     DEPLOY,
+    LEDGER_SECRET,
     OperatorProcess,
     chart_install,
     chart_rbac,
@@ -41,13 +42,17 @@ from tests.conftest import (
     free_port,
     operator_scope,
 )
+from tests.operator.test_cli_undo import refund
 from tests.operator.test_incidents import KEDA_CRD
 from tests.realcluster import ONCALL_GROUP, RealCluster, operator_account
 from tourniquet.cli import main as cli
+from tourniquet.domain.compensation_job import compensation_job_name
+from tourniquet.runtime import open_ledger
 
 pytestmark = pytest.mark.real
 
 STS = "apps/v1/statefulsets"
+JOBS = "batch/v1/jobs"
 SCALEDOBJECTS = "keda.sh/v1alpha1/scaledobjects"
 TOKEN = "rbac-test-token"
 
@@ -64,9 +69,11 @@ class Grant:
     group: str
     resource: str
     verb: str
+    names: tuple[str, ...] = ()  # resourceNames (the ledger Secrets)
 
     def __str__(self) -> str:
-        return f"{self.owner}-{self.role}:{self.verb}:{self.group or 'core'}/{self.resource}"
+        named = f"[{','.join(self.names)}]" if self.names else ""
+        return f"{self.owner}-{self.role}:{self.verb}:{self.group or 'core'}/{self.resource}{named}"
 
 
 def _roles(rendered: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -80,10 +87,13 @@ def grants_of(rendered: list[dict[str, Any]]) -> list[Grant]:
     found = []
     for owner, role in _roles(rendered):
         for rule in role["rules"]:
-            assert not rule.get("resourceNames") and not rule.get("nonResourceURLs"), rule  # none in the chart
+            assert not rule.get("nonResourceURLs"), rule  # none in the chart
+            # Only the ledger Secrets are granted by name.
+            assert not rule.get("resourceNames") or rule["resources"] == ["secrets"], rule
+            names = tuple(rule.get("resourceNames") or ())
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
-                    found += [Grant(role["kind"], owner, group, resource, verb) for verb in rule["verbs"]]
+                    found += [Grant(role["kind"], owner, group, resource, verb, names) for verb in rule["verbs"]]
     return found
 
 
@@ -95,7 +105,7 @@ def without(rendered: list[dict[str, Any]], grant: Grant) -> list[dict[str, Any]
         if doc["kind"] != grant.role or owner != grant.owner:
             continue
         singles = [
-            {"apiGroups": [g], "resources": [r], "verbs": [v]}
+            {"apiGroups": [g], "resources": [r], "verbs": [v], **named(rule)}
             for rule in doc["rules"]
             for g in rule["apiGroups"]
             for r in rule["resources"]
@@ -105,6 +115,10 @@ def without(rendered: list[dict[str, Any]], grant: Grant) -> list[dict[str, Any]
             s for s in singles if (s["apiGroups"][0], s["resources"][0], s["verbs"][0]) != grant_key(grant)
         ]
     return docs
+
+
+def named(rule: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceNames": list(rule["resourceNames"])} if rule.get("resourceNames") else {}
 
 
 def grant_key(grant: Grant) -> tuple[str, str, str]:
@@ -137,6 +151,7 @@ class Lifecycle:
     cluster: RealCluster
     oncall: str  # on-call's kubeconfig
     http_port: int
+    ledger: str  # the agent's ledger (a SQLite file), named by its Secret
     since: int = 0
 
     def refusals(self) -> list[str]:
@@ -224,7 +239,11 @@ class Lifecycle:
         agent["spec"]["consumers"].append({"kind": "StatefulSet", "name": "refund-ledger"})
         agent["spec"]["revisionHistoryLimit"] = 1
         agent["spec"]["promotion"] = {"soakSeconds": 0}
-        cluster.apply([worker, ledger, queue, agent])
+        agent["spec"]["ledger"] = {"secretRef": {"name": LEDGER_SECRET}}
+        agent["spec"]["compensation"] = {"modules": ["refund_agent.compensators"]}
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": LEDGER_SECRET},
+                  "stringData": {"url": self.ledger}}
+        cluster.apply([worker, ledger, queue, secret, agent])
 
         # Pinned and wired into both kinds of consumer; promoted on evidence (no incident for 0 s).
         self.wait(lambda: self.wired(DEPLOY, "refund-agent-worker") == "1", "the Deployment wired")
@@ -254,6 +273,18 @@ class Lifecycle:
         self.wait(
             lambda: [e for e in cluster.list("v1/events") if e["involvedObject"]["name"] == "sev1"], "its Events"
         )
+        # Undo: the blast radius from the agent's ledger (the operator reads its Secret, by name), the plan
+        # approved by on-call, the compensation Job created.
+        with open_ledger(self.ledger) as actions:
+            actions.record(refund("k1", 1, "o1"))
+            actions.record(refund("k2", 2, "o1"))
+        window = {"start": "2026-11-21T03:00:00Z", "end": "2026-11-21T03:10:00Z"}
+        cluster.patch(AI, "sev1", {"spec": {"window": window}})
+        self.wait(lambda: (cluster.status(AI, "sev1").get("blastRadius") or {}).get("actions") == 2, "blast radius")
+        plan = json.loads(self.cli("compensate", "sev1", "--duplicates-only", "--ledger", self.ledger, "-o", "json"))
+        self.cli("compensate", "sev1", "--duplicates-only", "--ledger", self.ledger, "--approve", plan["hash"])
+        job = compensation_job_name("sev1", plan["hash"])
+        self.wait(lambda: cluster.get(JOBS, job), "the compensation Job")
         self.cli("status")
         self.cli("release", "sev1")
         self.wait(lambda: self.replicas(DEPLOY, "refund-agent-worker") == 2, "the worker restored")
@@ -290,7 +321,9 @@ class Lifecycle:
 
 
 @pytest.fixture
-def lifecycle(cluster: RealCluster, oncall_kubeconfig: str, monkeypatch: pytest.MonkeyPatch) -> Lifecycle:
+def lifecycle(
+    cluster: RealCluster, oncall_kubeconfig: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Lifecycle:
     cluster.apply([KEDA_CRD])
     http = free_port()
     monkeypatch.setenv("TOURNIQUET_HTTP_PORT", str(http))
@@ -298,7 +331,7 @@ def lifecycle(cluster: RealCluster, oncall_kubeconfig: str, monkeypatch: pytest.
     monkeypatch.setenv("TOURNIQUET_RECEIVER_TOKEN", TOKEN)
     monkeypatch.setenv("TOURNIQUET_CANARY_NAMESPACE", cluster.namespace)
     monkeypatch.setenv("TOURNIQUET_CANARY_SECONDS", "1")
-    return Lifecycle(cluster, oncall_kubeconfig, http)
+    return Lifecycle(cluster, oncall_kubeconfig, http, str(tmp_path / "ledger.db"))
 
 
 @pytest.fixture

@@ -112,6 +112,18 @@ every namespace, otherwise in a Role in each watched namespace.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, create, patch]
+# Undo: the ledger URL of each agent, from the Secret its spec.ledger names (only the Secrets listed in
+# ledger.secretNames); the compensation Job of an approved plan (created under a deterministic name, read
+# back to follow it).
+{{- with .Values.ledger.secretNames }}
+- apiGroups: [""]
+  resources: [secrets]
+  resourceNames: {{ toJson . }}
+  verbs: [get]
+{{- end }}
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, create]
 # Drain pauses the KEDA ScaledObject that drives a consumer (nothing happens without KEDA).
 - apiGroups: [keda.sh]
   resources: [scaledobjects]

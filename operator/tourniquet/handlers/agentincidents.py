@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 
 from tourniquet import observability
+from tourniquet.adapters import ledger
 from tourniquet.domain.containment import IncidentView
 from tourniquet.handlers.agentdeployments import incident_views, plain
 from tourniquet.handlers.freshness import NOT_CANARY
@@ -36,6 +37,7 @@ async def start_incident_driver(memo: Any, **kwargs: Any) -> None:
 @kopf.on.cleanup()
 async def stop_incident_driver(memo: Any, **_: Any) -> None:
     await stop_task(getattr(memo, "incidents_task", None))
+    ledger.close_all()  # the agents' ledgers the undo read (their connection pools)
 
 
 @kopf.on.event(*RESOURCE, labels=NOT_CANARY)

@@ -30,6 +30,7 @@ from tourniquet.reconcilers.agentdeployment import (
 from tourniquet.reconcilers.events import containment_pass, post_events_later
 from tourniquet.reconcilers.evidence import capture_evidence
 from tourniquet.reconcilers.locks import lock_for
+from tourniquet.reconcilers.undo import count_compensations, merge_undo, reconcile_undo
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class IncidentReport:
     status: dict[str, Any] = field(default_factory=dict)
     agents: dict[str, AgentReport] = field(default_factory=dict)
     written: dict[str, Any] | None = None  # the incident as the status write returned it (None: not written)
+    retry: str | None = None  # something this pass could not read (the ledger): retry it with backoff
 
 
 async def reconcile_agent_locked(
@@ -227,9 +229,20 @@ async def _reconcile_incident(
             extra.append(("RolledBack", agent_report.rollback, agent))
         if agent_report.rollback_refused:
             extra.append(("Failed", agent_report.rollback_refused, agent))
+    # The undo (blast radius, plan, the approved plan's Job) of an open incident, after its containment.
+    undo = None
+    if not spec.resolved:
+        undo = await reconcile_undo(api, body, {a: agent_bodies.get(a) for a in named}, now=now or _now())
+        if undo is not None:
+            extra += undo.notes
+            report.retry = undo.retry
     new_status = compute(status, reports, extra)
+    if undo is not None:
+        new_status = merge_undo(new_status, undo)
     report.written = await write_incident_status(api, body, new_status)
     if report.written:
+        if undo is not None:
+            count_compensations(undo)
         already = len((body.get("status") or {}).get("timeline") or [])
         post_events_later(api, body, new_status["timeline"][already:])
         observability.observe_incident_timings(body.get("status") or {}, new_status)

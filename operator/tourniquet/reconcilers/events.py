@@ -16,7 +16,7 @@ from typing import Any
 from tourniquet.adapters.kube import EVENTS, ApiError, KubeApi
 
 log = logging.getLogger(__name__)
-WARNING_EVENTS = {"AgentMissing", "DriftRepaired", "Failed"}
+WARNING_EVENTS = {"AgentMissing", "DriftRepaired", "Failed", "LedgerUnavailable", "CompensationRefused"}
 
 
 def object_ref(involved: dict[str, Any]) -> dict[str, Any]:

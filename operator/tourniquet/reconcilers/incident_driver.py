@@ -43,6 +43,10 @@ RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0)  # after a failed pass; a non-transien
 Key = tuple[str, str]  # namespace, name
 
 
+class PassIncomplete(Exception):
+    """A pass wrote what it observed but could not read everything (e.g. the ledger): retried with backoff."""
+
+
 def _key(body: Mapping[str, Any]) -> Key:
     return body["metadata"]["namespace"], body["metadata"]["name"]
 
@@ -135,7 +139,8 @@ class IncidentDriver:
             delay = RETRY_DELAYS[min(schedule.failures, len(RETRY_DELAYS) - 1)] if transient else RETRY_DELAYS[-1]
             schedule.failures += 1
             schedule.due = self.clock() + delay
-            schedule.retry = run
+            # A pass that wrote what it saw is redone from a fresh read, not from the body it started with.
+            schedule.retry = None if isinstance(error, PassIncomplete) else run
             log.warning("AgentIncident %s/%s: pass failed, retrying in %gs: %s", *key, delay, error)
         finally:
             self._running.discard(key)
@@ -160,12 +165,16 @@ class IncidentDriver:
                 log.warning("AgentIncident %s/%s refused: %s", namespace, name, report.message)
             current = report.written or body
             if _is_open(body):
-                self._schedule[key] = _Schedule(self.clock() + self.reassert_seconds)
+                # An incomplete pass keeps its failure count, so its retries back off.
+                failures = (self._schedule.get(key) or _Schedule(0.0)).failures if report.retry else 0
+                self._schedule[key] = _Schedule(self.clock() + self.reassert_seconds, failures)
                 # Off the burst: an incident deleted before this lands is released from its DELETED event.
                 after_containment(lambda: self._add_finalizer_later(current))
             else:
                 self._schedule.pop(key, None)
                 await self._keep_finalizer(current, wanted=False)
+            if report.retry:  # written, but something could not be read (the ledger): the loop retries with backoff
+                raise PassIncomplete(report.retry)
 
     async def _release(self, body: dict[str, Any]) -> None:
         namespace, name = _key(body)
