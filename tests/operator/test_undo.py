@@ -270,3 +270,27 @@ def test_a_missing_secret_names_itself(cluster: Cluster, operator: OperatorProce
                     and condition(cluster, "LedgerUnavailable"), timeout=30, what="LedgerUnavailable")
     assert down["reason"] == "SecretNotFound" and f"Secret {SECRET}" in down["message"]
 
+
+
+def test_a_compensation_under_way_is_followed_after_the_incident_is_resolved(
+    cluster: Cluster, operator: OperatorProcess, oncall_kubeconfig: str, ledger_url: str
+) -> None:
+    cluster.apply([secret(ledger_url), *agent_with_ledger(), the_incident(compensate={"duplicatesOnly": True})])
+    plan = wait_for(lambda: (status(cluster).get("compensation") or {}).get("plan"), timeout=30, what="the plan")
+    approve(cluster, oncall_kubeconfig, plan["hash"], ledger_url)
+    job = wait_for(lambda: cluster.get(JOBS, compensation_job_name(INCIDENT, plan["hash"]), cluster.namespace),
+                   timeout=30, what="the compensation Job")
+    wait_for(lambda: condition(cluster, "Compensated").get("reason") == "Running", what="Running")
+
+    # On-call resolves before the Job is done: the incident is Resolved, and its compensation is still read.
+    cluster.patch(AI, INCIDENT, {"spec": {"resolved": True}}, namespace=cluster.namespace)
+    wait_for(lambda: status(cluster).get("phase") == "Resolved", what="resolved")
+    assert condition(cluster, "Compensated")["reason"] == "Running"
+    operator.stop()  # and a restarted operator follows it too
+    result = run_worker(job, ledger_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    operator.start()
+    complete = wait_for(lambda: condition(cluster, "Compensated").get("status") == "True"
+                        and status(cluster)["compensation"], timeout=30, what="Compensated after resolution")
+    assert (complete["done"], complete["pending"]) == (2, 0)
+    assert status(cluster)["phase"] == "Resolved"

@@ -66,6 +66,15 @@ class Decision:
     message: str = ""
 
 
+def following(status: Mapping[str, Any]) -> bool:
+    """An approved plan's Job is under way (not yet complete or failed for good): a resolved incident is still
+    read until it is, so its status reports how the compensation ended."""
+    conditions = list(status.get("conditions") or [])
+    running = find_condition(conditions, "Compensated") or {}
+    job = (status.get("compensation") or {}).get("job")
+    return bool(job) and running.get("status") == "False" and running.get("reason") in ("Running", "JobUnavailable")
+
+
 def _short(plan_hash: str) -> str:
     return plan_hash[:16] + "…"
 

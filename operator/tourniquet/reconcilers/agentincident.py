@@ -19,6 +19,7 @@ from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, KubeApi
 from tourniquet.domain.containment import IncidentView, incident_problems, parse_incident
 from tourniquet.domain.incident import LeverSeen, incident_status, invalid_incident_status, micro_time, plan_start
 from tourniquet.domain.names import ANNOTATION_OPENED_AT
+from tourniquet.domain.undo import following
 from tourniquet.models import AgentDeploymentSpec, AgentIncidentSpec, Lever
 from tourniquet.reconcilers import agent_status
 from tourniquet.reconcilers.agentdeployment import (
@@ -44,6 +45,7 @@ class IncidentReport:
     agents: dict[str, AgentReport] = field(default_factory=dict)
     written: dict[str, Any] | None = None  # the incident as the status write returned it (None: not written)
     retry: str | None = None  # something this pass could not read (the ledger): retry it with backoff
+    following: bool = False  # resolved, but its compensation Job is under way: keep reading it
 
 
 async def reconcile_agent_locked(
@@ -230,8 +232,9 @@ async def _reconcile_incident(
         if agent_report.rollback_refused:
             extra.append(("Failed", agent_report.rollback_refused, agent))
     # The undo (blast radius, plan, the approved plan's Job) of an open incident, after its containment.
+    # A resolved incident is read on only while its compensation is under way, to report how it ends.
     undo = None
-    if not spec.resolved:
+    if not spec.resolved or following(status):
         undo = await reconcile_undo(api, body, {a: agent_bodies.get(a) for a in named}, now=now or _now())
         if undo is not None:
             extra += undo.notes
@@ -239,6 +242,7 @@ async def _reconcile_incident(
     new_status = compute(status, reports, extra)
     if undo is not None:
         new_status = merge_undo(new_status, undo)
+        report.following = spec.resolved and following(new_status)
     report.written = await write_incident_status(api, body, new_status)
     if report.written:
         if undo is not None:

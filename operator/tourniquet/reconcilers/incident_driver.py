@@ -29,6 +29,7 @@ from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError, KubeApi
 from tourniquet.domain.containment import IncidentView
 from tourniquet.domain.detection import LABEL_SOURCE
 from tourniquet.domain.names import PREFIX
+from tourniquet.domain.undo import following
 from tourniquet.reconcilers import agentincident
 from tourniquet.reconcilers.events import after_containment
 from tourniquet.reconcilers.locks import lock_for
@@ -58,6 +59,11 @@ def _is_open(body: Mapping[str, Any]) -> bool:
 def _opened_by_detection(body: Mapping[str, Any]) -> bool:
     """Detection writes an incident's first status (its Detected entry) before the first pass: read it."""
     return LABEL_SOURCE in (body["metadata"].get("labels") or {})
+
+
+def _watched(body: Mapping[str, Any]) -> bool:
+    """Open, or resolved with its compensation Job under way: passes go on."""
+    return _is_open(body) or following(body.get("status") or {})
 
 
 def _behind(body: Mapping[str, Any]) -> bool:
@@ -116,10 +122,10 @@ class IncidentDriver:
             if held:
                 body = copy()
                 await self._attempt(key, lambda: self._release(body))
-        elif _behind(seen) or (kind is None and _is_open(seen)):
+        elif _behind(seen) or (kind is None and _watched(seen)):
             body = copy()
             await self._attempt(key, lambda: self._reconcile(key, body))
-        elif _is_open(seen):
+        elif _watched(seen):
             self._schedule.setdefault(key, _Schedule(self.clock() + self.reassert_seconds))
 
     # -- passes ---------------------------------------------------------------------------------------------
@@ -171,7 +177,10 @@ class IncidentDriver:
                 # Off the burst: an incident deleted before this lands is released from its DELETED event.
                 after_containment(lambda: self._add_finalizer_later(current))
             else:
-                self._schedule.pop(key, None)
+                if report.following:  # resolved, holding nothing, but its compensation is still read
+                    self._schedule[key] = _Schedule(self.clock() + self.reassert_seconds)
+                else:
+                    self._schedule.pop(key, None)
                 await self._keep_finalizer(current, wanted=False)
             if report.retry:  # written, but something could not be read (the ledger): the loop retries with backoff
                 raise PassIncomplete(report.retry)
