@@ -987,5 +987,9 @@ async def _patch_incident(
         await api.close()
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m tourniquet.cli: run the module proper (with the review commands)
+    from tourniquet.cli import main as _main
+
+    _main()
+else:  # the review commands (gate, ...) live in their own module, which adds them to `main`
+    import tourniquet.cli_review  # noqa: F401

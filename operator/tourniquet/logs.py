@@ -53,7 +53,9 @@ class JsonFormatter(logging.Formatter):
 # handler. Incidents are driven from one (every event of every incident: its creation, the echo of each
 # status write, its finalizer), so that would be several lines per incident saying nothing; what a pass did
 # is logged by the pass itself. Hidden unless --verbose.
-_QUIET_MESSAGES = frozenset(f"Handler '{name}' succeeded." for name in ("incident_event",))
+# The same for the review features' watch-event handlers (every evaluation Job's events).
+_QUIET_HANDLERS = ("incident_event", "evaluation_job_event")
+_QUIET_MESSAGES = frozenset(f"Handler '{name}' succeeded." for name in _QUIET_HANDLERS)
 
 
 class _QuietEventHandlerSuccesses(logging.Filter):

@@ -45,10 +45,11 @@ HTTP_VERBS = {
 NOT_OPERATOR = {
     "adapters/kube.py": "the KubeApi verbs themselves",
     "cli.py": "the on-call commands, run with the user's own credentials (see the on-call ClusterRole)",
+    "cli_review.py": "the review commands (gate, regression, readiness, drill, postmortem), as on-call",
     "sandbox/": "the embedded API server for tests and demos",
     "runtime/": "the agent-side library, run under the agent's own ServiceAccount",
 }
-ONCALL = ("cli.py",)
+ONCALL = ("cli.py", "cli_review.py")
 
 
 @dataclass(frozen=True, order=True)
@@ -64,6 +65,10 @@ class Permission:
         group = self.group or "core"
         names = f" named {', '.join(self.names)}" if self.names else ""
         return f"{self.verb} {self.resource} ({group}){names}"
+
+
+# What Kubernetes grants every authenticated user (the system:basic-user ClusterRole): needed, never in the chart.
+EVERYONE = frozenset({Permission("authentication.k8s.io", "selfsubjectreviews", "create")})
 
 
 @dataclass(frozen=True, order=True)

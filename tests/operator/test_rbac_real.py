@@ -42,7 +42,9 @@ from tests.conftest import (
     free_port,
     operator_scope,
 )
+from tests.operator.evaljobs import evaluation_jobs, finish_job, report
 from tests.operator.test_cli_undo import refund
+from tests.operator.test_gate import EVALUATION
 from tests.operator.test_incidents import KEDA_CRD
 from tests.realcluster import ONCALL_GROUP, RealCluster, operator_account
 from tourniquet.cli import main as cli
@@ -298,6 +300,15 @@ class Lifecycle:
         cluster.apply([agent])
         self.cli("rollback", "refund-agent", "--clear")
         self.wait(lambda: self.wired(DEPLOY, "refund-agent-worker") == "4", "revision 4 wired")
+
+        # The redeploy gate: revision 5 waits for its evaluation Job, which passes (the test plays the Job
+        # controller), then rolls out.
+        agent["spec"]["evaluation"] = EVALUATION
+        agent["spec"]["bundle"]["prompt"]["template"] = "You are the refund assistant, v5."
+        cluster.apply([agent])
+        job = self.wait(lambda: evaluation_jobs(cluster), "the evaluation Job of revision 5")[0]
+        finish_job(cluster, job["metadata"]["name"], message=report(), exit_code=0)
+        self.wait(lambda: self.wired(DEPLOY, "refund-agent-worker") == "5", "revision 5 wired once it passed")
 
         # An Alertmanager alert with no namespace label: the operator finds its agent and opens an incident.
         self.alert({"alertname": "RefundStorm", "agent": "refund-agent", "severity": "SEV3", "class": "other"})

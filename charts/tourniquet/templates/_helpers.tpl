@@ -113,17 +113,19 @@ every namespace, otherwise in a Role in each watched namespace.
   resources: [networkpolicies]
   verbs: [get, create, patch]
 # Undo: the ledger URL of each agent, from the Secret its spec.ledger names (only the Secrets listed in
-# ledger.secretNames); the compensation Job of an approved plan (created under a deterministic name, read
-# back to follow it).
+# ledger.secretNames).
 {{- with .Values.ledger.secretNames }}
 - apiGroups: [""]
   resources: [secrets]
   resourceNames: {{ toJson . }}
   verbs: [get]
 {{- end }}
+# Jobs: the compensation Job of an approved plan, and the redeploy gate's evaluation Job of a candidate
+# revision (each created under a deterministic name and read back; Kopf watches them to notice an
+# evaluation finish or go away).
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, create]
+  verbs: [get, list, watch, create]
 # Drain pauses the KEDA ScaledObject that drives a consumer (nothing happens without KEDA).
 - apiGroups: [keda.sh]
   resources: [scaledobjects]

@@ -67,10 +67,13 @@ JOBS = Resource("batch", "v1", "jobs", "Job")
 NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
 DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
 STATEFULSETS = Resource("apps", "v1", "statefulsets", "StatefulSet")
+JOBS = Resource("batch", "v1", "jobs", "Job")
 NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
 AGENTDEPLOYMENTS = Resource("tourniquet.dev", "v1alpha1", "agentdeployments", "AgentDeployment")
 AGENTINCIDENTS = Resource("tourniquet.dev", "v1alpha1", "agentincidents", "AgentIncident")
 SCALEDOBJECTS = Resource("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject")
+# Who am I: the CLI records who overrode an evaluation (every authenticated user may ask).
+SELFSUBJECTREVIEWS = Resource("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview", False)
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False)
 
 WORKLOADS = {"Deployment": DEPLOYMENTS, "StatefulSet": STATEFULSETS}

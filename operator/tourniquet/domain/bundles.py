@@ -71,6 +71,7 @@ class StoredRevision:
     name: str
     created_at: str | None = None
     verdict: RevisionVerdict = RevisionVerdict.UNKNOWN
+    evaluation: str | None = None  # passed | overridden: what the redeploy gate recorded (domain.gate)
 
 
 def stored_revision_from_configmap(cm: dict[str, Any]) -> StoredRevision | None:
@@ -90,6 +91,7 @@ def stored_revision_from_configmap(cm: dict[str, Any]) -> StoredRevision | None:
         name=meta.get("name", ""),
         created_at=meta.get("creationTimestamp"),
         verdict=verdict,
+        evaluation=labels.get(names.LABEL_EVALUATION),
     )
 
 

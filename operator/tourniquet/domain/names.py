@@ -12,6 +12,7 @@ LABEL_COMPONENT = f"{PREFIX}/component"  # bundle | control | evidence
 LABEL_REVISION = f"{PREFIX}/revision"
 LABEL_HASH = f"{PREFIX}/bundle-hash"
 LABEL_VERDICT = f"{PREFIX}/verdict"  # good | bad; absent means not yet proven either way
+LABEL_EVALUATION = f"{PREFIX}/evaluation"  # passed | overridden: the redeploy gate's record (domain.gate)
 
 ANNOTATION_SHA256 = f"{PREFIX}/bundle-sha256"
 ANNOTATION_VERDICT_REASON = f"{PREFIX}/verdict-reason"

@@ -8,5 +8,6 @@ from tourniquet.handlers import startup  # isort: skip
 from tourniquet.handlers import agentdeployments, agentincidents
 from tourniquet.handlers import detection as detection  # detection daemons, the receiver and /metrics
 from tourniquet.handlers import freshness as freshness  # watch freshness: the canary, event ages, the probe
+from tourniquet.handlers import gate as gate  # the redeploy gate: evaluation Jobs finishing
 
 __all__ = ["agentdeployments", "agentincidents", "startup"]

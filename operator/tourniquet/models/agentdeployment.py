@@ -22,6 +22,7 @@ from tourniquet.models.common import (
     cel,
     validations,
 )
+from tourniquet.models.review import Evaluation, EvaluationStatus
 
 # A version that moves by itself cannot be rolled back to: only the forms that name one model build forever
 # count as pinned. A family name (gpt-5), a tag (v1, stable, latest) or a bare number may point at another
@@ -382,6 +383,9 @@ class AgentDeploymentSpec(ApiModel):
         description="Run this revision instead of the one spec.bundle describes. Remove it to roll forward.",
     )
     promotion: Promotion | None = None
+    evaluation: Evaluation | None = Field(
+        default=None, description="The redeploy gate: a new revision rolls out only once this evaluation Job passes."
+    )
     revision_history_limit: int = Field(default=10, ge=1, le=100, alias="revisionHistoryLimit")
     ledger: LedgerRef | None = Field(
         default=None, description="The shared action ledger (blast radius, traces, compensation)."
@@ -478,6 +482,7 @@ class AgentDeploymentStatus(ApiModel):
     consumers: list[ConsumerStatus] = Field(default_factory=list)
     containment: ContainmentStatus | None = None
     detection: DetectionStatus | None = None
+    evaluation: EvaluationStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)
 
 

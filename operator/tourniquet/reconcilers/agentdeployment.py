@@ -8,6 +8,7 @@ agent's containment is the union of its open incidents, recomputed on every pass
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from tourniquet.domain import agent as decide
 from tourniquet.domain import bundles, names, network, wiring
 from tourniquet.domain.conditions import rfc3339
 from tourniquet.domain.containment import Containment, IncidentView, incident_view, plan_containment
+from tourniquet.domain.gate import with_gate_status
 from tourniquet.domain.generations import PerGeneration
 from tourniquet.levers import control as control_lever
 from tourniquet.levers import drain as drain_lever
@@ -34,6 +36,7 @@ from tourniquet.levers import egress as egress_lever
 from tourniquet.levers.common import LeverObservation
 from tourniquet.models import AgentDeploymentSpec, Lever, RevisionVerdict
 from tourniquet.reconcilers.agent_status import write_status, write_status_later
+from tourniquet.reconcilers.gate import gate_pass
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +257,13 @@ async def reconcile_agent_deployment(
     for revision in plan.mark_bad:
         stored = await _set_verdict(api, namespace, stored, revision, RevisionVerdict.BAD)
         report.actions.append(f"Marked bundle revision {revision} bad")
+    # 2b. The redeploy gate: an unproven revision rolls out only once its evaluation Job passed (reconcilers.gate).
+    gated = await gate_pass(
+        api, body, spec, plan, stored, _current_revision(status, world), containment, now, report.actions
+    )
+    stored = gated.stored if gated.stored is not None else stored
+    if gated.hold:
+        plan.active_revision = _current_revision(status, world)
     # 3. The fast, non-destructive levers, shadow and revoke, at once.
     control, policy = await asyncio.gather(
         control_lever.apply_control(
@@ -315,6 +325,7 @@ async def reconcile_agent_deployment(
         now=now,
         generation=generation,
     )
+    new_status = with_gate_status(new_status, gated, now=now, generation=generation)
     if not (defer_status and containment.drain_waiting and not containment.drained):
         if status_later:
             write_status_later(api, body, new_status)
@@ -435,9 +446,7 @@ async def _set_verdict(
     target = next(r for r in stored if r.revision == revision)
     label = decide.verdict_label(verdict)
     await api.patch(CONFIGMAPS, namespace, target.name, {"metadata": {"labels": {names.LABEL_VERDICT: label}}})
-    return [
-        bundles.StoredRevision(r.revision, r.hash, r.name, r.created_at, verdict) if r is target else r for r in stored
-    ]
+    return [dataclasses.replace(r, verdict=verdict) if r is target else r for r in stored]
 
 
 async def _promote_and_prune(
