@@ -84,13 +84,14 @@ def test_rendering_is_deterministic_and_marked_generated() -> None:
     assert sorted(first) == [
         "crds/tourniquet.dev_agentdeployments.yaml",
         "crds/tourniquet.dev_agentincidents.yaml",
+        "crds/tourniquet.dev_agentregressioncases.yaml",
     ]
     assert all(text.startswith(HEADER) for text in first.values())
 
 
 def test_check_reports_every_drift_and_write_repairs_it(tmp_path: Path) -> None:
     written = write_crds(tmp_path)
-    assert len(written) == 4 and check_crds(tmp_path) == []
+    assert len(written) == 2 * len(KINDS) and check_crds(tmp_path) == []
 
     deploy = tmp_path / "crds/tourniquet.dev_agentdeployments.yaml"
     deploy.write_text(deploy.read_text().replace("maxItems: 64", "maxItems: 65"))
@@ -179,6 +180,7 @@ def test_models_that_cannot_be_structural_are_refused() -> None:
 EXPECTED_NAMES = {
     "AgentDeployment": ("agentdeployments", "agentdeployment", ["agd", "agentdeploy"]),
     "AgentIncident": ("agentincidents", "agentincident", ["agi", "aincident"]),
+    "AgentRegressionCase": ("agentregressioncases", "agentregressioncase", ["arc", "regressioncase"]),
 }
 EXPECTED_COLUMNS = {
     "AgentDeployment": [
@@ -198,6 +200,13 @@ EXPECTED_COLUMNS = {
         ("Blast", ".status.blastRadius.actions", "integer", 0),
         ("Compensated", '.status.conditions[?(@.type=="Compensated")].status', "string", 1),
         ("Resolved", ".spec.resolved", "boolean", 0),
+        ("Age", ".metadata.creationTimestamp", "date", 0),
+    ],
+    "AgentRegressionCase": [
+        ("Agent", ".spec.agent", "string", 0),
+        ("Incident", ".spec.incident", "string", 0),
+        ("Source", ".spec.source", "string", 1),
+        ("Accepted", '.status.conditions[?(@.type=="Accepted")].status', "string", 0),
         ("Age", ".metadata.creationTimestamp", "date", 0),
     ],
 }

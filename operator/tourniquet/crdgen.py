@@ -28,6 +28,7 @@ from tourniquet.models import (
     AgentIncidentSpec,
     AgentIncidentStatus,
 )
+from tourniquet.models.review import AgentRegressionCase, AgentRegressionCaseSpec, AgentRegressionCaseStatus
 
 GROUP = "tourniquet.dev"
 VERSION = "v1alpha1"
@@ -141,6 +142,21 @@ KINDS: tuple[KindSpec, ...] = (
             ),
             _condition_column("Compensated", "Compensated", priority=1),
             PrinterColumn("Resolved", ".spec.resolved", "boolean"),
+            _AGE,
+        ),
+    ),
+    KindSpec(
+        kind="AgentRegressionCase",
+        plural="agentregressioncases",
+        short_names=("arc", "regressioncase"),
+        model=AgentRegressionCase,
+        spec=AgentRegressionCaseSpec,
+        status=AgentRegressionCaseStatus,
+        columns=(
+            PrinterColumn("Agent", ".spec.agent", description="The agent whose redeploys must pass it."),
+            PrinterColumn("Incident", ".spec.incident", description="The incident it came from."),
+            PrinterColumn("Source", ".spec.source", priority=1),
+            _condition_column("Accepted", "Accepted"),
             _AGE,
         ),
     ),
@@ -359,7 +375,7 @@ def build_crd(kind: KindSpec) -> dict[str, Any]:
 
 
 def build_crds() -> list[dict[str, Any]]:
-    """The two CustomResourceDefinitions, as plain dicts."""
+    """The CustomResourceDefinitions, as plain dicts."""
     return [build_crd(kind) for kind in KINDS]
 
 

@@ -53,8 +53,8 @@ class JsonFormatter(logging.Formatter):
 # handler. Incidents are driven from one (every event of every incident: its creation, the echo of each
 # status write, its finalizer), so that would be several lines per incident saying nothing; what a pass did
 # is logged by the pass itself. Hidden unless --verbose.
-# The same for the review features' watch-event handlers (every evaluation Job's events).
-_QUIET_HANDLERS = ("incident_event", "evaluation_job_event")
+# The same for the review features' watch-event handlers (an agent's every event, every evaluation Job's).
+_QUIET_HANDLERS = ("incident_event", "agent_added_or_deleted", "case_event", "evaluation_job_event")
 _QUIET_MESSAGES = frozenset(f"Handler '{name}' succeeded." for name in _QUIET_HANDLERS)
 
 

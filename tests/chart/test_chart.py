@@ -74,6 +74,7 @@ def test_the_crds_helm_installs_validate_strictly(version: str) -> None:
     assert {d["metadata"]["name"] for d in documents} == {
         "agentdeployments.tourniquet.dev",
         "agentincidents.tourniquet.dev",
+        "agentregressioncases.tourniquet.dev",
         "clusterkopfpeerings.kopf.dev",
         "kopfpeerings.kopf.dev",
     }

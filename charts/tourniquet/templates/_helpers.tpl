@@ -126,6 +126,14 @@ every namespace, otherwise in a Role in each watched namespace.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create]
+# Regression cases: the gate gives an agent's cases to its evaluation Job (list); Kopf watches them to keep
+# their Accepted condition (does the agent they name exist) in their status.
+- apiGroups: [tourniquet.dev]
+  resources: [agentregressioncases]
+  verbs: [list, watch]
+- apiGroups: [tourniquet.dev]
+  resources: [agentregressioncases/status]
+  verbs: [patch]
 # Drain pauses the KEDA ScaledObject that drives a consumer (nothing happens without KEDA).
 - apiGroups: [keda.sh]
   resources: [scaledobjects]

@@ -7,11 +7,19 @@ postmortems) grow here without touching the core models more than a field each.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, field_validator
 
-from tourniquet.models.common import PRESERVE_UNKNOWN, ApiModel, cel, validations
+from tourniquet.models.common import (
+    DNS_SUBDOMAIN,
+    PRESERVE_UNKNOWN,
+    TOOL_NAME,
+    ApiModel,
+    Condition,
+    cel,
+    validations,
+)
 
 OVERRIDE_REASON_MESSAGE = "an evaluation override needs a reason: say why this revision may skip its evaluation"
 
@@ -79,3 +87,79 @@ class EvaluationStatus(ApiModel):
     failed: list[FailedCase] = Field(default_factory=list, description="The cases it failed, as it reported them.")
     message: str = ""
 
+
+# ---------------------------------------------------------------- regression cases
+
+
+class CaseSource(str, enum.Enum):
+    LEDGER = "ledger"
+    EVIDENCE = "evidence"
+    MANUAL = "manual"
+
+
+class RegressionInput(ApiModel):
+    """What the agent saw for one implicated action: its tool call and, from the decision trace, what led to it."""
+
+    tool: str | None = Field(default=None, pattern=TOOL_NAME)
+    arguments: dict[str, Any] = Field(default_factory=dict, json_schema_extra=PRESERVE_UNKNOWN)
+    task: str | None = Field(default=None, max_length=253, description="The task (unit of work) it belonged to.")
+    action: str | None = Field(default=None, max_length=255, description="The action's idempotency key in the ledger.")
+    subjects: list[str] = Field(default_factory=list, description="What it touched, e.g. order:123.")
+    time: str | None = None
+    trace: dict[str, Any] | None = Field(
+        default=None,
+        description="The decision trace (model input, retrieved context, model output), size-bounded and redacted.",
+        json_schema_extra=PRESERVE_UNKNOWN,
+    )
+    evidence: str | None = Field(
+        default=None, max_length=16384, description="Without a ledger: the evidence's log lines about this action."
+    )
+
+
+class MaxCalls(ApiModel):
+    tool: str = Field(pattern=TOOL_NAME)
+    per_argument: str | None = Field(
+        default=None, alias="perArgument", description="Count per value of this argument (e.g. order_id)."
+    )
+    count: int = Field(default=1, ge=0)
+
+
+class ExpectedBehaviour(ApiModel):
+    """What the agent should have done: words for people, and checks the eval command may read."""
+
+    description: str = Field(min_length=1, max_length=4096)
+    max_calls: list[MaxCalls] = Field(default_factory=list, alias="maxCalls")
+    forbidden_tools: list[Annotated[str, Field(pattern=TOOL_NAME)]] = Field(
+        default_factory=list, alias="forbiddenTools"
+    )
+    checks: dict[str, Any] = Field(
+        default_factory=dict, description="Anything else the agent's eval reads.", json_schema_extra=PRESERVE_UNKNOWN
+    )
+
+
+class AgentRegressionCaseSpec(ApiModel):
+    """A confirmed failure mode of one agent: the inputs that led to it and the behaviour expected instead."""
+
+    agent: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="The AgentDeployment.")
+    incident: str | None = Field(default=None, max_length=253, description="The incident it came from.")
+    revision: int | None = Field(default=None, ge=1, description="The bundle revision implicated in that incident.")
+    source: CaseSource = CaseSource.MANUAL
+    inputs: list[RegressionInput] = Field(default_factory=list, max_length=100)
+    expected: ExpectedBehaviour
+
+
+class AgentRegressionCaseStatus(ApiModel):
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class AgentRegressionCase(ApiModel):
+    """A regression case: every redeploy of its agent must pass it (the agent's evaluation Job is given it)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: str = Field(default="tourniquet.dev/v1alpha1", alias="apiVersion")
+    kind: str = "AgentRegressionCase"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: AgentRegressionCaseSpec
+    status: AgentRegressionCaseStatus | None = None

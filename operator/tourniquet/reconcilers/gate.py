@@ -12,8 +12,8 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from tourniquet.adapters.kube import CONFIGMAPS, JOBS, PODS, ApiError, KubeApi
-from tourniquet.domain import gate
+from tourniquet.adapters.kube import AGENTREGRESSIONCASES, CONFIGMAPS, JOBS, PODS, ApiError, KubeApi
+from tourniquet.domain import gate, regression
 from tourniquet.domain.agent import BundlePlan
 from tourniquet.domain.bundles import StoredRevision
 from tourniquet.domain.containment import Containment
@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 
 async def regression_cases(api: KubeApi, namespace: str, agent: str) -> list[dict[str, Any]]:
-    """The agent's regression cases, as the eval command gets them (none before they exist)."""
-    return []
+    """The agent's regression cases (AgentRegressionCases naming it), as the eval command gets them."""
+    return regression.cases_of(await api.list(AGENTREGRESSIONCASES, namespace), agent)
 
 
 async def gate_pass(
