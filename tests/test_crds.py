@@ -189,6 +189,7 @@ EXPECTED_COLUMNS = {
         ("Ready", '.status.conditions[?(@.type=="Ready")].status', "string", 0),
         ("Reason", '.status.conditions[?(@.type=="Ready")].reason', "string", 0),
         ("Contained", '.status.conditions[?(@.type=="Contained")].status', "string", 1),
+        ("Readiness", ".status.readiness.summary", "string", 0),
         ("Age", ".metadata.creationTimestamp", "date", 0),
     ],
     "AgentIncident": [

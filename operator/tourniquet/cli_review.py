@@ -5,6 +5,7 @@ adds them to the main group."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import Any
 
@@ -367,8 +368,83 @@ async def _list_cases(
         )
 
 
+# ---------------------------------------------------------------- readiness
+
+
+@click.command()
+@click.argument("agent", required=False)
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--strict", is_flag=True, help="Exit 1 unless every agent shown is 5/5 (for CI).")
+@_kube_options
+def readiness(
+    agent: str | None,
+    output: str,
+    strict: bool,
+    kubeconfig: str | None,
+    kube_context: str | None,
+    namespace: str | None,
+) -> None:
+    """The readiness checklist of AGENT (or of every agent): what is missing, and how to fix it."""
+    ns = _namespace(namespace, kubeconfig, kube_context)
+    _run(lambda: _readiness(agent, ns, output, strict, kubeconfig, kube_context))
+
+
+async def _readiness(
+    agent: str | None, namespace: str, output: str, strict: bool, kubeconfig: str | None, kube_context: str | None
+) -> None:
+    import json
+
+    from tourniquet.adapters.kube import AGENTDEPLOYMENTS, ApiError, KubeApi
+
+    api = await KubeApi.from_config(kubeconfig, kube_context)
+    try:
+        if agent:
+            found = await api.get_or_none(AGENTDEPLOYMENTS, namespace, agent)
+            if found is None:
+                _fail(f"AgentDeployment {agent} not found in namespace {namespace}")
+            agents = [found] if found else []
+        else:
+            agents = sorted(await api.list(AGENTDEPLOYMENTS, namespace), key=lambda a: a["metadata"]["name"])
+    except ApiError as error:
+        _fail(f"Kubernetes API: {error.message or error}")
+        return
+    finally:
+        await api.close()
+    checklists = {a["metadata"]["name"]: (a.get("status") or {}).get("readiness") for a in agents}
+    if output == "json":
+        click.echo(json.dumps(checklists, indent=2))
+    elif not agents:
+        click.echo(f"No AgentDeployments in namespace {namespace}.")
+    elif agent:
+        _print_checklist(agent, checklists[agent])
+    else:
+        rows = [("AGENT", "READINESS", "MISSING")]
+        for name, checklist in checklists.items():
+            missing = [i["name"] for i in (checklist or {}).get("items") or [] if not i.get("ready")]
+            summary = (checklist or {}).get("summary") or "-"
+            rows.append((name, summary, ", ".join(missing) if checklist else "not checked yet"))
+        widths = [max(len(r[i]) for r in rows) for i in range(2)]
+        for row in rows:
+            click.echo(f"{row[0].ljust(widths[0])}  {row[1].ljust(widths[1])}  {row[2]}")
+        click.echo("\nkubectl tourniquet readiness AGENT says how to fix each.")
+    if strict and any((c or {}).get("ready") != len((c or {}).get("items") or [None]) for c in checklists.values()):
+        sys.exit(1)
+
+
+def _print_checklist(agent: str, checklist: dict[str, Any] | None) -> None:
+    if not checklist:
+        click.echo(f"{agent}: the operator has not checked its readiness yet (is it running?)")
+        return
+    click.echo(f"{agent}: {checklist.get('summary')} ready")
+    for item in checklist.get("items") or []:
+        mark = "ok     " if item.get("ready") else "MISSING"
+        click.echo(f"  {mark}  {item['name']}: {item.get('message', '')}")
+        if not item.get("ready") and item.get("fix"):
+            click.echo(f"           fix: {item['fix']}")
+
+
 def register(group: click.Group) -> None:
-    for command in (gate, regression, list_cases):
+    for command in (gate, regression, list_cases, readiness):
         group.add_command(command)
 
 

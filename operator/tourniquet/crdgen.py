@@ -118,6 +118,9 @@ KINDS: tuple[KindSpec, ...] = (
             _condition_column("Ready", "Ready"),
             _condition_column("Reason", "Ready", field="reason"),
             _condition_column("Contained", "Contained", priority=1),
+            PrinterColumn(
+                "Readiness", ".status.readiness.summary", description="The readiness checklist: ready items of five."
+            ),
             _AGE,
         ),
     ),

@@ -384,14 +384,17 @@ def test_the_grafana_dashboard_is_loaded_by_the_sidecar() -> None:
 
 
 OBSERVABILITY = ROOT / "operator" / "tourniquet" / "observability.py"
+REVIEW_METRICS = ROOT / "operator" / "tourniquet" / "review_metrics.py"
 # Labels Prometheus adds on scrape, and the histogram bucket label.
 SCRAPE_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint", "le"}
 
 
 def operator_metrics() -> dict[str, set[str]]:
-    """The series observability.py exports -> their label names (Counter "x" is exported as x_total)."""
+    """The series observability.py and review_metrics.py export -> their label names (Counter "x" is exported as
+    x_total)."""
     exported: dict[str, set[str]] = {}
-    for node in ast.walk(ast.parse(OBSERVABILITY.read_text())):
+    trees = [ast.parse(path.read_text()) for path in (OBSERVABILITY, REVIEW_METRICS)]
+    for node in (n for tree in trees for n in ast.walk(tree)):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
             continue
         if node.func.id not in ("Counter", "Gauge", "Histogram", "Summary") or not node.args:

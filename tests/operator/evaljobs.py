@@ -27,7 +27,7 @@ def evaluation_jobs(cluster: Any, agent: str = "refund-agent") -> list[dict[str,
     return cluster.list(JOBS, label_selector=f"tourniquet.dev/agent={agent},tourniquet.dev/component=evaluation")
 
 
-def wait_job(cluster: Any, revision: int, agent: str = "refund-agent", timeout: float = 20) -> dict[str, Any]:
+def wait_job(cluster: Any, revision: int, agent: str = "refund-agent", timeout: float = 30) -> dict[str, Any]:
     """The evaluation Job of `revision`, once the operator created it."""
     return wait_for(
         lambda: next(

@@ -64,7 +64,11 @@ def verdict(cluster: Cluster, revision: int) -> str | None:
 def start(cluster: Cluster) -> None:
     """Revision 1 runs and is known good before the gate is configured."""
     cluster.apply(agent())
-    wait_for(lambda: wired_revision(cluster) == "1" and verdict(cluster, 1) == "good", what="revision 1 known good")
+    wait_for(
+        lambda: wired_revision(cluster) == "1" and verdict(cluster, 1) == "good",
+        timeout=30,
+        what="revision 1 known good",
+    )
 
 
 def test_a_new_revision_is_held_until_its_evaluation_passes_and_a_rollback_never_is(
@@ -77,7 +81,7 @@ def test_a_new_revision_is_held_until_its_evaluation_passes_and_a_rollback_never
     start(cluster)
     cluster.apply(agent("You are the refund assistant, v2.", EVALUATION))
     job = wait_job(cluster, 2)
-    running = wait_for(lambda: gated_reason(cluster, "EvaluationRunning"), what="revision 2 held")
+    running = wait_for(lambda: gated_reason(cluster, "EvaluationRunning"), timeout=30, what="revision 2 held")
     assert running["status"] == "True" and job["metadata"]["name"] in running["message"]
     assert cluster.status(AD, "refund-agent")["bundle"]["specRevision"] == 2
     assert wired_revision(cluster) == "1" and active_revision(cluster) == 1, "the consumers run revision 1 meanwhile"
@@ -99,7 +103,7 @@ def test_a_new_revision_is_held_until_its_evaluation_passes_and_a_rollback_never
 
     # It fails a case: held, and the condition names the case.
     finish_job(cluster, name, message=report(failed={"dup-refunds": "refunded order 123 twice"}), exit_code=1)
-    failed = wait_for(lambda: gated_reason(cluster, "EvaluationFailed"), what="revision 2 failed")
+    failed = wait_for(lambda: gated_reason(cluster, "EvaluationFailed"), timeout=30, what="revision 2 failed")
     assert "dup-refunds (refunded order 123 twice)" in failed["message"] and failed["status"] == "True"
     evaluation = cluster.status(AD, "refund-agent")["evaluation"]
     assert evaluation["state"] == "Failed" and evaluation["failed"] == [
@@ -111,8 +115,8 @@ def test_a_new_revision_is_held_until_its_evaluation_passes_and_a_rollback_never
     cluster.apply(agent("You are the refund assistant, v3.", EVALUATION))
     fixed = wait_job(cluster, 3)
     finish_job(cluster, fixed["metadata"]["name"], message=report(), exit_code=0)
-    wait_for(lambda: wired_revision(cluster) == "3", what="revision 3 rolled out")
-    passed = wait_for(lambda: gated_reason(cluster, "EvaluationPassed"), what="revision 3 passed")
+    wait_for(lambda: wired_revision(cluster) == "3", timeout=30, what="revision 3 rolled out")
+    passed = wait_for(lambda: gated_reason(cluster, "EvaluationPassed"), timeout=30, what="revision 3 passed")
     assert passed["status"] == "False"
     labels = cluster.get(CM, "refund-agent-bundle-3")["metadata"]["labels"]
     assert labels["tourniquet.dev/evaluation"] == "passed"
@@ -124,7 +128,7 @@ def test_a_new_revision_is_held_until_its_evaluation_passes_and_a_rollback_never
     # Rolling forward to revision 3, which passed: not evaluated again.
     result = CliRunner().invoke(cli, ["rollback", "refund-agent", "--clear", "--kubeconfig", oncall_kubeconfig])
     assert result.exit_code == 0, result.output
-    wait_for(lambda: wired_revision(cluster) == "3", what="revision 3 again")
+    wait_for(lambda: wired_revision(cluster) == "3", timeout=30, what="revision 3 again")
     revisions = sorted(j["metadata"]["labels"]["tourniquet.dev/revision"] for j in evaluation_jobs(cluster))
     assert revisions == ["2", "3"]
 
@@ -139,12 +143,13 @@ def test_a_killed_evaluation_job_is_run_again(cluster: Cluster, operator) -> Non
             (j for j in evaluation_jobs(cluster) if j["metadata"]["uid"] != first["metadata"]["uid"]),
             None,
         ),
+        timeout=30,
         what="the Job created again",
     )
     assert again["metadata"]["name"] == first["metadata"]["name"]  # deterministic per revision
     assert wired_revision(cluster) == "1"
     finish_job(cluster, again["metadata"]["name"], message=report(), exit_code=0)
-    wait_for(lambda: wired_revision(cluster) == "2", what="revision 2 rolled out")
+    wait_for(lambda: wired_revision(cluster) == "2", timeout=30, what="revision 2 rolled out")
 
 
 def test_a_job_that_fails_without_a_report_is_an_error_not_a_pass(cluster: Cluster, operator) -> None:
@@ -152,7 +157,7 @@ def test_a_job_that_fails_without_a_report_is_an_error_not_a_pass(cluster: Clust
     cluster.apply(agent("You are the refund assistant, v2.", EVALUATION))
     job = wait_job(cluster, 2)
     finish_job(cluster, job["metadata"]["name"], message=None, exit_code=2)
-    error = wait_for(lambda: gated_reason(cluster, "EvaluationError"), what="an evaluation error")
+    error = wait_for(lambda: gated_reason(cluster, "EvaluationError"), timeout=30, what="an evaluation error")
     assert "failed without reporting results (BackoffLimitExceeded" in error["message"]
     assert f"delete Job {job['metadata']['name']} to run it again" in error["message"]
     assert wired_revision(cluster) == "1"
@@ -163,7 +168,7 @@ def test_an_evaluation_template_that_cannot_start_holds_the_revision_and_says_wh
     broken = copy.deepcopy(EVALUATION)
     del broken["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["image"]
     cluster.apply(agent("You are the refund assistant, v2.", broken))
-    invalid = wait_for(lambda: gated_reason(cluster, "EvaluationInvalid"), what="the template refused")
+    invalid = wait_for(lambda: gated_reason(cluster, "EvaluationInvalid"), timeout=30, what="the template refused")
     assert "spec.evaluation.jobTemplate.spec.template.spec.containers[0].image is required" in invalid["message"]
     assert evaluation_jobs(cluster) == [] and wired_revision(cluster) == "1"
     # Containment and the rest of the agent are unaffected.
@@ -195,7 +200,7 @@ def test_an_override_rolls_a_held_revision_out_and_is_recorded_with_who_and_why(
     cluster.apply(agent("You are the refund assistant, v2.", EVALUATION))
     job = wait_job(cluster, 2)
     finish_job(cluster, job["metadata"]["name"], message=report(failed={"dup-refunds": "twice"}), exit_code=1)
-    wait_for(lambda: gated_reason(cluster, "EvaluationFailed"), what="revision 2 held")
+    wait_for(lambda: gated_reason(cluster, "EvaluationFailed"), timeout=30, what="revision 2 held")
 
     def override(*args: str) -> Any:
         return CliRunner().invoke(
@@ -213,7 +218,9 @@ def test_an_override_rolls_a_held_revision_out_and_is_recorded_with_who_and_why(
     done = override("--revision", "2", "--reason", "the eval cluster is down; the fix is reviewed")
     assert done.exit_code == 0, done.output
     assert wired_revision(cluster) == "2"
-    condition = wait_for(lambda: gated_reason(cluster, "EvaluationOverridden"), what="recorded as overridden")
+    condition = wait_for(
+        lambda: gated_reason(cluster, "EvaluationOverridden"), timeout=30, what="recorded as overridden"
+    )
     assert "the eval cluster is down" in condition["message"]
     meta = cluster.get(CM, "refund-agent-bundle-2")["metadata"]
     assert meta["labels"]["tourniquet.dev/evaluation"] == "overridden"

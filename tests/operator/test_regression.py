@@ -88,8 +88,10 @@ def test_a_case_from_the_ledger_holds_a_bundle_that_still_fails_it_and_the_fix_r
             }
         ]
     )
-    wait_for(lambda: (cluster.status(AI, "dup-refunds").get("evidence") or {}).get("capturedAt"), what="evidence")
-    wait_for(lambda: cluster.status(AI, "dup-refunds").get("phase") == "Contained", what="contained")
+    wait_for(
+        lambda: (cluster.status(AI, "dup-refunds").get("evidence") or {}).get("capturedAt"), timeout=30, what="evidence"
+    )
+    wait_for(lambda: cluster.status(AI, "dup-refunds").get("phase") == "Contained", timeout=30, what="contained")
     cluster.patch(AI, "dup-refunds", {"spec": {"resolved": True}})
 
     result = tourniquet(
@@ -120,7 +122,9 @@ def test_a_case_from_the_ledger_holds_a_bundle_that_still_fails_it_and_the_fix_r
     assert spec["inputs"][0]["arguments"] == {"order_id": "123", "amount_cents": 500}
     assert spec["inputs"][0]["subjects"] == ["order:123"]
     assert spec["expected"]["maxCalls"] == [{"tool": "issue_refund", "perArgument": "order_id", "count": 1}]
-    assert wait_for(lambda: accepted(cluster, "dup-refunds").get("status") == "True", what="the case accepted")
+    assert wait_for(
+        lambda: accepted(cluster, "dup-refunds").get("status") == "True", timeout=30, what="the case accepted"
+    )
 
     # Exportable as YAML for Git: no status, no server-set metadata, and it applies as it is.
     exported = tourniquet(oncall_kubeconfig, ns, "cases", "refund-agent", "-o", "yaml")
@@ -137,7 +141,7 @@ def test_a_case_from_the_ledger_holds_a_bundle_that_still_fails_it_and_the_fix_r
     code, message = run_eval(cluster, job, tmp_path / "eval-2")
     assert code == 1
     finish_job(cluster, job["metadata"]["name"], message=message, exit_code=code)
-    failed = wait_for(lambda: gated_reason(cluster, "EvaluationFailed"), what="revision 2 held")
+    failed = wait_for(lambda: gated_reason(cluster, "EvaluationFailed"), timeout=30, what="revision 2 held")
     assert "dup-refunds (issue_refund called 2 times for order_id=123 (at most 1))" in failed["message"]
     assert wired_revision(cluster) == "1", "consumers untouched"
 
@@ -148,7 +152,7 @@ def test_a_case_from_the_ledger_holds_a_bundle_that_still_fails_it_and_the_fix_r
     code, message = run_eval(cluster, job, tmp_path / "eval-3")
     assert code == 0, message
     finish_job(cluster, job["metadata"]["name"], message=message, exit_code=code)
-    wait_for(lambda: wired_revision(cluster) == "3", what="the fix rolled out")
+    wait_for(lambda: wired_revision(cluster) == "3", timeout=30, what="the fix rolled out")
     assert cluster.status(AD, "refund-agent")["evaluation"] == {
         "revision": 3,
         "job": job["metadata"]["name"],
@@ -178,7 +182,9 @@ def test_a_case_for_a_missing_agent_says_so_and_the_cli_refuses_one(
     other["metadata"]["name"] = "refund-agnet"
     other["spec"]["consumers"] = []
     cluster.apply([other])
-    wait_for(lambda: accepted(cluster, "typo").get("status") == "True", what="accepted once the agent exists")
+    wait_for(
+        lambda: accepted(cluster, "typo").get("status") == "True", timeout=30, what="accepted once the agent exists"
+    )
 
     cluster.apply(
         [
@@ -197,7 +203,7 @@ def test_a_case_for_a_missing_agent_says_so_and_the_cli_refuses_one(
     empty = tourniquet(oncall_kubeconfig, ns, "regression", "slow", "--expect", " ")
     assert empty.exit_code == 1 and "--expect is empty" in empty.output
     # Without a ledger the inputs come from the evidence (no pods here: none), said so.
-    wait_for(lambda: cluster.status(AI, "slow").get("evidence"), what="evidence")
+    wait_for(lambda: cluster.status(AI, "slow").get("evidence"), timeout=30, what="evidence")
     done = tourniquet(oncall_kubeconfig, ns, "regression", "slow", "--expect", "answer within a minute")
     assert done.exit_code == 0, done.output
     assert "no ledger given (--ledger)" in done.output and cluster.get(ARC, "slow")["spec"]["source"] == "evidence"

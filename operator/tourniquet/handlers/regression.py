@@ -1,4 +1,5 @@
-"""Regression cases: their Accepted condition follows their agent's existence."""
+"""Regression cases: their Accepted condition follows their agent's existence. An agent deleted also loses its
+readiness metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 import kopf
 
+from tourniquet import review_metrics
 from tourniquet.adapters.kube import ApiError
 from tourniquet.reconcilers import regression
 
@@ -35,6 +37,8 @@ async def agent_added_or_deleted(
     if kind not in ("ADDED", "DELETED"):
         return
     meta = body["metadata"]
+    if kind == "DELETED":
+        review_metrics.forget_agent(meta["namespace"], meta["name"])
     try:
         await regression.agent_came_or_went(memo.api, meta["namespace"], meta["name"], exists=kind == "ADDED")
     except ApiError as error:

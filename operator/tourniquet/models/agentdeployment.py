@@ -22,7 +22,7 @@ from tourniquet.models.common import (
     cel,
     validations,
 )
-from tourniquet.models.review import Evaluation, EvaluationStatus
+from tourniquet.models.review import Evaluation, EvaluationStatus, ReadinessSpec, ReadinessStatus
 
 # A version that moves by itself cannot be rolled back to: only the forms that name one model build forever
 # count as pinned. A family name (gpt-5), a tag (v1, stable, latest) or a bare number may point at another
@@ -386,6 +386,9 @@ class AgentDeploymentSpec(ApiModel):
     evaluation: Evaluation | None = Field(
         default=None, description="The redeploy gate: a new revision rolls out only once this evaluation Job passes."
     )
+    readiness: ReadinessSpec | None = Field(
+        default=None, description="How fresh the kill-switch evidence must be for the readiness checklist."
+    )
     revision_history_limit: int = Field(default=10, ge=1, le=100, alias="revisionHistoryLimit")
     ledger: LedgerRef | None = Field(
         default=None, description="The shared action ledger (blast radius, traces, compensation)."
@@ -483,6 +486,7 @@ class AgentDeploymentStatus(ApiModel):
     containment: ContainmentStatus | None = None
     detection: DetectionStatus | None = None
     evaluation: EvaluationStatus | None = None
+    readiness: ReadinessStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)
 
 

@@ -163,3 +163,39 @@ class AgentRegressionCase(ApiModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: AgentRegressionCaseSpec
     status: AgentRegressionCaseStatus | None = None
+
+
+# ---------------------------------------------------------------- readiness
+
+
+class ReadinessSpec(ApiModel):
+    """How fresh the kill-switch evidence must be for the readiness checklist."""
+
+    drill_max_age_days: int = Field(
+        default=30, ge=1, le=365, alias="drillMaxAgeDays", description="A drill older than this no longer counts."
+    )
+    drill_contain_seconds: float = Field(
+        default=60, gt=0, le=3600, alias="drillContainSeconds", description="A drill must contain within this."
+    )
+    acknowledged_within_seconds: int = Field(
+        default=900,
+        ge=60,
+        alias="acknowledgedWithinSeconds",
+        description="The runtime must have acknowledged the control ConfigMap this recently (it reports every 5 "
+        "minutes and on every change).",
+    )
+
+
+class ReadinessItem(ApiModel):
+    name: str = Field(description="killSwitch | versionPin | compensation | traceRetention | redeployGate")
+    ready: bool
+    message: str = ""
+    fix: str = Field(default="", description="What to do when it is not ready.")
+
+
+class ReadinessStatus(ApiModel):
+    """The five readiness questions, as observed at the agent's last full pass."""
+
+    summary: str = Field(default="", description="Ready items out of five, e.g. 4/5 (the READINESS column).")
+    ready: int = 0
+    items: list[ReadinessItem] = Field(default_factory=list)

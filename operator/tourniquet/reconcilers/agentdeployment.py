@@ -30,6 +30,7 @@ from tourniquet.domain.conditions import rfc3339
 from tourniquet.domain.containment import Containment, IncidentView, incident_view, plan_containment
 from tourniquet.domain.gate import with_gate_status
 from tourniquet.domain.generations import PerGeneration
+from tourniquet.domain.readiness import with_readiness
 from tourniquet.levers import control as control_lever
 from tourniquet.levers import drain as drain_lever
 from tourniquet.levers import egress as egress_lever
@@ -37,6 +38,7 @@ from tourniquet.levers.common import LeverObservation
 from tourniquet.models import AgentDeploymentSpec, Lever, RevisionVerdict
 from tourniquet.reconcilers.agent_status import write_status, write_status_later
 from tourniquet.reconcilers.gate import gate_pass
+from tourniquet.reconcilers.readiness import readiness_pass
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +328,18 @@ async def reconcile_agent_deployment(
         generation=generation,
     )
     new_status = with_gate_status(new_status, gated, now=now, generation=generation)
+    if not (status_later or defer_status):  # a full pass: the readiness checklist (an incident's pass keeps it)
+        checklist = await readiness_pass(
+            api,
+            body,
+            spec,
+            control=control,
+            consumers=consumers,
+            active_revision=active.revision if active else None,
+            owner=owner,
+            now=now,
+        )
+        new_status = with_readiness(new_status, checklist)
     if not (defer_status and containment.drain_waiting and not containment.drained):
         if status_later:
             write_status_later(api, body, new_status)

@@ -29,6 +29,10 @@ new work and finish the task in hand::
 ``TOURNIQUET_BUNDLE_REVISION``       the bundle revision running (recorded on each action)
 ``TOURNIQUET_TRACE_RETENTION_DAYS``  how long decision traces are kept (default 30)
 ``TOURNIQUET_TRACE_LIMIT_BYTES``     the size limit of each part of a trace (default 16384)
+``TOURNIQUET_ACK_SECONDS``           how often the applied control flag is reported back besides every
+                                     change (default 300; ``off`` to not report; see
+                                     ``tourniquet.runtime.ack``)
+``TOURNIQUET_POD``                   the pod's name for that report (default ``HOSTNAME``)
 =================================== ========================================================
 """
 
@@ -49,8 +53,9 @@ from types import FrameType
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+from tourniquet.runtime.ack import Acknowledger, acknowledger_from_env
 from tourniquet.runtime.compensate import Compensator, compensator
-from tourniquet.runtime.control import CONTROL_MOUNT, ControlFollower, ControlSource
+from tourniquet.runtime.control import CONTROL_MOUNT, ControlFollower, ControlSource, ControlState
 from tourniquet.runtime.guard import AmountSpec, Guard, P, R, Skipped
 from tourniquet.runtime.ledger import (
     Ledger,
@@ -230,6 +235,7 @@ class Runtime:
         self.stop = stop
         self.metrics_server = metrics_server
         self.retention = retention
+        self.ack: Acknowledger | None = None  # reports the applied control flag back (runtime.ack)
 
     @classmethod
     def from_env(
@@ -252,12 +258,19 @@ class Runtime:
         port = _metrics_port(env)
         tools = load_bundle_tools(env.get("TOURNIQUET_BUNDLE", BUNDLE_FILE))
         metrics = AgentMetrics(agent)
+        ack = acknowledger_from_env(env, agent, namespace, _kubeconfig(env))  # the kill switch, reported back
+
+        def on_control(state: ControlState) -> None:
+            metrics.observe_control(state.shadow, state.revoked_tools)
+            if ack is not None:
+                ack.report(state)
+
         follower = ControlFollower(
             agent,
             namespace,
             kubeconfig=_kubeconfig(env),
             mount_dir=env.get("TOURNIQUET_CONTROL_DIR", CONTROL_MOUNT),
-            on_change=lambda state: metrics.observe_control(state.shadow, state.revoked_tools),
+            on_change=on_control,
         )
         bundle_file = env.get("TOURNIQUET_BUNDLE", BUNDLE_FILE)
         revision = _positive_int(env, "TOURNIQUET_BUNDLE_REVISION", None)
@@ -288,6 +301,8 @@ class Runtime:
         retention = TraceRetention(ledger, timedelta(days=retention_days or DEFAULT_RETENTION.days))
         server = None
         if start:
+            if ack is not None:
+                ack.start()
             follower.start()
             retention.start()
             if port is not None:
@@ -303,6 +318,7 @@ class Runtime:
             metrics_server=server,
             retention=retention,
         )
+        runtime.ack = ack
         log.info(
             "Started the Tourniquet runtime for %s/%s: %s; %d tools from the bundle; ledger %s; metrics %s",
             namespace,
@@ -346,6 +362,8 @@ class Runtime:
         """Stop following, stop serving metrics, close the ledger."""
         if isinstance(self.control, ControlFollower):
             self.control.stop()
+        if self.ack is not None:
+            self.ack.stop()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
