@@ -83,6 +83,7 @@ def test_rendering_is_deterministic_and_marked_generated() -> None:
     assert first == second
     assert sorted(first) == [
         "crds/tourniquet.dev_agentdeployments.yaml",
+        "crds/tourniquet.dev_agentdrills.yaml",
         "crds/tourniquet.dev_agentincidents.yaml",
         "crds/tourniquet.dev_agentregressioncases.yaml",
     ]
@@ -181,6 +182,7 @@ EXPECTED_NAMES = {
     "AgentDeployment": ("agentdeployments", "agentdeployment", ["agd", "agentdeploy"]),
     "AgentIncident": ("agentincidents", "agentincident", ["agi", "aincident"]),
     "AgentRegressionCase": ("agentregressioncases", "agentregressioncase", ["arc", "regressioncase"]),
+    "AgentDrill": ("agentdrills", "agentdrill", ["adr", "drill"]),
 }
 EXPECTED_COLUMNS = {
     "AgentDeployment": [
@@ -201,6 +203,15 @@ EXPECTED_COLUMNS = {
         ("Blast", ".status.blastRadius.actions", "integer", 0),
         ("Compensated", '.status.conditions[?(@.type=="Compensated")].status', "string", 1),
         ("Resolved", ".spec.resolved", "boolean", 0),
+        ("Age", ".metadata.creationTimestamp", "date", 0),
+    ],
+    "AgentDrill": [
+        ("Agent", ".spec.agent", "string", 0),
+        ("Schedule", ".spec.schedule", "string", 0),
+        ("Result", ".status.phase", "string", 0),
+        ("Contained", ".status.lastRun.containedSeconds", "number", 0),
+        ("Acknowledged", ".status.lastRun.acknowledgedSeconds", "number", 0),
+        ("NextRun", ".status.nextRunAt", "string", 1),
         ("Age", ".metadata.creationTimestamp", "date", 0),
     ],
     "AgentRegressionCase": [

@@ -443,8 +443,132 @@ def _print_checklist(agent: str, checklist: dict[str, Any] | None) -> None:
             click.echo(f"           fix: {item['fix']}")
 
 
+# ---------------------------------------------------------------- drills
+
+
+@click.command()
+@click.argument("agent")
+@click.option(
+    "--levers",
+    default="shadow,revokeTools",
+    show_default=True,
+    help="Comma-separated: shadow, revokeTools, and drain only if you mean it (it kills the agent's pods).",
+)
+@click.option("--tools", default=None, help="Comma-separated tools revokeTools revokes (default: every write tool).")
+@click.option("--limit", type=float, default=60, show_default=True, help="Contain and be acknowledged within this.")
+@click.option("--name", default=None, help="The AgentDrill's name (default: <agent>-drill-<5 random characters>).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the result.")
+@click.option("--timeout", type=float, default=180, show_default=True)
+@_kube_options
+def drill(
+    agent: str,
+    levers: str,
+    tools: str | None,
+    limit: float,
+    name: str | None,
+    wait: bool,
+    timeout: float,
+    kubeconfig: str | None,
+    kube_context: str | None,
+    namespace: str | None,
+) -> None:
+    """Run a drill on AGENT now: contain it (shadow and revoke), measure the time to containment and to the runtime's
+    acknowledgement, check the evidence, release. Exits 1 when it failed, naming the lever that did not land (0 when
+    it was skipped because a real incident is open on the agent: it says so)."""
+    from pydantic import ValidationError
+
+    from tourniquet.domain.errors import describe_validation_error
+    from tourniquet.models.review import AgentDrillSpec
+
+    spec: dict[str, Any] = {
+        "agent": agent,
+        "levers": [lever.strip() for lever in levers.split(",") if lever.strip()],
+        "limitSeconds": limit,
+    }
+    if tools:
+        spec["tools"] = [tool.strip() for tool in tools.split(",") if tool.strip()]
+    try:
+        AgentDrillSpec.model_validate(spec)
+    except ValidationError as error:
+        _fail(describe_validation_error(error))
+    ns = _namespace(namespace, kubeconfig, kube_context)
+    metadata = {"name": name} if name else {"generateName": f"{agent[:50]}-drill-"}
+    body = {"apiVersion": "tourniquet.dev/v1alpha1", "kind": "AgentDrill", "metadata": metadata, "spec": spec}
+    _run(lambda: _drill(body, ns, wait, timeout, kubeconfig, kube_context))
+
+
+async def _drill(
+    body: dict[str, Any], namespace: str, wait: bool, timeout: float, kubeconfig: str | None, kube_context: str | None
+) -> None:
+    from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTDRILLS, ApiError, KubeApi
+
+    agent = body["spec"]["agent"]
+    api = await KubeApi.from_config(kubeconfig, kube_context)
+    try:
+        if await api.get_or_none(AGENTDEPLOYMENTS, namespace, agent) is None:
+            _fail(f"AgentDeployment {agent} not found in namespace {namespace}; nothing was created")
+        try:
+            created = await api.create(
+                AGENTDRILLS, namespace, {**body, "metadata": {**body["metadata"], "namespace": namespace}}
+            )
+        except ApiError as error:
+            if error.already_exists:
+                _fail(
+                    f"AgentDrill {body['metadata'].get('name')} already exists in namespace {namespace}: "
+                    "choose another --name"
+                )
+            raise
+        name = created["metadata"]["name"]
+        click.echo(f"Started drill {name} on {agent} ({', '.join(body['spec']['levers'])}).")
+        if not wait:
+            return
+        deadline = time.monotonic() + timeout
+        run: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            run = ((await api.get(AGENTDRILLS, namespace, name)).get("status") or {}).get("lastRun") or {}
+            if run.get("result") in ("Passed", "Failed", "Skipped"):
+                break
+            await asyncio.sleep(0.5)
+        else:
+            _fail(
+                f"timed out after {timeout:.0f}s waiting for drill {name}; is the operator running? "
+                f"(kubectl get agentdrill {name})"
+            )
+        _print_run(run)
+        if run.get("result") == "Failed":
+            sys.exit(1)
+    except ApiError as error:
+        _fail(f"Kubernetes API: {error.message or error}")
+    finally:
+        await api.close()
+
+
+def _print_run(run: dict[str, Any]) -> None:
+    click.echo(f"{run.get('result')}: {run.get('message', '')}")
+    for lever in run.get("levers") or []:
+        applied = (
+            f"applied in {lever['appliedSeconds']:.2f}s" if lever.get("appliedSeconds") is not None else "NOT applied"
+        )
+        acknowledged = ""
+        if lever.get("acknowledged") is not None:
+            seconds = lever.get("acknowledgedSeconds")
+            acknowledged = (
+                f", acknowledged by the runtime in {seconds:.2f}s"
+                if lever.get("acknowledged")
+                else ", NOT acknowledged"
+            )
+        click.echo(f"  {lever['name']}: {applied}{acknowledged}")
+    for check in ("evidence", "trace"):
+        value = run.get(check) or {}
+        if value:
+            mark = {True: "ok", False: "FAILED", None: "not checked"}[value.get("ok")]
+            click.echo(f"  {check}: {mark}: {value.get('detail', '')}")
+    if run.get("incident"):
+        click.echo(f"  incident {run['incident']}: {'released' if run.get('released') else 'NOT released'}")
+
+
 def register(group: click.Group) -> None:
-    for command in (gate, regression, list_cases, readiness):
+    for command in (gate, regression, list_cases, readiness, drill):
         group.add_command(command)
 
 

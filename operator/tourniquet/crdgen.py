@@ -28,7 +28,14 @@ from tourniquet.models import (
     AgentIncidentSpec,
     AgentIncidentStatus,
 )
-from tourniquet.models.review import AgentRegressionCase, AgentRegressionCaseSpec, AgentRegressionCaseStatus
+from tourniquet.models.review import (
+    AgentDrill,
+    AgentDrillSpec,
+    AgentDrillStatus,
+    AgentRegressionCase,
+    AgentRegressionCaseSpec,
+    AgentRegressionCaseStatus,
+)
 
 GROUP = "tourniquet.dev"
 VERSION = "v1alpha1"
@@ -160,6 +167,30 @@ KINDS: tuple[KindSpec, ...] = (
             PrinterColumn("Incident", ".spec.incident", description="The incident it came from."),
             PrinterColumn("Source", ".spec.source", priority=1),
             _condition_column("Accepted", "Accepted"),
+            _AGE,
+        ),
+    ),
+    KindSpec(
+        kind="AgentDrill",
+        plural="agentdrills",
+        short_names=("adr", "drill"),
+        model=AgentDrill,
+        spec=AgentDrillSpec,
+        status=AgentDrillStatus,
+        columns=(
+            PrinterColumn("Agent", ".spec.agent", description="The agent it drills."),
+            PrinterColumn("Schedule", ".spec.schedule", description="Cron (UTC); empty: once."),
+            PrinterColumn("Result", ".status.phase", description="The last run's result."),
+            PrinterColumn(
+                "Contained", ".status.lastRun.containedSeconds", "number", description="Seconds to containment."
+            ),
+            PrinterColumn(
+                "Acknowledged",
+                ".status.lastRun.acknowledgedSeconds",
+                "number",
+                description="Seconds to the runtime's acknowledgement.",
+            ),
+            PrinterColumn("NextRun", ".status.nextRunAt", priority=1),
             _AGE,
         ),
     ),

@@ -7,6 +7,13 @@ name                                            type       labels and meaning
                                                            compensation | traceRetention | redeployGate): 1 when
                                                            the item is ready, 0 when not
 ``tourniquet_agent_readiness_score``            gauge      ``agent_namespace, agent``: ready items of five
+``tourniquet_drill_runs_total``                 counter    ``agent_namespace, agent, result`` (Passed | Failed |
+                                                           Skipped): drill runs finished
+``tourniquet_drill_contained_seconds``          gauge      ``agent_namespace, agent``: the last drill's time from
+                                                           its incident's creation to Contained
+``tourniquet_drill_acknowledged_seconds``       gauge      ``agent_namespace, agent``: the last drill's time to
+                                                           the runtime's acknowledgement (its slowest pod)
+``tourniquet_drill_last_success_timestamp_seconds`` gauge  ``agent_namespace, agent``: when a drill last passed
 ==============================================  =========  ===================================================
 
 Imports nothing of Tourniquet but the registry, so any layer may record into it.
@@ -16,9 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from typing import Any
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from tourniquet.observability import REGISTRY
 
@@ -31,6 +39,31 @@ READINESS = Gauge(
 READINESS_SCORE = Gauge(
     "tourniquet_agent_readiness_score",
     "How many of the five readiness items are ready for the agent.",
+    ["agent_namespace", "agent"],
+    registry=REGISTRY,
+)
+
+DRILL_RUNS = Counter(
+    "tourniquet_drill_runs",
+    "Drill runs finished, by result (Passed, Failed, Skipped).",
+    ["agent_namespace", "agent", "result"],
+    registry=REGISTRY,
+)
+DRILL_CONTAINED = Gauge(
+    "tourniquet_drill_contained_seconds",
+    "The last drill's time from its incident's creation to every lever observed applied.",
+    ["agent_namespace", "agent"],
+    registry=REGISTRY,
+)
+DRILL_ACKNOWLEDGED = Gauge(
+    "tourniquet_drill_acknowledged_seconds",
+    "The last drill's time from its incident's creation to the runtime's acknowledgement (the slowest pod).",
+    ["agent_namespace", "agent"],
+    registry=REGISTRY,
+)
+DRILL_LAST_SUCCESS = Gauge(
+    "tourniquet_drill_last_success_timestamp_seconds",
+    "When a drill on the agent last passed (Unix time).",
     ["agent_namespace", "agent"],
     registry=REGISTRY,
 )
@@ -55,3 +88,15 @@ def forget_agent(namespace: str, agent: str) -> None:
             READINESS.remove(namespace, agent, item)
         with contextlib.suppress(KeyError):
             READINESS_SCORE.remove(namespace, agent)
+
+
+def observe_drill(namespace: str, agent: str, run: dict[str, Any]) -> None:
+    """A drill run finished: count it, and keep its times (a passed one's as the last success)."""
+    result = str(run.get("result") or "Failed")
+    DRILL_RUNS.labels(namespace, agent, result).inc()
+    if run.get("containedSeconds") is not None:
+        DRILL_CONTAINED.labels(namespace, agent).set(float(run["containedSeconds"]))
+    if run.get("acknowledgedSeconds") is not None:
+        DRILL_ACKNOWLEDGED.labels(namespace, agent).set(float(run["acknowledgedSeconds"]))
+    if result == "Passed":
+        DRILL_LAST_SUCCESS.labels(namespace, agent).set(time.time())

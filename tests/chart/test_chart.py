@@ -75,6 +75,7 @@ def test_the_crds_helm_installs_validate_strictly(version: str) -> None:
         "agentdeployments.tourniquet.dev",
         "agentincidents.tourniquet.dev",
         "agentregressioncases.tourniquet.dev",
+        "agentdrills.tourniquet.dev",
         "clusterkopfpeerings.kopf.dev",
         "kopfpeerings.kopf.dev",
     }

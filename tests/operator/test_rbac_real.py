@@ -43,6 +43,7 @@ from tests.conftest import (
     free_port,
     operator_scope,
 )
+from tests.operator.agentruntime import agent_runtime
 from tests.operator.evaljobs import cases_given, evaluation_jobs, finish_job, report
 from tests.operator.test_cli_undo import refund
 from tests.operator.test_gate import EVALUATION
@@ -156,6 +157,7 @@ class Lifecycle:
     oncall: str  # on-call's kubeconfig
     http_port: int
     ledger: str  # the agent's ledger (a SQLite file), named by its Secret
+    workdir: Path
     since: int = 0
 
     def refusals(self) -> list[str]:
@@ -320,6 +322,16 @@ class Lifecycle:
         finish_job(cluster, job["metadata"]["name"], message=report(passed=["sev1"]), exit_code=0)
         self.wait(lambda: self.wired(DEPLOY, "refund-agent-worker") == "5", "revision 5 wired once it passed")
 
+        # A drill: the agent's runtime (its own Role) follows and acknowledges; on-call runs it; the checklist shows it.
+        with agent_runtime(cluster, "", self.workdir) as (_, ack):
+            self.wait(lambda: ack.reported >= 1, "the runtime acknowledging")
+            assert "Passed: contained in" in self.cli("drill", "refund-agent", "--name", "game-day", "--timeout", "30")
+            self.cli("readiness", "refund-agent")
+        self.wait(
+            lambda: "drill game-day contained it" in str(cluster.status(AD, "refund-agent").get("readiness")),
+            "the drill in the readiness checklist",
+        )
+
         # An Alertmanager alert with no namespace label: the operator finds its agent and opens an incident.
         self.alert({"alertname": "RefundStorm", "agent": "refund-agent", "severity": "SEV3", "class": "other"})
         opened = self.wait(
@@ -352,7 +364,7 @@ def lifecycle(
     monkeypatch.setenv("TOURNIQUET_RECEIVER_TOKEN", TOKEN)
     monkeypatch.setenv("TOURNIQUET_CANARY_NAMESPACE", cluster.namespace)
     monkeypatch.setenv("TOURNIQUET_CANARY_SECONDS", "1")
-    return Lifecycle(cluster, oncall_kubeconfig, http, str(tmp_path / "ledger.db"))
+    return Lifecycle(cluster, oncall_kubeconfig, http, str(tmp_path / "ledger.db"), tmp_path)
 
 
 @pytest.fixture

@@ -85,8 +85,9 @@ every namespace, otherwise in a Role in each watched namespace.
 # The bundle, control and evidence ConfigMaps and the egress NetworkPolicy are created with a
 # controller ownerReference (blockOwnerDeletion): clusters enforcing OwnerReferencesPermissionEnforcement
 # require update on the owner's finalizers subresource for that.
+# A drill's incident is owned the same way by its AgentDrill.
 - apiGroups: [tourniquet.dev]
-  resources: [agentdeployments/finalizers, agentincidents/finalizers]
+  resources: [agentdeployments/finalizers, agentincidents/finalizers, agentdrills/finalizers]
   verbs: [update]
 # Bundle revisions (immutable, pruned past revisionHistoryLimit), the control ConfigMap (shadow mode,
 # revoked tools) and the incident evidence.
@@ -133,6 +134,14 @@ every namespace, otherwise in a Role in each watched namespace.
   verbs: [list, watch]
 - apiGroups: [tourniquet.dev]
   resources: [agentregressioncases/status]
+  verbs: [patch]
+# Drills: one Kopf daemon per AgentDrill (list, watch, and patch for Kopf's own bookkeeping); a run reads
+# its drill fresh (get) and records its result in the status. Its incident is an AgentIncident (above).
+- apiGroups: [tourniquet.dev]
+  resources: [agentdrills]
+  verbs: [get, list, watch, patch]
+- apiGroups: [tourniquet.dev]
+  resources: [agentdrills/status]
   verbs: [patch]
 # Drain pauses the KEDA ScaledObject that drives a consumer (nothing happens without KEDA).
 - apiGroups: [keda.sh]

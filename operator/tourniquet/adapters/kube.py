@@ -71,6 +71,7 @@ JOBS = Resource("batch", "v1", "jobs", "Job")
 NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
 AGENTDEPLOYMENTS = Resource("tourniquet.dev", "v1alpha1", "agentdeployments", "AgentDeployment")
 AGENTINCIDENTS = Resource("tourniquet.dev", "v1alpha1", "agentincidents", "AgentIncident")
+AGENTDRILLS = Resource("tourniquet.dev", "v1alpha1", "agentdrills", "AgentDrill")
 AGENTREGRESSIONCASES = Resource("tourniquet.dev", "v1alpha1", "agentregressioncases", "AgentRegressionCase")
 SCALEDOBJECTS = Resource("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject")
 # Who am I: the CLI records who overrode an evaluation (every authenticated user may ask).

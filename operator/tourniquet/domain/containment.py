@@ -96,7 +96,7 @@ def claim(
         levers = incident.spec.contain if incident.spec.contain is not None else playbook.contain
         tools = incident.spec.revoke_tools or playbook.revoke_tools or write_tools(spec)
         rollback = incident.spec.rollback
-        if rollback is None and playbook.rollback is not None:
+        if rollback is None and playbook.rollback is not None and not incident.spec.drill:  # a drill never rolls back
             rollback = RollbackTarget(to=playbook.rollback)
         return AgentClaim(incident.name, tuple(levers), tuple(tools), rollback)
     if incident.spec.cascade:

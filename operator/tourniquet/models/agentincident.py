@@ -120,6 +120,10 @@ class AgentIncidentSpec(ApiModel):
     window: IncidentWindow | None = None
     compensate: CompensateSpec | None = None
     resolved: bool = Field(default=False, description="Set true to release the levers and write the postmortem.")
+    drill: bool = Field(
+        default=False,
+        description="Opened by an AgentDrill: its levers only (never the playbook's rollback), no postmortem.",
+    )
 
     @field_validator("agents")
     @classmethod

@@ -17,6 +17,7 @@ from tourniquet.models.common import (
     TOOL_NAME,
     ApiModel,
     Condition,
+    Lever,
     cel,
     validations,
 )
@@ -199,3 +200,99 @@ class ReadinessStatus(ApiModel):
     summary: str = Field(default="", description="Ready items out of five, e.g. 4/5 (the READINESS column).")
     ready: int = 0
     items: list[ReadinessItem] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- drills
+
+CRON_FIELD = r"[0-9*/,-]+"
+CRON_PATTERN = rf"^{CRON_FIELD} {CRON_FIELD} {CRON_FIELD} {CRON_FIELD} {CRON_FIELD}$"
+
+
+class AgentDrillSpec(ApiModel):
+    """A game day: contain the agent on purpose, measure, check, release. Never a drain unless listed."""
+
+    agent: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="The AgentDeployment.")
+    levers: list[Lever] = Field(
+        default_factory=lambda: [Lever.SHADOW, Lever.REVOKE_TOOLS],
+        min_length=1,
+        description="The levers to pull: shadow and revokeTools by default; drain only when listed here.",
+    )
+    tools: list[Annotated[str, Field(pattern=TOOL_NAME)]] | None = Field(
+        default=None, description="The tools revokeTools revokes; default: every write tool."
+    )
+    limit_seconds: float = Field(
+        default=60,
+        gt=0,
+        le=3600,
+        alias="limitSeconds",
+        description="Containment and the runtime's acknowledgement must be observed within this.",
+    )
+    schedule: str | None = Field(
+        default=None,
+        pattern=CRON_PATTERN,
+        description="Cron (5 fields, UTC), e.g. '0 3 * * 1'; unset: run once, when created.",
+    )
+    suspend: bool = Field(default=False, description="Scheduled runs wait while true.")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        if value is not None:
+            from tourniquet.models.cron import parse_cron
+
+            parse_cron(value)  # raises ValueError with the field at fault
+        return value
+
+
+class DrillLever(ApiModel):
+    name: Lever
+    applied: bool = False
+    applied_seconds: float | None = Field(default=None, alias="appliedSeconds")
+    acknowledged: bool | None = Field(default=None, description="Whether the runtime reported applying it (None: n/a).")
+    acknowledged_seconds: float | None = Field(default=None, alias="acknowledgedSeconds")
+    detail: str = ""
+
+
+class DrillCheck(ApiModel):
+    ok: bool | None = Field(default=None, description="None: could not be checked.")
+    detail: str = ""
+
+
+class DrillRun(ApiModel):
+    run: int
+    incident: str | None = Field(default=None, description="The incident it opened (none when it did not run).")
+    started_at: str | None = Field(default=None, alias="startedAt")
+    finished_at: str | None = Field(default=None, alias="finishedAt")
+    result: str = Field(default="Running", description="Running | Passed | Failed | Skipped")
+    contained_seconds: float | None = Field(default=None, alias="containedSeconds")
+    acknowledged_seconds: float | None = Field(default=None, alias="acknowledgedSeconds")
+    levers: list[DrillLever] = Field(default_factory=list)
+    evidence: DrillCheck | None = None
+    trace: DrillCheck | None = None
+    released: bool | None = None
+    message: str = ""
+
+
+class AgentDrillStatus(ApiModel):
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    phase: str | None = Field(default=None, description="The last run's result, for printer columns.")
+    runs: int = 0
+    last_run: DrillRun | None = Field(default=None, alias="lastRun")
+    history: list[DrillRun] = Field(default_factory=list, description="The last runs, newest first (at most 10).")
+    next_run_at: str | None = Field(default=None, alias="nextRunAt")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="LastRunPassed: True when the last finished run passed."
+    )
+
+
+class AgentDrill(ApiModel):
+    """A drill: opens an incident on the agent (shadow and revoke by default), measures time to containment and to
+    the runtime's acknowledgement, checks the evidence, releases, and records the result."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: str = Field(default="tourniquet.dev/v1alpha1", alias="apiVersion")
+    kind: str = "AgentDrill"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: AgentDrillSpec
+    status: AgentDrillStatus | None = None

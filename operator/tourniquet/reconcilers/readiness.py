@@ -13,13 +13,9 @@ from tourniquet import review_metrics
 from tourniquet.adapters.kube import CONFIGMAPS, KubeApi
 from tourniquet.domain import names, network, readiness
 from tourniquet.models import AgentDeploymentSpec
+from tourniquet.reconcilers.drill import drill_records
 
 COMPONENT_ACK = "control-ack"
-
-
-async def drill_records(api: KubeApi, namespace: str, agent: str) -> list[readiness.DrillRecord]:
-    """The drills' outcomes on this agent (none before drills exist)."""
-    return []
 
 
 async def acknowledgements(

@@ -8,7 +8,7 @@ import os
 import re
 import socket
 import sysconfig
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +110,34 @@ def run_sandbox(
                 else ""
             )
             + f"The operator's metrics: {http}/metrics; its Alertmanager receiver: {http}/alertmanager.\n"
-            + "It is an emulator: no pods run and nothing is persisted. Press Ctrl-C to stop.\n",
+            + "It is an emulator: no pods run and nothing is persisted. A stand-in for the example agent's runtime\n"
+            + "follows its control ConfigMap and reports back (what `kubectl tourniquet drill` measures).\n"
+            + "Press Ctrl-C to stop.\n",
             flush=True,
         )
-        with contextlib.suppress(KeyboardInterrupt):
+        with stand_in_runtime(kubeconfig, applied), contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_operator([], liveness=None))
+
+
+@contextlib.contextmanager
+def stand_in_runtime(kubeconfig: Path, applied: list[str]) -> Iterator[None]:
+    """No pod runs the example agent here: this stands in for its runtime (the library an agent links in). It
+    follows the control ConfigMap and reports what it applies, as a pod would, so the readiness checklist and
+    `kubectl tourniquet drill` have an agent to measure."""
+    from tourniquet.runtime.ack import Acknowledger
+    from tourniquet.runtime.control import ControlFollower
+
+    agent = next((a.split("/", 1)[1] for a in applied if a.startswith("AgentDeployment/")), None)
+    if agent is None:
+        yield
+        return
+    ack = Acknowledger(agent, "default", f"{agent}-sandbox-runtime", kubeconfig=kubeconfig).start()
+    follower = ControlFollower(
+        agent, "default", kubeconfig=kubeconfig, mount_dir=kubeconfig.parent / "no-mount", on_change=ack.report
+    )
+    follower.start(wait_seconds=0)
+    try:
+        yield
+    finally:
+        follower.stop()
+        ack.stop()
