@@ -42,10 +42,14 @@ def test_the_window_runs_from_the_best_known_start_to_containment() -> None:
     assert (start, end) == (datetime(2026, 11, 21, 3, 12, tzinfo=UTC), NOW)
 
 
-def test_the_implicated_revision_is_what_ran_when_the_evidence_was_captured_else_what_the_rollback_took_out() -> None:
+def test_the_implicated_revision_is_what_the_rollback_took_out_else_what_ran_when_the_evidence_was_captured() -> None:
     assert regression.implicated_revision(incident(), EVIDENCE, "refund-agent") == 7
     assert regression.implicated_revision(incident(), {}, "refund-agent") == 7
     assert regression.implicated_revision({"status": {}}, {}, "refund-agent") is None
+    assert regression.implicated_revision({"status": {}}, EVIDENCE, "refund-agent") == 7
+    # The incident's own rollback ran in the pass that captured the evidence: the evidence already shows revision 6.
+    after_rollback = EVIDENCE | {"agent.json": json.dumps({"refund-agent": {"status": {"bundle": {"revision": 6}}}})}
+    assert regression.implicated_revision(incident(), after_rollback, "refund-agent") == 7
 
 
 def test_inputs_from_evidence_are_the_log_lines_naming_a_write_tool() -> None:

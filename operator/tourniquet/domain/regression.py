@@ -69,18 +69,17 @@ def evidence_agents(evidence: dict[str, str] | None) -> dict[str, Any]:
 
 
 def implicated_revision(incident: dict[str, Any], evidence: dict[str, str] | None, agent: str) -> int | None:
-    """The bundle revision the agent ran during the incident: as captured in the evidence, else as the
-    incident's rollback said it took out."""
-    captured = (evidence_agents(evidence).get(agent) or {}).get("status") or {}
-    revision = (captured.get("bundle") or {}).get("revision")
-    if isinstance(revision, int):
-        return revision
+    """The bundle revision the agent ran during the incident: the one the incident's rollback took out, else as
+    captured in the evidence (which an incident's own rollback may precede: it is captured after shadow and
+    revoke, in the same pass as the rollback)."""
     for entry in (incident.get("status") or {}).get("timeline") or []:
         if entry.get("event") == "RolledBack" and entry.get("agent") in (None, agent):
             found = re.search(r"rolled back from revision (\d+)", str(entry.get("message")))
             if found:
                 return int(found.group(1))
-    return None
+    captured = (evidence_agents(evidence).get(agent) or {}).get("status") or {}
+    revision = (captured.get("bundle") or {}).get("revision")
+    return revision if isinstance(revision, int) else None
 
 
 def incident_window(
