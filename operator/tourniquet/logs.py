@@ -54,7 +54,13 @@ class JsonFormatter(logging.Formatter):
 # status write, its finalizer), so that would be several lines per incident saying nothing; what a pass did
 # is logged by the pass itself. Hidden unless --verbose.
 # The same for the review features' watch-event handlers (an agent's every event, every evaluation Job's).
-_QUIET_HANDLERS = ("incident_event", "agent_added_or_deleted", "case_event", "evaluation_job_event")
+_QUIET_HANDLERS = (
+    "incident_event",
+    "postmortem_event",
+    "agent_added_or_deleted",
+    "case_event",
+    "evaluation_job_event",
+)
 _QUIET_MESSAGES = frozenset(f"Handler '{name}' succeeded." for name in _QUIET_HANDLERS)
 
 

@@ -293,6 +293,9 @@ class Lifecycle:
         self.wait(lambda: cluster.get(JOBS, job), "the compensation Job")
         self.cli("status")
         self.cli("release", "sev1")
+        # Its postmortem, written by the operator once resolved, read by on-call; a refresh is asked for by on-call.
+        assert "# Postmortem: sev1 (final)" in self.cli("postmortem", "sev1")
+        assert "## Review questions" in self.cli("postmortem", "sev1", "--refresh")
         # A regression case from it (its evidence read), accepted by the operator, exported for Git.
         self.cli("regression", "sev1", "--expect", "refund each order once", "--max-calls", "issue_refund:order_id=1")
         self.wait(

@@ -10,6 +10,7 @@ from tourniquet.handlers import detection as detection  # detection daemons, the
 from tourniquet.handlers import drill as drill  # drills: one daemon per AgentDrill
 from tourniquet.handlers import freshness as freshness  # watch freshness: the canary, event ages, the probe
 from tourniquet.handlers import gate as gate  # the redeploy gate: evaluation Jobs finishing
+from tourniquet.handlers import postmortem as postmortem  # postmortems of resolved incidents, and on demand
 from tourniquet.handlers import regression as regression  # regression cases: does their agent exist
 
 __all__ = ["agentdeployments", "agentincidents", "startup"]
