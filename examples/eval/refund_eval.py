@@ -1,6 +1,6 @@
 """The refund agent's eval command for the redeploy gate (a demo: the "agent" here is a deterministic replay).
 
-Run by the evaluation Job that `spec.evaluation` describes (see examples/evaluation-gate.yaml), with the
+Run by the evaluation Job that `spec.evaluation` describes (README: the redeploy gate), with the
 candidate bundle and the regression cases mounted. For each case it replays the inputs of the implicated
 actions (the tool calls the agent made during the incident, from the decision trace) against the candidate
 bundle and checks the expected behaviour:
@@ -10,8 +10,9 @@ bundle and checks the expected behaviour:
 * `expected.forbiddenTools`: tools the agent must not call at all for these inputs.
 
 The replay's one behaviour that depends on the bundle: a tool whose schema requires `idempotency_key` is
-called with the task's key (its task id, else the subjects it acts on), so a retried task repeats the same
-action, which the runtime's ledger answers from the first call instead of acting again. A real eval would run
+called with a key for what it acts on (its primary subject, the order; else its task id), so a repeated
+request for one order repeats the same action, which the runtime's ledger answers from the first call instead
+of acting again. A real eval would run
 the agent (its model, prompt and tools) on the recorded inputs; the report and the exit code are the same.
 
     TOURNIQUET_BUNDLE=bundle.json TOURNIQUET_EVAL_CASES=cases.yaml TOURNIQUET_EVAL_REPORT=report.json \
@@ -35,8 +36,9 @@ def replay(bundle: dict[str, Any], case: dict[str, Any]) -> tuple[bool, str]:
             continue  # the candidate has no such tool: the agent cannot call it
         required = (tools[tool].get("schema") or {}).get("required") or []
         keyed = "idempotency_key" in required
-        # The task a retried call repeats: its task id, else what it acted on (the ledger's subjects).
-        task = step.get("task") or ",".join(step.get("subjects") or [])
+        # The action a repeated call repeats: what it acts on (the ledger's primary subject: the order a refund is
+        # for; a customer asking twice is two tickets for one order), else its task id.
+        task = (step.get("subjects") or [None])[0] or step.get("task")
         key = f"{tool}/{task}" if keyed and task else f"{tool}/#{index}"
         calls.append((tool, arguments, key))
     distinct = {key: (tool, arguments) for tool, arguments, key in calls}  # the ledger: one action per key
