@@ -172,3 +172,22 @@ def test_a_scheduled_drill_runs_at_its_time(cluster: Cluster, operator, kubeconf
         )
     assert status["runs"] == 1 and status["nextRunAt"] > status["lastRun"]["startedAt"]
     assert status["lastRun"]["startedAt"][17:19] <= "05", "it started at the top of a minute"
+
+
+def test_a_drill_reads_a_decision_trace_from_the_ledger_the_operator_is_given(
+    cluster: Cluster, operator, kubeconfig: str, oncall_kubeconfig: str, tmp_path: Path, monkeypatch
+) -> None:
+    from tests.operator.test_postmortem import run_demo_agent
+
+    ledger = tmp_path / "ledger.db"
+    run_demo_agent(ledger)  # the agent's latest actions, with their decision traces
+    monkeypatch.setenv("TOURNIQUET_LEDGER", str(ledger))
+    docs = example()
+    docs[1]["spec"]["ledger"] = {"secretRef": {"name": "refund-ledger", "key": "url"}}
+    cluster.apply(docs)
+    with agent_runtime(cluster, kubeconfig, tmp_path) as (_, ack):
+        wait_for(lambda: ack.reported >= 1, timeout=30, what="the runtime reporting")
+        result = tourniquet(oncall_kubeconfig, cluster.namespace, "drill", "refund-agent", "--name", "traced")
+    assert result.exit_code == 0, result.output
+    assert "  trace: ok: decision trace of the latest action read from the ledger (issue_refund, " in result.output
+    assert cluster.status(DRILLS, "traced")["lastRun"]["trace"]["ok"] is True

@@ -174,3 +174,31 @@ def test_records_feed_the_readiness_checklist() -> None:
     ]
     (record,) = drill.records(bodies, "refund-agent")
     assert (record.drill, record.passed, record.contained_seconds) == ("weekly", True, 0.5)
+
+
+LEDGER = {"ledger": {"secretRef": {"name": "refund-ledger"}}}
+
+
+@pytest.mark.parametrize(
+    ("agent_spec", "given", "latest", "ok", "says"),
+    [
+        ({}, True, None, None, "no ledger configured (spec.ledger)"),
+        (LEDGER, False, None, None, "the operator cannot read it"),
+        (LEDGER, True, None, None, "no action in the last 24 h"),
+        (LEDGER, True, ("k1", "issue_refund", True), True, "decision trace of the latest action read"),
+        (LEDGER, True, ("k1", "issue_refund", False), False, "(issue_refund, k1) has no decision trace"),
+        (LEDGER, True, "database is locked", False, "the ledger could not be read: database is locked"),
+    ],
+)
+def test_the_trace_check(agent_spec, given, latest, ok, says) -> None:
+    result, detail = drill.trace_check(agent_spec, given, latest)
+    assert result is ok and says in detail, detail
+
+
+def test_a_trace_that_cannot_be_produced_fails_the_run_and_one_not_checked_does_not() -> None:
+    landed = incident(0.4, {"shadow": 0.3, "revokeTools": 0.3}), [ack("p1", "shadow", WRITE_TOOLS, 1)], EVIDENCE
+    failing = drill.Observed(*landed, trace=drill.trace_check(LEDGER, True, ("k1", "issue_refund", False)))
+    result, message = drill.finish(spec(), drill.judge(spec(), AGENT, failing))
+    assert result == "Failed" and "trace: the latest action (issue_refund, k1) has no decision trace" in message
+    unchecked = drill.Observed(*landed, trace=drill.trace_check({}, True))
+    assert drill.finish(spec(), drill.judge(spec(), AGENT, unchecked))[0] == "Passed"

@@ -174,6 +174,8 @@ def judge(
         evidence_ok, evidence_detail = True, f"ConfigMap {observed.evidence['metadata']['name']} ({size} bytes)"
     else:
         missing.append("evidence: not captured")
+    if observed.trace[0] is False:
+        missing.append(f"trace: {observed.trace[1]}")
     contained = timings.get("containedSeconds")
     run = {
         "containedSeconds": contained,
@@ -210,12 +212,30 @@ def finish(spec: AgentDrillSpec, verdict: Verdict) -> tuple[str, str]:
     return "Passed", said + "; evidence captured; released"
 
 
-def trace_check(raw_agent_spec: dict[str, Any]) -> tuple[bool | None, str]:
-    """Whether a decision trace could be produced for the agent. The operator of this version reads no ledger:
-    without one configured there is nothing to read, and with one it is not checked here (None either way)."""
-    if raw_agent_spec.get("ledger"):
-        return None, "spec.ledger is set; this operator does not read the ledger's decision traces itself"
-    return None, "no ledger configured (spec.ledger): no decision trace can be produced for this agent"
+TRACE_LOOKBACK = timedelta(hours=24)  # the agent's latest action in this much is the one whose trace is read
+
+
+def trace_check(
+    raw_agent_spec: dict[str, Any], ledger_given: bool, latest: tuple[str, str, bool] | str | None = None
+) -> tuple[bool | None, str]:
+    """Whether a decision trace can be produced for the agent: its latest action's, read from the ledger.
+    `latest`: (action key, tool, whether it has a trace), None when it did no action in TRACE_LOOKBACK, or the
+    error the ledger gave. None (not checked) when the agent has no ledger or the operator was not given it."""
+    if not raw_agent_spec.get("ledger"):
+        return None, "no ledger configured (spec.ledger): no decision trace can be produced for this agent"
+    if not ledger_given:
+        return None, (
+            "spec.ledger is set, but the operator cannot read it (its Secret: list it in the chart's "
+            "ledger.secretNames; or TOURNIQUET_LEDGER): not checked"
+        )
+    if isinstance(latest, str):
+        return False, f"the ledger could not be read: {latest}"
+    if latest is None:
+        return None, f"no action in the last {TRACE_LOOKBACK.total_seconds() / 3600:g} h to read a decision trace of"
+    key, tool, traced = latest
+    if traced:
+        return True, f"decision trace of the latest action read from the ledger ({tool}, {key})"
+    return False, f"the latest action ({tool}, {key}) has no decision trace in the ledger"
 
 
 def records(drills: list[dict[str, Any]], agent: str) -> list[DrillRecord]:

@@ -19,6 +19,7 @@ from tourniquet.domain.agent import parse_spec
 from tourniquet.domain.conditions import parse_time, set_condition
 from tourniquet.domain.incident import micro_time
 from tourniquet.models.review import AgentDrillSpec
+from tourniquet.reconcilers.postmortem import agent_ledger, operator_ledger
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,34 @@ def _now() -> datetime:
 async def drill_records(api: KubeApi, namespace: str, agent: str) -> list[readiness.DrillRecord]:
     """The finished runs of the drills on `agent` (the readiness checklist's kill-switch item)."""
     return decide.records(await api.list(AGENTDRILLS, namespace), agent)
+
+
+def _latest_traced(target: str, agent: str, now: datetime) -> tuple[str, str, bool] | str | None:
+    """The agent's latest action in the lookback and whether it has a decision trace (blocking: a thread)."""
+    from tourniquet.runtime.ledger import LedgerError, open_ledger
+
+    try:
+        with open_ledger(target) as ledger:
+            actions = ledger.actions(agent, now - decide.TRACE_LOOKBACK, None)
+            if not actions:
+                return None
+            latest = actions[-1]
+            return latest.idempotency_key, latest.tool, ledger.trace(latest.idempotency_key) is not None
+    except (LedgerError, OSError) as error:
+        return str(error)
+
+
+async def check_trace(
+    api: KubeApi, namespace: str, agent: str, agent_body: dict[str, Any] | None
+) -> tuple[bool | None, str]:
+    raw_agent_spec = (agent_body or {}).get("spec") or {}
+    if not raw_agent_spec.get("ledger") or agent_body is None:
+        return decide.trace_check(raw_agent_spec, False)
+    target, _ = await agent_ledger(api, namespace, agent_body, operator_ledger())
+    if target is None:
+        return decide.trace_check(raw_agent_spec, False)
+    latest = await asyncio.to_thread(_latest_traced, target, agent, _now())
+    return decide.trace_check(raw_agent_spec, True, latest)
 
 
 async def _patch_status(api: KubeApi, body: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +133,7 @@ async def run_drill(
         AGENTINCIDENTS, namespace, decide.build_incident(namespace, body, int(last["run"]), spec, now=started)
     )
 
-    trace = decide.trace_check((agent_body or {}).get("spec") or {})
+    trace = await check_trace(api, namespace, spec.agent, agent_body)
     settings = agent_spec.readiness if agent_spec is not None else None
     deadline = started + timedelta(seconds=spec.limit_seconds)
     while True:
