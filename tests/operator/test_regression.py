@@ -153,6 +153,12 @@ def test_a_case_from_the_ledger_holds_a_bundle_that_still_fails_it_and_the_fix_r
     assert code == 0, message
     finish_job(cluster, job["metadata"]["name"], message=message, exit_code=code)
     wait_for(lambda: wired_revision(cluster) == "3", timeout=30, what="the fix rolled out")
+    # The agent's status follows the wiring in the same pass: wait for it rather than read it at once.
+    wait_for(
+        lambda: (cluster.status(AD, "refund-agent").get("evaluation") or {}).get("state") == "Passed",
+        timeout=30,
+        what="the evaluation recorded as passed",
+    )
     assert cluster.status(AD, "refund-agent")["evaluation"] == {
         "revision": 3,
         "job": job["metadata"]["name"],
