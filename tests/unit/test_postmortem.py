@@ -199,3 +199,14 @@ def test_a_ledger_unreadable_later_keeps_what_was_read_and_says_so() -> None:
     assert kept["detail"].endswith("(as read at 2026-11-21T04:00:00Z; now: the operator was not given it)")
     assert merged["traces"] == first["traces"]
     assert merged["questions"][0]["record"] == "1 decision trace(s) of 3 implicated action(s) below"
+
+
+def test_a_huge_diff_is_cut_and_says_so() -> None:
+    huge = copy.deepcopy(BUNDLE)
+    huge["prompt"]["template"] = "\n".join(f"rule {i}: refund carefully" for i in range(20000))
+    diff = pm.bundle_diff(BUNDLE, huge, 1, 2)["prompt"]
+    assert diff.startswith("--- revision-1/prompt\n+++ revision-2/prompt\n")
+    assert len(diff) < pm.DIFF_LIMIT + 200
+    *_, note = diff.rstrip("\n").split("\n")
+    whole = int(note.split("cut here: ")[1].split(" characters")[0])
+    assert whole > pm.DIFF_LIMIT and note.endswith(f"characters in all, {pm.DIFF_LIMIT} kept)")

@@ -23,6 +23,7 @@ ANNOTATION_REQUESTED = f"{names.PREFIX}/postmortem-requested"  # on the incident
 ANNOTATION_SOURCE = f"{names.PREFIX}/postmortem-source"  # on the ConfigMap: what it was written from
 TRACE_SAMPLE = 5
 TRACE_PART_LIMIT = 2048  # characters of one decision-trace part shown
+DIFF_LIMIT = 65536  # characters of one part's diff kept: the ConfigMap (1 MiB) holds the document twice
 
 
 def configmap_name(incident: str) -> str:
@@ -53,7 +54,11 @@ def _lines(text: str) -> list[str]:
 
 
 def _unified(old: str, new: str, old_name: str, new_name: str) -> str:
-    return "".join(difflib.unified_diff(_lines(old), _lines(new), old_name, new_name))
+    text = "".join(difflib.unified_diff(_lines(old), _lines(new), old_name, new_name))
+    if len(text) <= DIFF_LIMIT:
+        return text
+    cut = text[:DIFF_LIMIT].rsplit("\n", 1)[0]
+    return f"{cut}\n… (the diff is cut here: {len(text)} characters in all, {DIFF_LIMIT} kept)\n"
 
 
 def _tools_text(bundle: dict[str, Any]) -> str:
