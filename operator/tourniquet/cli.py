@@ -89,43 +89,10 @@ def run(
 ) -> None:
     """Run the operator against the cluster in $KUBECONFIG (or in-cluster)."""
     from tourniquet import logs
+    from tourniquet.runner import run_operator
 
     logs.configure(log_format, verbose=verbose)
     _run(lambda: run_operator(list(namespaces), liveness=liveness, priority=priority, peering=peering))
-
-
-async def run_operator(
-    namespaces: list[str],
-    *,
-    liveness: str | None = None,
-    priority: int = 0,
-    peering: str | None = None,
-    stop_flag: Any = None,
-    ready_flag: Any = None,
-) -> None:
-    import kopf
-
-    import tourniquet.handlers  # noqa: F401  (registers the handlers)
-
-    memo = kopf.Memo(served_namespaces=tuple(namespaces))
-    try:
-        await kopf.operator(
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            standalone=peering is None,
-            peering_name=peering,
-            priority=priority,
-            liveness_endpoint=liveness or None,
-            stop_flag=stop_flag,
-            ready_flag=ready_flag,
-            memo=memo,
-        )
-    finally:
-        # Kopf has stopped every handler: the API client's connection pool can go now (not in a cleanup
-        # handler, which runs while cancelled handlers may still be in a request).
-        api = getattr(memo, "api", None)
-        if api is not None:
-            await api.close()
 
 
 # ---------------------------------------------------------------- CRDs
@@ -178,9 +145,12 @@ def sandbox(workdir: Path, port: int, examples: bool, log_format: str, verbose: 
 
     Everything binds loopback: the API server on --port (a free one by default), the operator's /metrics
     and Alertmanager receiver on TOURNIQUET_HTTP_PORT (9090), or a free port when that one is taken."""
-    from tourniquet.sandbox.run import run_sandbox
+    from tourniquet.sandbox.run import EmulatorMissing, run_sandbox
 
-    run_sandbox(workdir=workdir, port=port, examples=examples, log_format=log_format, verbose=verbose)
+    try:
+        run_sandbox(workdir=workdir, port=port, examples=examples, log_format=log_format, verbose=verbose)
+    except EmulatorMissing as e:
+        raise click.ClickException(str(e)) from None
 
 
 # ---------------------------------------------------------------- on-call
