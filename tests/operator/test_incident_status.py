@@ -244,7 +244,7 @@ def test_an_incident_naming_only_a_missing_agent_says_so_in_its_first_status(clu
 def test_contain_says_loudly_when_the_agent_is_gone_by_the_time_the_incident_exists(
     cluster: Cluster, operator, oncall_kubeconfig, monkeypatch
 ):
-    from tourniquet import cli as cli_module
+    from tourniquet import cli_incidents as cli_module
 
     start_agent(cluster)
     checked = cli_module._contain_problems
