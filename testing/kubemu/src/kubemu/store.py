@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import bisect
 import collections
@@ -31,7 +32,6 @@ from kubemu.selectors import LabelSelector, _FieldSelector, _get_path
 if TYPE_CHECKING:
     from kubemu.errors import JSON
     from kubemu.resources import _CustomVersion
-    from kubemu.watch import _Watch
 
 
 class _KeySet(dict[tuple[str | None, str], None]):
@@ -91,6 +91,51 @@ def _latest(stored: k8s_dicts.Object) -> JSON | None:
         return None if latest is None else latest._ObjectVersion__value
     except AttributeError:  # pragma: no cover  # a newer KMock: correct, only slower
         return None if stored.deleted else stored.raw
+
+
+class _Watch:
+    """One open watch stream: its filters and its queue of events."""
+
+    __slots__ = ("fields", "labels", "name", "namespace", "queue", "spec")
+
+    def __init__(
+        self,
+        spec: ResourceSpec,
+        namespace: str | None,
+        name: str | None,
+        labels: LabelSelector,
+        fields: _FieldSelector,
+    ) -> None:
+        self.spec = spec
+        self.namespace = namespace
+        self.name = name
+        self.labels = labels
+        self.fields = fields
+        self.queue: asyncio.Queue[_Event | None] = asyncio.Queue()
+
+    def wants(self, obj: Mapping[str, Any]) -> bool:
+        meta = obj.get("metadata") or {}
+        if self.namespace is not None and meta.get("namespace") != self.namespace:
+            return False
+        if self.name is not None and meta.get("name") != self.name:
+            return False
+        if self.labels and not self.labels.matches(meta.get("labels")):
+            return False
+        return not self.fields or self.fields.matches(obj)
+
+    def translate(self, event: _Event) -> tuple[str, JSON] | None:
+        """The event as this watcher sees it: objects leaving the selection become DELETED."""
+        new_ok = self.wants(event.obj)
+        if event.type != "MODIFIED":
+            return (event.type, event.obj) if new_ok else None
+        old_ok = event.old is not None and self.wants(event.old)
+        if new_ok:
+            return ("MODIFIED" if old_ok else "ADDED", event.obj)
+        if old_ok and event.old is not None:
+            gone = dict(event.old)
+            gone["metadata"] = dict(gone.get("metadata") or {}, resourceVersion=str(event.rv))
+            return ("DELETED", gone)
+        return None
 
 
 @attrs.define(kw_only=True)

@@ -15,64 +15,17 @@ from kmock._internal import references, rendering
 from kubemu.errors import _bad_request, status_body
 from kubemu.faults import _Faults
 from kubemu.resources import _json_bytes
+from kubemu.store import _Watch
 
 if TYPE_CHECKING:
-    from kubemu.emulator import RealisticEmulator
     from kubemu.errors import JSON
     from kubemu.resources import ResourceSpec
-    from kubemu.selectors import LabelSelector, _FieldSelector
-    from kubemu.store import _Event
-
-
-class _Watch:
-    """One open watch stream: its filters and its queue of events."""
-
-    __slots__ = ("fields", "labels", "name", "namespace", "queue", "spec")
-
-    def __init__(
-        self,
-        spec: ResourceSpec,
-        namespace: str | None,
-        name: str | None,
-        labels: LabelSelector,
-        fields: _FieldSelector,
-    ) -> None:
-        self.spec = spec
-        self.namespace = namespace
-        self.name = name
-        self.labels = labels
-        self.fields = fields
-        self.queue: asyncio.Queue[_Event | None] = asyncio.Queue()
-
-    def wants(self, obj: Mapping[str, Any]) -> bool:
-        meta = obj.get("metadata") or {}
-        if self.namespace is not None and meta.get("namespace") != self.namespace:
-            return False
-        if self.name is not None and meta.get("name") != self.name:
-            return False
-        if self.labels and not self.labels.matches(meta.get("labels")):
-            return False
-        return not self.fields or self.fields.matches(obj)
-
-    def translate(self, event: _Event) -> tuple[str, JSON] | None:
-        """The event as this watcher sees it: objects leaving the selection become DELETED."""
-        new_ok = self.wants(event.obj)
-        if event.type != "MODIFIED":
-            return (event.type, event.obj) if new_ok else None
-        old_ok = event.old is not None and self.wants(event.old)
-        if new_ok:
-            return ("MODIFIED" if old_ok else "ADDED", event.obj)
-        if old_ok and event.old is not None:
-            gone = dict(event.old)
-            gone["metadata"] = dict(gone.get("metadata") or {}, resourceVersion=str(event.rv))
-            return ("DELETED", gone)
-        return None
 
 
 class _ServerList(list[Any]):
     """``RawHandler.servers``, telling the emulator when the last server goes (to end watch streams)."""
 
-    def __init__(self, emulator: RealisticEmulator) -> None:
+    def __init__(self, emulator: _Watching) -> None:
         super().__init__()
         self._emulator = emulator
 
