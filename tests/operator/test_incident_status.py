@@ -13,7 +13,7 @@ from tourniquet.cli import main as cli
 from tourniquet.domain.detection import Signal
 from tourniquet.models import Severity
 from tourniquet.models.agentincident import IncidentClass
-from tourniquet.reconcilers.detection import record_signal
+from tourniquet.reconcilers.signals import record_signal
 
 
 def test_the_agent_forgets_an_incident_once_it_is_resolved(cluster: Cluster, operator):
