@@ -5,10 +5,11 @@ PYTHON ?= python3
 
 .PHONY: sandbox test lint crds bench bench-real clean prometheus postgresql controlplane controlplane-gomod
 
-$(BIN)/.installed: pyproject.toml
+# kubemu (testing/kubemu): the emulated API server of the sandbox and the tests, a package of its own.
+$(BIN)/.installed: pyproject.toml testing/kubemu/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e testing/kubemu -e '.[test]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -18,7 +19,7 @@ sandbox: $(BIN)/.installed
 	$(BIN)/tourniquet sandbox $(SANDBOX_ARGS)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check operator tests bench examples
+	$(BIN)/ruff check operator testing tests bench examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/tourniquet crds --check

@@ -42,10 +42,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from bench_agentdeployments import agent_for, cpu_seconds, opened, watched_objects  # noqa: E402
+from kubemu.server import ApiServerThread  # noqa: E402
 from tourniquet import crdgen  # noqa: E402
 from tourniquet.adapters.kube import AGENTDEPLOYMENTS, DEPLOYMENTS, KubeApi  # noqa: E402
 from tourniquet.runtime import AgentMetrics, Guard, StaticControl, serve_metrics  # noqa: E402
-from tourniquet.sandbox.server import ApiServerThread  # noqa: E402
 
 NAMESPACE = "bench"
 RULES = [

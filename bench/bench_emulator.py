@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from tourniquet.sandbox.server import ApiServerThread
+from kubemu.server import ApiServerThread
 
 CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",

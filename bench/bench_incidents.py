@@ -58,8 +58,8 @@ from tourniquet.adapters.kube import (  # noqa: E402
     ApiError,
     KubeApi,
 )
-from tourniquet.reconcilers.events import EVENT_DEFER_SECONDS  # noqa: E402
 from tourniquet.reconcilers.evidence import MAX_PODS_WITH_LOGS  # noqa: E402
+from tourniquet.reconcilers.lane import EVENT_DEFER_SECONDS  # noqa: E402
 
 NAMESPACE = "bench"
 

@@ -1,6 +1,6 @@
 """The API server a benchmark runs on (`--server`): the realistic emulator in this process, or a real control plane.
 
-`emulator` is the sandbox's API server (operator/tourniquet/sandbox/), served from a thread of this process.
+`emulator` is the sandbox's API server (testing/kubemu/), served from a thread of this process.
 `real` is etcd, kube-apiserver and kube-controller-manager from `make controlplane`, started by
 tests/controlplane.py as the test suite starts them, with crds/*.yaml applied. On both, the operator and the
 floor use the same identity (the emulator has no authentication; on the real server the admin client
@@ -167,8 +167,8 @@ def ssl_context(kubeconfig: Path) -> ssl.SSLContext:
 def started(kind: str, rest: float = 3.0, **emulator_options: Any) -> Iterator[BenchServer]:
     """The API server `kind` ("emulator" or "real"), up, with the project's CRDs; stopped on exit."""
     if kind == "emulator":
+        from kubemu.server import ApiServerThread
         from tourniquet import crdgen
-        from tourniquet.sandbox.server import ApiServerThread
 
         with ApiServerThread(**emulator_options).start() as server, tempfile.TemporaryDirectory() as tmp:
             server.apply_manifests(crdgen.build_crds())

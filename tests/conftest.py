@@ -167,7 +167,7 @@ def project_crds() -> list[dict[str, Any]]:
 @pytest.fixture
 def api_server() -> Iterator[Any]:
     """The emulated API server with the project's CRDs (a test asking for it runs on the emulator only)."""
-    from tourniquet.sandbox.server import ApiServerThread
+    from kubemu.server import ApiServerThread
 
     with ApiServerThread().start() as server:
         server.apply_manifests(project_crds())

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubemu import ApiError as EmulatorApiError
 from tests.controlplane import ControlPlane
-from tourniquet.sandbox.emulator import ApiError as EmulatorApiError
 
 OPERATOR_NAMESPACE = "tourniquet-system"
 OPERATOR_ACCOUNT = "tourniquet"

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import click
 import pytest
@@ -52,3 +57,36 @@ def test_run_takes_the_log_format_from_the_flag_or_the_environment(monkeypatch: 
     assert run_params(["--log-format", "text"])["log_format"] == "text"  # the flag wins
     with pytest.raises(click.BadParameter):
         run_params(["--log-format", "yaml"])
+
+
+def test_the_sandbox_without_the_emulator_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # kubemu (testing/kubemu) is not in the operator's wheel: `pip install tourniquet-operator` has no emulator.
+    for name in [m for m in sys.modules if m == "kubemu" or m.startswith("kubemu.")] or ["kubemu"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    result = CliRunner().invoke(main, ["sandbox", "--dir", str(tmp_path / "sandbox"), "--no-examples"])
+    assert result.exit_code == 1, result.output
+    assert "needs kubemu" in result.output
+    assert "pip install -e testing/kubemu" in result.output
+    assert not (tmp_path / "sandbox").exists()  # nothing was started
+
+
+def test_the_operators_wheel_leaves_the_emulator_out(tmp_path: Path) -> None:
+    # What the Dockerfile copies (a build in place would leave build/ in the tree).
+    root, source = Path(__file__).resolve().parent.parent, tmp_path / "source"
+    shutil.copytree(root / "operator", source / "operator", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    built = subprocess.run(
+        [*pip, "-w", str(tmp_path), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("tourniquet_operator-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "tourniquet/cli.py" in names and "tourniquet/sandbox/run.py" in names
+    assert not [n for n in names if n.startswith("kubemu/") or "emulator" in n or "crvalidate" in n], names

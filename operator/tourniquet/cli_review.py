@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from tourniquet.cli import _fail, _kube_options, _namespace, _now, _run, main
+from tourniquet.cli_base import _fail, _kube_options, _namespace, _run, main
+from tourniquet.cli_incidents import _now
 
 
 async def whoami(api: Any) -> str | None:

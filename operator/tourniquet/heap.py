@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from tourniquet.domain.settings import seconds_from_env
-from tourniquet.reconcilers.events import containment_quiet_for, on_containment_start
+from tourniquet.reconcilers.lane import containment_quiet_for, on_containment_start
 
 log = logging.getLogger(__name__)
 

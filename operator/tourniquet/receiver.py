@@ -36,7 +36,7 @@ from aiohttp import web
 from tourniquet import observability
 from tourniquet.adapters.kube import ApiError, KubeApi
 from tourniquet.domain.detection import PayloadError, parse_notification
-from tourniquet.reconcilers.detection import receive_alerts
+from tourniquet.reconcilers.signals import receive_alerts
 
 log = logging.getLogger(__name__)
 

@@ -41,15 +41,16 @@ HTTP_VERBS = {
     ("DELETE", False): "deletecollection",
 }
 
+# The command line's modules: the on-call commands, run with the user's own credentials.
+ONCALL = ("cli.py", "cli_base.py", "cli_agents.py", "cli_incidents.py", "cli_ledger.py", "cli_review.py")
+
 # Code under operator/tourniquet that does not run under the operator's ServiceAccount.
 NOT_OPERATOR = {
     "adapters/kube.py": "the KubeApi verbs themselves",
-    "cli.py": "the on-call commands, run with the user's own credentials (see the on-call ClusterRole)",
-    "cli_review.py": "the review commands (gate, regression, readiness, drill, postmortem), as on-call",
-    "sandbox/": "the embedded API server for tests and demos",
+    **{cli: "the on-call commands, run with the user's own credentials (the on-call ClusterRole)" for cli in ONCALL},
+    "sandbox/": "the sandbox command (its API server is kubemu, in testing/kubemu)",
     "runtime/": "the agent-side library, run under the agent's own ServiceAccount",
 }
-ONCALL = ("cli.py", "cli_review.py")
 
 
 @dataclass(frozen=True, order=True)

@@ -18,6 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from kubemu.crvalidate import validate_custom_resource
 from tests.chart.render import (
     CHART,
     FULLNAME,
@@ -31,7 +32,6 @@ from tests.chart.render import (
     render,
     render_variant,
 )
-from tourniquet.sandbox.crvalidate import validate_custom_resource
 
 K8S_VERSIONS = ["1.30.0", "1.33.0"]
 # Kinds kubernetes-validate has no schema for (their CRDs are not part of Kubernetes); each one is

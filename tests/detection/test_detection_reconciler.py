@@ -13,6 +13,7 @@ from tests.conftest import AD, AI, Cluster, example
 from tourniquet.adapters.prometheus import PrometheusUnavailable, QueryRejected
 from tourniquet.domain.detection import fingerprint
 from tourniquet.reconcilers import detection as reconciler
+from tourniquet.reconcilers import signals
 from tourniquet.reconcilers.detection import AgentDetector
 
 T0 = datetime(2026, 11, 21, 3, 2, tzinfo=UTC)
@@ -154,12 +155,12 @@ async def test_a_restarted_operator_counts_on_the_same_incident(cluster, kube, d
         return []
 
     blind = AgentDetector(kube, prometheus, cluster.namespace, "refund-agent")  # type: ignore[arg-type]
-    original = reconciler._by_fingerprint
-    reconciler._by_fingerprint = nothing  # type: ignore[assignment]
+    original = signals._by_fingerprint
+    signals._by_fingerprint = nothing  # type: ignore[assignment]
     try:
         report = await run(blind, cluster, 4)
     finally:
-        reconciler._by_fingerprint = original  # type: ignore[assignment]
+        signals._by_fingerprint = original  # type: ignore[assignment]
     assert report.rules[0].outcome is not None and report.rules[0].outcome.outcome == "updated"
     (incident,) = incidents(cluster)
     assert incident["status"]["detection"]["count"] == 3

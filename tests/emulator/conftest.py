@@ -15,7 +15,7 @@ import pytest
 import yaml
 from tests.conftest import project_kubectl
 
-from tourniquet.sandbox.server import ApiServerThread
+from kubemu.server import ApiServerThread
 
 WIDGET_CRD_YAML = """
 apiVersion: apiextensions.k8s.io/v1

@@ -9,7 +9,7 @@ import kubernetes
 import pytest
 import yaml
 
-from tourniquet.sandbox.server import ApiServerThread
+from kubemu.server import ApiServerThread
 
 CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 WIDGETS = "/apis/example.dev/v1/namespaces/default/widgets"

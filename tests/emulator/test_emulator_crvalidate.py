@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tourniquet.sandbox.crvalidate import (
+from kubemu.crvalidate import (
     apply_defaults,
     check_schema,
     find_errors,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tourniquet.sandbox.server import ApiServerThread
+from kubemu.server import ApiServerThread
 
 CMS = "/api/v1/namespaces/default/configmaps"
 DEPLOYS = "/apis/apps/v1/namespaces/default/deployments"

@@ -11,8 +11,8 @@ import kmock
 import kubernetes
 import pytest
 
-from tourniquet.sandbox.emulator import RealisticEmulator
-from tourniquet.sandbox.server import ApiServerThread
+from kubemu import RealisticEmulator
+from kubemu.server import ApiServerThread
 
 DEPLOYS = "/apis/apps/v1/namespaces/default/deployments"
 CMS = "/api/v1/namespaces/default/configmaps"

@@ -6,15 +6,9 @@ from typing import Any
 
 import pytest
 
-from tourniquet.sandbox.emulator import (
-    ApiError,
-    LabelSelector,
-    decode_protobuf,
-    json_patch,
-    merge_patch,
-    parse_api_path,
-    strategic_merge_patch,
-)
+from kubemu import ApiError, LabelSelector, json_patch, merge_patch, strategic_merge_patch
+from kubemu.protobuf import decode_protobuf
+from kubemu.resources import parse_api_path
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import kopf
 import pytest
 from kopf.testing import KopfRunner
 
-from tourniquet.sandbox.server import ApiServerThread
+from kubemu.server import ApiServerThread
 
 OPERATOR = textwrap.dedent('''
     """A tiny operator: scales a Deployment to zero when a Widget appears, ticks, cleans up."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from tourniquet.sandbox.server import ApiServerThread
+from kubemu.server import ApiServerThread
 
 
 def test_kubectl_custom_resources(kubectl: Any, widget_crd: dict[str, Any], make_widget: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import kubernetes
 import pytest
 
-from tourniquet.sandbox.server import ApiServerThread
+from kubemu.server import ApiServerThread
 
 CMS = "/api/v1/namespaces/default/configmaps"
 

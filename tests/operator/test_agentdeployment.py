@@ -161,7 +161,7 @@ def test_a_malformed_agent_is_refused_and_touches_nothing(cluster: Cluster, oper
     floating["spec"]["bundle"]["model"]["version"] = "latest"
     import pytest
 
-    from tourniquet.sandbox.emulator import ApiError
+    from kubemu import ApiError
 
     with pytest.raises(ApiError) as refused:
         cluster.apply([floating])

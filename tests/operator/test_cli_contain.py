@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.conftest import AI, Cluster, example
-from tourniquet import cli
+from tourniquet import cli, cli_incidents
 
 
 def contain(cluster: Cluster, kubeconfig: str, *args: str) -> Result:
@@ -45,7 +45,7 @@ def test_two_contains_in_the_same_second_open_two_incidents(
     cluster: Cluster, oncall_kubeconfig: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cluster.apply(example())
-    monkeypatch.setattr(cli, "_now", lambda: datetime(2026, 11, 21, 3, 12, 7, tzinfo=UTC))
+    monkeypatch.setattr(cli_incidents, "_now", lambda: datetime(2026, 11, 21, 3, 12, 7, tzinfo=UTC))
     first = contain(cluster, oncall_kubeconfig, "refund-agent", "--sev", "1")
     second = contain(cluster, oncall_kubeconfig, "refund-agent", "--sev", "2", "--levers", "shadow")
     assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output

@@ -178,7 +178,7 @@ def test_an_evaluation_template_that_cannot_start_holds_the_revision_and_says_wh
 
 @pytest.mark.parametrize("reason", ["", "   "])
 def test_an_override_without_a_reason_is_refused_by_the_api_server(cluster: Cluster, reason: str) -> None:
-    from tourniquet.sandbox.emulator import ApiError
+    from kubemu import ApiError
 
     docs = agent(evaluation={**EVALUATION, "override": {"revision": 2, "reason": reason}})
     with pytest.raises(ApiError) as refused:

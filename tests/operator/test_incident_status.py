@@ -13,7 +13,7 @@ from tourniquet.cli import main as cli
 from tourniquet.domain.detection import Signal
 from tourniquet.models import Severity
 from tourniquet.models.agentincident import IncidentClass
-from tourniquet.reconcilers.detection import record_signal
+from tourniquet.reconcilers.signals import record_signal
 
 
 def test_the_agent_forgets_an_incident_once_it_is_resolved(cluster: Cluster, operator):
@@ -244,7 +244,7 @@ def test_an_incident_naming_only_a_missing_agent_says_so_in_its_first_status(clu
 def test_contain_says_loudly_when_the_agent_is_gone_by_the_time_the_incident_exists(
     cluster: Cluster, operator, oncall_kubeconfig, monkeypatch
 ):
-    from tourniquet import cli as cli_module
+    from tourniquet import cli_incidents as cli_module
 
     start_agent(cluster)
     checked = cli_module._contain_problems

@@ -117,12 +117,12 @@ def unreachable_kubeconfig(tmp_path: Path, closed_port: int) -> Path:
     return path
 
 
-# The realistic API server (tourniquet.sandbox.server, a KMock-based emulator in a background thread).
+# The realistic API server (kubemu.server in testing/kubemu, a KMock-based emulator in a background thread).
 
 
 @pytest.fixture(scope="module")
 def api_server() -> Iterator[Any]:
-    from tourniquet.sandbox.server import ApiServerThread
+    from kubemu.server import ApiServerThread
 
     with ApiServerThread() as server:
         server.apply_manifests([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}])

@@ -175,7 +175,7 @@ def test_no_kubeconfig_and_no_service_account_means_files(
 def test_a_stale_mount_never_loosens_what_the_api_said_and_the_api_is_rejoined(
     tmp_path: Path, write_mount: Callable[..., Path]
 ) -> None:
-    from tourniquet.sandbox.server import ApiServerThread
+    from kubemu.server import ApiServerThread
 
     control_cm = {
         "apiVersion": "v1",

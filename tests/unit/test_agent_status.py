@@ -7,7 +7,7 @@ import copy
 from datetime import UTC, datetime
 from typing import Any
 
-from tourniquet.reconcilers import agent_status, events
+from tourniquet.reconcilers import agent_status, lane
 from tourniquet.reconcilers.detection import write_detection_status
 from tourniquet.reconcilers.locks import lock_for
 
@@ -32,12 +32,12 @@ class RecordingApi:
 def test_only_the_latest_pending_status_is_written_once_the_burst_is_over():
     async def scenario() -> None:
         api = RecordingApi({"phase": "old"})
-        async with events.containment_pass():
+        async with lane.containment_pass():
             assert agent_status.write_status_later(api, api.agent, {"phase": "first"})  # type: ignore[arg-type]
             assert agent_status.write_status_later(api, api.agent, {"phase": "second"})  # type: ignore[arg-type]
             await asyncio.sleep(0.05)
             assert api.writes == []  # not while a containment pass runs
-        await asyncio.sleep(events.QUIET_SECONDS + 0.1)
+        await asyncio.sleep(lane.QUIET_SECONDS + 0.1)
         assert api.writes == [{"phase": "second"}]
 
     asyncio.run(scenario())
@@ -46,10 +46,10 @@ def test_only_the_latest_pending_status_is_written_once_the_burst_is_over():
 def test_a_status_back_to_what_is_stored_cancels_the_pending_one():
     async def scenario() -> None:
         api = RecordingApi({"phase": "old"})
-        async with events.containment_pass():
+        async with lane.containment_pass():
             agent_status.write_status_later(api, api.agent, {"phase": "new"})  # type: ignore[arg-type]
             assert not agent_status.write_status_later(api, api.agent, {"phase": "old"})  # type: ignore[arg-type]
-        await asyncio.sleep(events.QUIET_SECONDS + 0.1)
+        await asyncio.sleep(lane.QUIET_SECONDS + 0.1)
         assert api.writes == []
 
     asyncio.run(scenario())
@@ -59,7 +59,7 @@ def test_a_pending_status_is_written_before_detection_writes_its_own():
     async def scenario() -> None:
         api = RecordingApi({"conditions": [{"type": "Ready", "status": "True"}]})
         contained = {"conditions": [{"type": "Ready", "status": "True"}, {"type": "Contained", "status": "True"}]}
-        async with events.containment_pass():
+        async with lane.containment_pass():
             async with lock_for("AgentDeployment", "ns", "a"):
                 agent_status.write_status_later(api, api.agent, contained)  # type: ignore[arg-type]
             degraded = (False, "NoPrometheus", "no Prometheus configured")
@@ -70,7 +70,7 @@ def test_a_pending_status_is_written_before_detection_writes_its_own():
         assert api.writes[0] == contained
         kinds = [c["type"] for c in api.agent["status"]["conditions"]]
         assert "Contained" in kinds and "DetectionDegraded" in kinds, kinds
-        await asyncio.sleep(events.QUIET_SECONDS + 0.1)
+        await asyncio.sleep(lane.QUIET_SECONDS + 0.1)
         assert len(api.writes) == 2  # nothing written again after the burst
 
     asyncio.run(scenario())

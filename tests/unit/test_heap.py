@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from tourniquet import heap
-from tourniquet.reconcilers import events
+from tourniquet.reconcilers import lane
 
 FAST = heap.HeapSettings(full_seconds=3600, quiet_seconds=0.0, check_seconds=0.01, young_collections=0)
 
@@ -54,14 +54,14 @@ async def test_at_a_quiet_moment_what_survives_is_frozen_and_later_collections_s
 
 
 async def test_nothing_is_frozen_or_collected_in_full_while_a_containment_pass_runs() -> None:
-    async with events.containment_pass(), running(FAST):
+    async with lane.containment_pass(), running(FAST):
         await asyncio.sleep(0.3)
         assert gc.get_freeze_count() == 0
 
 
 async def test_freezing_waits_until_containment_has_been_quiet_for_a_while() -> None:
     settings = heap.HeapSettings(full_seconds=3600, quiet_seconds=0.5, check_seconds=0.01, young_collections=0)
-    async with events.containment_pass():
+    async with lane.containment_pass():
         pass
     async with running(settings):
         await asyncio.sleep(0.2)
@@ -87,7 +87,7 @@ async def test_a_burst_runs_without_automatic_collection_which_resumes_at_the_ne
     settings = heap.HeapSettings(full_seconds=3600, quiet_seconds=0.2, check_seconds=0.01, young_collections=0)
     async with running(settings):
         await _until(lambda: gc.get_freeze_count() > 0)
-        async with events.containment_pass():
+        async with lane.containment_pass():
             assert not gc.isenabled(), "held from the first pass of a burst"
             a, b = Node(), Node()
             a.other, b.other = b, a  # garbage made in the burst (a cycle)
@@ -107,22 +107,22 @@ async def test_a_hold_ends_after_max_hold_seconds_even_while_containment_goes_on
     )
     async with running(settings):
         await _until(lambda: gc.get_freeze_count() > 0)
-        async with events.containment_pass():
+        async with lane.containment_pass():
             assert not gc.isenabled()
             await _until(gc.isenabled, timeout=2)
-        async with events.containment_pass():
+        async with lane.containment_pass():
             assert gc.isenabled(), "no new hold before a quiet moment"
         await asyncio.sleep(0.4)
-        async with events.containment_pass():
+        async with lane.containment_pass():
             assert not gc.isenabled(), "after a quiet moment, the next burst is held again"
     assert gc.isenabled(), "a stopped keeper resumes automatic collection"
 
 
 async def test_without_the_keeper_containment_does_not_touch_the_collector() -> None:
-    async with events.containment_pass():
+    async with lane.containment_pass():
         assert gc.isenabled()
     await asyncio.wait_for(heap.keep_heap(heap.HeapSettings(full_seconds=0, check_seconds=0.01)), 1)
-    async with events.containment_pass():
+    async with lane.containment_pass():
         assert gc.isenabled()
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from tourniquet.adapters.kube import AGENTDEPLOYMENTS, ApiError, KubeApi
 from tourniquet.domain.patches import merge_patch
-from tourniquet.reconcilers.events import after_containment
+from tourniquet.reconcilers.lane import after_containment
 from tourniquet.reconcilers.locks import lock_for
 
 log = logging.getLogger(__name__)

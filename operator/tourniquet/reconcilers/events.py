@@ -1,19 +1,18 @@
-"""Kubernetes Events for timeline entries: best effort, never in the way of containment."""
+"""Kubernetes Events for timeline entries: best effort, never in the way of containment (they are posted
+from the background lane, :mod:`tourniquet.reconcilers.lane`)."""
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import logging
-import time
 import uuid
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from tourniquet.adapters.kube import EVENTS, ApiError, KubeApi
+
+# containment_pass is re-exported for reconcilers/agentincident.py (and after_containment, used here, for
+# reconcilers/incident_driver.py), which still import them from here: new code imports the lane itself.
+from tourniquet.reconcilers.lane import after_containment, containment_pass  # noqa: F401
 
 log = logging.getLogger(__name__)
 WARNING_EVENTS = {"AgentMissing", "DriftRepaired", "Failed", "LedgerUnavailable", "CompensationRefused"}
@@ -56,105 +55,6 @@ async def post_events(api: KubeApi, involved: dict[str, Any], entries: list[dict
             await api.create(EVENTS, meta["namespace"], body)
         except ApiError as error:
             log.warning("Could not post the event %s on %s: %s", entry["event"], meta["name"], error)
-
-
-# Containment first, paperwork after: events (and incidents' finalizers, agents' statuses) wait until no
-# containment pass has run in this loop for QUIET_SECONDS (so a burst of incidents, which arrive from the
-# watch a few at a time, is not slowed by them), but never longer than EVENT_DEFER_SECONDS.
-EVENT_DEFER_SECONDS = 2.0
-QUIET_SECONDS = 0.25
-
-
-class _LoopState:
-    def __init__(self) -> None:
-        self.busy = 0
-        self.last_done = float("-inf")  # time.monotonic() when the last pass ended
-        self.idle = asyncio.Event()
-        self.idle.set()
-        self.waiting: collections.deque[tuple[float, Callable[[], Awaitable[None]]]] = collections.deque()
-        self.waiter: asyncio.Task[None] | None = None  # the one task waiting for a quiet moment
-        self.pending: set[asyncio.Task[None]] = set()  # work started, not finished
-
-
-_states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
-
-
-def _state() -> _LoopState:
-    loop = asyncio.get_running_loop()
-    state = _states.get(loop)
-    if state is None:
-        state = _states[loop] = _LoopState()
-    return state
-
-
-# Called when containment starts after a quiet moment (no pass was running): see tourniquet.heap.
-_on_start: list[Callable[[], None]] = []
-
-
-def on_containment_start(callback: Callable[[], None]) -> Callable[[], None]:
-    """Call `callback` whenever a containment pass starts while none is running; returns the undo."""
-    _on_start.append(callback)
-    return lambda: _on_start.remove(callback)
-
-
-@contextlib.asynccontextmanager
-async def containment_pass() -> AsyncIterator[None]:
-    """Mark a containment pass as running: events posted meanwhile wait for it."""
-    state = _state()
-    if state.busy == 0:
-        for callback in list(_on_start):
-            callback()
-    state.busy += 1
-    state.idle.clear()
-    try:
-        yield
-    finally:
-        state.busy -= 1
-        state.last_done = time.monotonic()
-        if state.busy == 0:
-            state.idle.set()
-
-
-def containment_quiet_for(seconds: float) -> bool:
-    """No containment pass is running in this loop, and none ended in the last `seconds`."""
-    state = _state()
-    return state.busy == 0 and time.monotonic() - state.last_done >= seconds
-
-
-def after_containment(work: Callable[[], Awaitable[None]]) -> None:
-    """Run `work` in the background once containment is quiet (or after EVENT_DEFER_SECONDS)."""
-    state = _state()
-    loop = asyncio.get_running_loop()
-    state.waiting.append((loop.time() + EVENT_DEFER_SECONDS, work))
-    if state.waiter is None or state.waiter.done():
-        state.waiter = loop.create_task(_start_when_quiet(state))
-
-
-async def _start_when_quiet(state: _LoopState) -> None:
-    """One waiter for all the deferred work (hundreds of items after a burst): it starts what is due when
-    no containment pass has run for QUIET_SECONDS, or what has waited EVENT_DEFER_SECONDS."""
-    loop = asyncio.get_running_loop()
-    while state.waiting:
-        deadline = state.waiting[0][0]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state.idle.wait(), max(0.0, deadline - loop.time()))
-        if containment_quiet_for(QUIET_SECONDS):
-            due = len(state.waiting)
-        else:
-            due = sum(1 for at, _ in state.waiting if at <= loop.time())
-            if not due:
-                quiet_for = time.monotonic() - state.last_done
-                await asyncio.sleep(max(0.0, min(QUIET_SECONDS - quiet_for, deadline - loop.time())))
-                continue
-        for _ in range(due):
-            _, work = state.waiting.popleft()
-            task = loop.create_task(_run(work))
-            state.pending.add(task)
-            task.add_done_callback(state.pending.discard)
-
-
-async def _run(work: Callable[[], Awaitable[None]]) -> None:
-    await work()
 
 
 def post_events_later(api: KubeApi, involved: dict[str, Any], entries: list[dict[str, Any]]) -> None:

@@ -22,7 +22,9 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from tourniquet.runtime.ledger import Cursor, LedgerError, LedgerUnavailable, SqlDialect, SqlLedger, redacted_url
+from tourniquet.runtime.ledger_compensation import SqlLedger
+from tourniquet.runtime.ledger_records import LedgerError, LedgerUnavailable
+from tourniquet.runtime.ledger_schema import Cursor, SqlDialect, redacted_url
 
 # An arbitrary constant: the advisory lock that serialises the ledger's migrations.
 MIGRATION_LOCK = 0x746F75726E69

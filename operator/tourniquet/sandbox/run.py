@@ -16,6 +16,28 @@ import yaml
 
 from tourniquet import crdgen
 
+# What to do when kubemu, the emulated API server, is not installed: it is a package of the repository
+# (testing/kubemu), not of the operator's wheel.
+INSTALL_EMULATOR = (
+    "`tourniquet sandbox` needs kubemu, the emulated Kubernetes API server, which is not part of the operator's "
+    "package. From a clone of the repository: `make sandbox` (it installs it), or `pip install -e testing/kubemu`."
+)
+
+
+class EmulatorMissing(RuntimeError):
+    """kubemu is not installed (or cannot be imported): the sandbox has no API server to run."""
+
+
+def api_server_class() -> Any:
+    """kubemu's ApiServerThread, or EmulatorMissing saying how to install it."""
+    try:
+        from kubemu.server import ApiServerThread
+    except ImportError as e:
+        missing = e.name in ("kubemu", "kubemu.server")
+        raise EmulatorMissing(INSTALL_EMULATOR if missing else f"{INSTALL_EMULATOR} (importing it failed: {e})") from e
+    return ApiServerThread
+
+
 # The base agent. The other files in examples/ are scenarios (incidents, a rollback, ...) to apply by hand.
 BASE_EXAMPLE = "refund-agent.yaml"
 LOOPBACK = "127.0.0.1"
@@ -69,18 +91,18 @@ def run_sandbox(
     verbose: bool = False,
 ) -> None:
     from tourniquet import logs
-    from tourniquet.cli import run_operator
     from tourniquet.receiver import ENV_HOST, ENV_PORT
+    from tourniquet.runner import run_operator
     from tourniquet.sandbox.keda import scaledobject_crd
-    from tourniquet.sandbox.server import ApiServerThread
 
+    api_server = api_server_class()  # first: without kubemu, nothing else is worth starting
     # The same log set-up as `tourniquet run`: each line about an object names it ([namespace/name]).
     logs.configure(log_format, verbose=verbose)
     workdir.mkdir(parents=True, exist_ok=True)
     http_host, http_port = receiver_address()
     os.environ[ENV_HOST], os.environ[ENV_PORT] = http_host, str(http_port)
     # A long-running sandbox keeps a bounded request log and object history (tests keep everything).
-    with ApiServerThread(host=LOOPBACK, request_log_limit=10_000, object_history_limit=50).start(port=port) as server:
+    with api_server(host=LOOPBACK, request_log_limit=10_000, object_history_limit=50).start(port=port) as server:
         # The CRDs, and a stand-in for KEDA's, so that examples/keda-consumer.yaml applies whole.
         server.apply_manifests([*crdgen.build_crds(), scaledobject_crd()])
         kubeconfig = Path(server.write_kubeconfig(workdir.resolve() / "kubeconfig"))

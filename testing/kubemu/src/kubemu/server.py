@@ -1,5 +1,5 @@
 """
-Run the :class:`~tourniquet.sandbox.emulator.RealisticEmulator` from synchronous code.
+Run the :class:`~kubemu.emulator.RealisticEmulator` from synchronous code.
 
 The server gets its own thread and event loop. That is required when a Kopf operator runs in the
 same process: when Kopf stops, it cancels every task created after it started (see
@@ -33,7 +33,7 @@ from typing import Any, TypeVar, overload
 import aiohttp.web
 import yaml
 
-from tourniquet.sandbox.emulator import RealisticEmulator
+from kubemu.emulator import RealisticEmulator
 
 __all__ = ["ApiServerThread"]
 
@@ -103,9 +103,7 @@ class ApiServerThread:
 
     # ----------------------------------------------------------------------------------------------
 
-    def start(
-        self, host: str | None = None, port: int | None = None, *, timeout: float = 30.0
-    ) -> ApiServerThread:
+    def start(self, host: str | None = None, port: int | None = None, *, timeout: float = 30.0) -> ApiServerThread:
         """
         Start serving (idempotent). Returns ``self``.
 
@@ -122,7 +120,7 @@ class ApiServerThread:
 
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(
-            target=self._main, args=(host, port, ready), name="tourniquet-api-server", daemon=True
+            target=self._main, args=(host, port, ready), name="kubemu-api-server", daemon=True
         )
         self._thread.start()
         try:
@@ -213,9 +211,7 @@ class ApiServerThread:
     # ----------------------------------------------------------------------------------------------
 
     @overload
-    def call(
-        self, fn: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = ..., **kwargs: Any
-    ) -> T: ...
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = ..., **kwargs: Any) -> T: ...
 
     @overload
     def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = ..., **kwargs: Any) -> T: ...
@@ -252,9 +248,7 @@ class ApiServerThread:
             "kind": "Config",
             "clusters": [{"name": context, "cluster": {"server": self.url}}],
             "users": [{"name": context, "user": {}}],
-            "contexts": [
-                {"name": context, "context": {"cluster": context, "user": context, "namespace": namespace}}
-            ],
+            "contexts": [{"name": context, "context": {"cluster": context, "user": context, "namespace": namespace}}],
             "current-context": context,
             "preferences": {},
         }
@@ -266,7 +260,7 @@ class ApiServerThread:
         """
         Create (or, when they exist, merge into) every document: CRDs first, then Namespaces, then the rest.
 
-        Returns the stored objects. Raises :class:`~tourniquet.sandbox.emulator.ApiError` on the first
+        Returns the stored objects. Raises :class:`~kubemu.errors.ApiError` on the first
         document the API server would reject.
         """
         ordered = sorted(
