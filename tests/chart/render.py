@@ -28,7 +28,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "namespaced": {"watchNamespaces": ["payments", "support"]},
     "ha": {"replicas": 2},
     "ha-namespaced": {"replicas": 3, "watchNamespaces": ["payments", "support"]},
-    "ledger": {"watchNamespaces": ["support"], "ledger": {"secretNames": ["refund-ledger", "pricing-ledger"]}},
+    "ledger": {
+        "watchNamespaces": ["support"],
+        "ledger": {"secretNames": ["refund-ledger", "pricing-ledger"], "defaultSecret": {"name": "agents-ledger"}},
+    },
     "observability": {
         "service": {"enabled": True},
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},

@@ -109,6 +109,13 @@ def kopf_served() -> dict[tuple[str, str], frozenset[str]]:
     return {key: frozenset(verbs) for key, verbs in served.items()}
 
 
+def ledger_secret_names(values: dict) -> tuple[str, ...]:
+    """The Secrets the operator may get: the agents' spec.ledger Secrets listed, and the default ledger's."""
+    ledger = values.get("ledger") or {}
+    default = (ledger.get("defaultSecret") or {}).get("name")
+    return tuple(sorted({*(ledger.get("secretNames") or ()), *([default] if default else [])}))
+
+
 def operator_needs(values: dict[str, Any]) -> set[Need]:
     """Everything the operator needs for these chart values, each at the scope it is needed in."""
     namespaces = values.get("watchNamespaces") or []
@@ -125,7 +132,7 @@ def operator_needs(values: dict[str, Any]) -> set[Need]:
         for scope in scopes if namespaced else [CLUSTER]:
             needs.add(Need(scope, permission))
 
-    secret_names = tuple(sorted((values.get("ledger") or {}).get("secretNames") or ()))
+    secret_names = ledger_secret_names(values)
     for call in derived.calls:
         permission = call.permission
         if (permission.group, permission.resource) == ("", "secrets"):
@@ -177,7 +184,7 @@ def test_namespaced_rules_live_in_each_watched_namespace_only() -> None:
 
 def test_no_wildcards_and_secrets_only_by_name() -> None:
     for variant in VARIANTS:
-        names = (VARIANTS[variant].get("ledger") or {}).get("secretNames") or []
+        names = list(ledger_secret_names(VARIANTS[variant]))
         for doc in render_variant(variant):
             for rule in doc.get("rules") or []:
                 assert "*" not in rule.get("verbs", []) + rule.get("resources", []) + rule.get("apiGroups", [])
@@ -195,7 +202,12 @@ def test_the_ledger_secrets_are_readable_by_name_in_each_watched_namespace_only(
         for r in d.get("rules") or []
         if "secrets" in r["resources"]
     ]
-    assert rules == [("Role", "support", ["refund-ledger", "pricing-ledger"])]
+    assert rules == [("Role", "support", ["agents-ledger", "pricing-ledger", "refund-ledger"])]
+    operator = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in operator["env"]}
+    assert env["TOURNIQUET_LEDGER_SECRET"] == "agents-ledger/url"  # the default ledger of agents naming none
+    defaults = next(d for d in render_variant("default") if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert "TOURNIQUET_LEDGER_SECRET" not in {e["name"] for e in defaults["containers"][0]["env"]}
     assert not [r for d in render_variant("default") for r in d.get("rules") or [] if "secrets" in r["resources"]]
 
 

@@ -264,6 +264,33 @@ def test_an_unreachable_ledger_is_a_condition_retried_until_it_is_read(
     assert not jobs(cluster)
 
 
+def agent_naming_no_ledger() -> list[dict[str, Any]]:
+    docs = agent_with_ledger()
+    del next(d for d in docs if d["kind"] == "AgentDeployment")["spec"]["ledger"]
+    return docs
+
+
+def test_an_agent_naming_no_ledger_reads_the_operators_default_ledger_secret(
+    cluster: Cluster, operator: OperatorProcess, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The chart's ledger.defaultSecret: the Secret of that name in the agent's own namespace.
+    monkeypatch.setenv("TOURNIQUET_LEDGER_SECRET", f"{SECRET}/url")
+    cluster.apply([secret(ledger_url), *agent_naming_no_ledger(), the_incident()])
+    blast = wait_for(lambda: status(cluster).get("blastRadius"), timeout=30, what="the default ledger's blast radius")
+    assert (blast["actions"], blast["byTool"]) == (4, {"issue_refund": 4})
+
+
+def test_a_missing_default_ledger_secret_says_it_is_the_charts_default(
+    cluster: Cluster, operator: OperatorProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOURNIQUET_LEDGER_SECRET", SECRET)  # a name the operator may read, not created
+    cluster.apply([*agent_naming_no_ledger(), the_incident()])
+    down = wait_for(lambda: condition(cluster, "LedgerUnavailable").get("status") == "True"
+                    and condition(cluster, "LedgerUnavailable"), timeout=30, what="LedgerUnavailable")
+    assert down["reason"] == "SecretNotFound"
+    assert f"Secret {SECRET} (the chart's ledger.defaultSecret) not found" in down["message"]
+
+
 def test_a_missing_secret_names_itself(cluster: Cluster, operator: OperatorProcess) -> None:
     cluster.apply([*agent_with_ledger(), the_incident()])
     down = wait_for(lambda: condition(cluster, "LedgerUnavailable").get("status") == "True"

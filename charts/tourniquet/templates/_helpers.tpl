@@ -115,7 +115,10 @@ every namespace, otherwise in a Role in each watched namespace.
   verbs: [get, create, patch]
 # Undo: the ledger URL of each agent, from the Secret its spec.ledger names (only the Secrets listed in
 # ledger.secretNames).
-{{- with .Values.ledger.secretNames }}
+# ledger.secretNames, and ledger.defaultSecret's name: the Secret of every agent whose spec.ledger is empty.
+{{- $ledgerSecrets := .Values.ledger.secretNames | default list }}
+{{- with .Values.ledger.defaultSecret }}{{ if .name }}{{ $ledgerSecrets = append $ledgerSecrets .name }}{{ end }}{{ end }}
+{{- with $ledgerSecrets | uniq | sortAlpha }}
 - apiGroups: [""]
   resources: [secrets]
   resourceNames: {{ toJson . }}

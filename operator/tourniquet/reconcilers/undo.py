@@ -6,7 +6,9 @@ compensation Job) → decide (``tourniquet.domain.undo``) → act (create the Jo
 only for an approved plan whose hash is the current plan's) → report (the status fields, conditions and
 timeline entries the incident's pass writes with the rest of its status).
 
-Only the agents whose AgentDeployment sets ``spec.ledger`` take part; an incident on none of them has no undo.
+Only the agents whose AgentDeployment sets ``spec.ledger``, or all of them when the operator has a default ledger
+Secret (``TOURNIQUET_LEDGER_SECRET``, ``name`` or ``name/key``: the chart's ``ledger.defaultSecret``, read in the
+agent's own namespace), take part; an incident on none of them has no undo.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -32,9 +35,23 @@ from tourniquet.undo import IncidentContext, UndoError, blast_radius, compensati
 log = logging.getLogger(__name__)
 
 
+DEFAULT_SECRET_ENV = "TOURNIQUET_LEDGER_SECRET"
+
+
+def _default_ref() -> tuple[str, str] | None:
+    """The ledger Secret of an agent that names none: the chart's ledger.defaultSecret, as ``name[/key]``."""
+    name, _, key = os.environ.get(DEFAULT_SECRET_ENV, "").strip().partition("/")
+    return (name, key or "url") if name else None
+
+
 def _ledger_ref(agent: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The (Secret, key) holding the agent's ledger URL: its spec.ledger, else the operator's default."""
     ref = (((agent.get("spec") or {}).get("ledger") or {}).get("secretRef")) or {}
-    return (str(ref["name"]), str(ref.get("key") or "url")) if ref.get("name") else None
+    return (str(ref["name"]), str(ref.get("key") or "url")) if ref.get("name") else _default_ref()
+
+
+def _origin(name: str, key: str) -> str:
+    return "the chart's ledger.defaultSecret" if _default_ref() == (name, key) else "spec.ledger"
 
 
 class _NoLedger(Exception):
@@ -44,21 +61,22 @@ class _NoLedger(Exception):
 
 
 async def _ledger_url(api: KubeApi, namespace: str, name: str, key: str) -> str:
+    origin = _origin(name, key)
     try:
         secret = await api.get(SECRETS, namespace, name)
     except ApiError as error:
         if error.not_found:
-            message = f"Secret {name} (spec.ledger) not found in namespace {namespace}"
+            message = f"Secret {name} ({origin}) not found in namespace {namespace}"
             raise _NoLedger("SecretNotFound", message) from None
         if error.status == 403:
             raise _NoLedger(
                 "SecretForbidden",
-                f"the operator may not read Secret {name} (spec.ledger): list it in the chart's ledger.secretNames",
+                f"the operator may not read Secret {name} ({origin}): list it in the chart's ledger.secretNames",
             ) from None
-        raise _NoLedger("SecretUnreadable", f"Secret {name} (spec.ledger) could not be read: {error}") from None
+        raise _NoLedger("SecretUnreadable", f"Secret {name} ({origin}) could not be read: {error}") from None
     data = secret.get("data") or {}
     if key not in data:
-        raise _NoLedger("SecretKeyMissing", f"Secret {name} (spec.ledger) has no key {key}")
+        raise _NoLedger("SecretKeyMissing", f"Secret {name} ({origin}) has no key {key}")
     try:
         return base64.b64decode(data[key]).decode().strip()
     except (binascii.Error, UnicodeDecodeError):
