@@ -28,8 +28,9 @@ from tourniquet.reconcilers.agentdeployment import (
     parse_agent,
     reconcile_agent_deployment,
 )
-from tourniquet.reconcilers.events import containment_pass, post_events_later
+from tourniquet.reconcilers.events import post_events_later
 from tourniquet.reconcilers.evidence import capture_evidence
+from tourniquet.reconcilers.lane import containment_pass
 from tourniquet.reconcilers.locks import lock_for
 from tourniquet.reconcilers.undo import count_compensations, merge_undo, reconcile_undo
 

@@ -9,10 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tourniquet.adapters.kube import EVENTS, ApiError, KubeApi
-
-# containment_pass is re-exported for reconcilers/agentincident.py (and after_containment, used here, for
-# reconcilers/incident_driver.py), which still import them from here: new code imports the lane itself.
-from tourniquet.reconcilers.lane import after_containment, containment_pass  # noqa: F401
+from tourniquet.reconcilers.lane import after_containment
 
 log = logging.getLogger(__name__)
 WARNING_EVENTS = {"AgentMissing", "DriftRepaired", "Failed", "LedgerUnavailable", "CompensationRefused"}

@@ -31,7 +31,7 @@ from tourniquet.domain.detection import LABEL_SOURCE
 from tourniquet.domain.names import PREFIX
 from tourniquet.domain.undo import following
 from tourniquet.reconcilers import agentincident
-from tourniquet.reconcilers.events import after_containment
+from tourniquet.reconcilers.lane import after_containment
 from tourniquet.reconcilers.locks import lock_for
 
 log = logging.getLogger(__name__)
