@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from tourniquet.models import Bundle, SideEffects
-from tourniquet.models.agentdeployment import CompensationType
+from tourniquet.models.bundle import CompensationType
 
 REVERSAL = CompensationType.REVERSAL.value
 MITIGATION = CompensationType.MITIGATION.value

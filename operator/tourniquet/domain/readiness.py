@@ -29,7 +29,7 @@ from tourniquet.domain import network, wiring
 from tourniquet.domain.conditions import parse_time
 from tourniquet.domain.gate import template_problems
 from tourniquet.models import AgentDeploymentSpec, SideEffects
-from tourniquet.models.agentdeployment import CompensationType
+from tourniquet.models.bundle import CompensationType
 from tourniquet.models.review import ReadinessSpec
 
 ITEMS = ("killSwitch", "versionPin", "compensation", "traceRetention", "redeployGate")
