@@ -58,14 +58,9 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
 
 
 @kopf.on.startup()
-async def start_heap_keeper(memo: Any, logger: kopf.Logger, **_: Any) -> None:
-    """Full garbage collections at quiet moments, not in the middle of a containment burst."""
-    try:
-        settings = heap.HeapSettings.from_env(os.environ)
-    except ValueError as error:
-        settings = heap.HeapSettings()
-        logger.error("%s; using %g", error, settings.full_seconds)
-    memo.heap_task = asyncio.create_task(heap.keep_heap(settings), name="tourniquet-heap")
+async def tune_heap(memo: Any, **_: Any) -> None:
+    """A higher young threshold now, the heap frozen once the operator has settled (see tourniquet.heap)."""
+    memo.heap_task = asyncio.create_task(heap.tune_heap(), name="tourniquet-heap")
 
 
 async def stop_task(task: asyncio.Task[Any] | None) -> None:
@@ -77,7 +72,7 @@ async def stop_task(task: asyncio.Task[Any] | None) -> None:
 
 
 @kopf.on.cleanup()
-async def stop_heap_keeper(memo: Any, **_: Any) -> None:
+async def untune_heap(memo: Any, **_: Any) -> None:
     await stop_task(getattr(memo, "heap_task", None))
 
 

@@ -43,23 +43,10 @@ def _state() -> _LoopState:
     return state
 
 
-# Called when containment starts after a quiet moment (no pass was running): see tourniquet.heap.
-_on_start: list[Callable[[], None]] = []
-
-
-def on_containment_start(callback: Callable[[], None]) -> Callable[[], None]:
-    """Call `callback` whenever a containment pass starts while none is running; returns the undo."""
-    _on_start.append(callback)
-    return lambda: _on_start.remove(callback)
-
-
 @contextlib.asynccontextmanager
 async def containment_pass() -> AsyncIterator[None]:
     """Mark a containment pass as running: events posted meanwhile wait for it."""
     state = _state()
-    if state.busy == 0:
-        for callback in list(_on_start):
-            callback()
     state.busy += 1
     state.idle.clear()
     try:
