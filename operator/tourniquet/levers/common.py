@@ -35,27 +35,38 @@ class Applied:
     actions: list[str] = field(default_factory=list)
 
 
-async def remembered_write(
-    copy: dict[str, Any] | None,
+async def converge(
+    observed: dict[str, Any] | None,
     plan: Callable[[dict[str, Any]], Patch | None],
     write: Callable[[Patch], Awaitable[dict[str, Any]]],
     read: Callable[[], Awaitable[dict[str, Any] | None]],
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """Write from a remembered copy without reading first: (the object as written, None). The write carries
-    the copy's resourceVersion, so it fails if anyone changed the object since; then, or when the copy
-    needs no write (a copy is not an observation), the object is read: (None, the object as read now)."""
-    if copy is not None:
-        patch = plan(copy)
-        if patch is not None:
-            version = (copy.get("metadata") or {}).get("resourceVersion")
-            guarded: Patch
-            if isinstance(patch, list):  # a JSON patch
-                guarded = [*patch, {"op": "replace", "path": "/metadata/resourceVersion", "value": version}]
-            else:
-                guarded = {**patch, "metadata": {**(patch.get("metadata") or {}), "resourceVersion": version}}
-            try:
-                return await write(guarded), None
-            except ApiError as error:
-                if not (error.conflict or error.not_found):
-                    raise
-    return None, await read()
+    create: Callable[[], Awaitable[tuple[dict[str, Any], bool]]],
+) -> tuple[dict[str, Any], str | None]:
+    """Make one object what `plan` wants: (the object as stored, "created" | "patched" | None).
+
+    `observed` is the object as last seen (the operator's watch of it, which may be a moment behind), or None
+    to read it first. A write carries the resourceVersion it was planned on, so a change by anyone since
+    makes it fail (409): the object is read again and planned again."""
+    if observed is None:
+        observed = await read()
+    for attempt in range(1, 4):
+        if observed is None:
+            observed, created = await create()
+            if created:
+                return observed, "created"
+        patch = plan(observed)
+        if patch is None:
+            return observed, None
+        try:
+            return await write(_guarded(patch, (observed.get("metadata") or {}).get("resourceVersion"))), "patched"
+        except ApiError as error:
+            if not (error.conflict or error.not_found) or attempt == 3:
+                raise
+        observed = await read()
+    raise AssertionError("unreachable")
+
+
+def _guarded(patch: Patch, version: str | None) -> Patch:
+    if isinstance(patch, list):  # a JSON patch
+        return [*patch, {"op": "replace", "path": "/metadata/resourceVersion", "value": version}]
+    return {**patch, "metadata": {**(patch.get("metadata") or {}), "resourceVersion": version}}

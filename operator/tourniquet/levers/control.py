@@ -12,7 +12,7 @@ from typing import Any
 from tourniquet.adapters.kube import CONFIGMAPS, KubeApi
 from tourniquet.domain import names, network
 from tourniquet.domain.containment import Containment
-from tourniquet.levers.common import LeverObservation, remembered_write
+from tourniquet.levers.common import LeverObservation, converge
 from tourniquet.models import Lever
 
 
@@ -24,42 +24,28 @@ async def apply_control(
     containment: Containment,
     owner: dict[str, Any],
     actions: list[str],
-    *,
-    remembered: bool = False,
 ) -> dict[str, Any]:
-    """`remembered`: `observed` is this process's last copy, not read now (see remembered_write)."""
+    """`observed`: the control ConfigMap as last seen, or None to read it (see converge)."""
     data = network.desired_control_data(containment.mode, containment.revoked_tools)
     cm_name = names.control_configmap(agent)
-    if remembered:
-        written, observed = await remembered_write(
-            observed,
-            lambda current: _data_patch(current, data),
-            write=lambda patch: api.patch(CONFIGMAPS, namespace, cm_name, patch),
-            read=lambda: api.get_or_none(CONFIGMAPS, namespace, cm_name),
-        )
-        if written is not None:
-            actions.append(_set_message(cm_name, data))
-            return written
-    if observed is None:
-        body = names.owned(
-            "v1",
-            "ConfigMap",
-            cm_name,
-            namespace,
-            owner,
-            labels=network.labels_for(agent, names.COMPONENT_CONTROL),
-            data=data,
-        )
-        observed, created = await api.create_or_get(CONFIGMAPS, namespace, body)
-        if created:
-            actions.append(f"Created control ConfigMap {cm_name} (mode {containment.mode})")
-            return observed
-    patch = _data_patch(observed, data)
-    if patch is not None:
-        result = await api.patch(CONFIGMAPS, namespace, cm_name, patch)
+
+    def create() -> Any:
+        labels = network.labels_for(agent, names.COMPONENT_CONTROL)
+        body = names.owned("v1", "ConfigMap", cm_name, namespace, owner, labels=labels, data=data)
+        return api.create_or_get(CONFIGMAPS, namespace, body)
+
+    stored, done = await converge(
+        observed,
+        lambda current: _data_patch(current, data),
+        write=lambda patch: api.patch(CONFIGMAPS, namespace, cm_name, patch),
+        read=lambda: api.get_or_none(CONFIGMAPS, namespace, cm_name),
+        create=create,
+    )
+    if done == "created":
+        actions.append(f"Created control ConfigMap {cm_name} (mode {containment.mode})")
+    elif done == "patched":
         actions.append(_set_message(cm_name, data))
-        return result
-    return observed
+    return stored
 
 
 def _data_patch(current: dict[str, Any], data: dict[str, str]) -> dict[str, Any] | None:

@@ -6,13 +6,12 @@ revocation is also written to the control ConfigMap, and the observation says so
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from typing import Any
 
 from tourniquet.adapters.kube import NETWORKPOLICIES, KubeApi
 from tourniquet.domain import names, network
 from tourniquet.domain.containment import Containment
-from tourniquet.levers.common import LeverObservation, remembered_write
+from tourniquet.levers.common import LeverObservation, converge
 from tourniquet.models import AgentDeploymentSpec, Lever
 
 
@@ -25,48 +24,34 @@ async def apply_policy(
     containment: Containment,
     owner: dict[str, Any],
     actions: list[str],
-    *,
-    remembered: bool = False,
 ) -> dict[str, Any]:
-    """`remembered`: `observed` is this process's last copy, not read now (see remembered_write)."""
+    """`observed`: the NetworkPolicy as last seen, or None to read it (see converge)."""
     desired = network.desired_network_policy_spec(spec, containment.revoked_tools)
     np_name = names.network_policy(agent)
-    set_message = f"Set NetworkPolicy {np_name} to {len(desired['egress'])} egress rule(s)"
 
     def plan(current: dict[str, Any]) -> list[dict[str, Any]] | None:
         # The spec is replaced whole: the policy becomes exactly the desired one, nothing merged in.
         return [{"op": "replace", "path": "/spec", "value": desired}] if current.get("spec") != desired else None
 
-    def write(patch: Any) -> Awaitable[dict[str, Any]]:
-        return api.patch(NETWORKPOLICIES, namespace, np_name, patch, patch_type="json")
-
-    if remembered:
-        written, observed = await remembered_write(
-            observed, plan, write, read=lambda: api.get_or_none(NETWORKPOLICIES, namespace, np_name)
-        )
-        if written is not None:
-            actions.append(set_message)
-            return written
-    if observed is None:
+    def create() -> Any:
+        labels = network.labels_for(agent, "egress")
         body = names.owned(
-            "networking.k8s.io/v1",
-            "NetworkPolicy",
-            np_name,
-            namespace,
-            owner,
-            labels=network.labels_for(agent, "egress"),
-            spec=desired,
+            "networking.k8s.io/v1", "NetworkPolicy", np_name, namespace, owner, labels=labels, spec=desired
         )
-        observed, created = await api.create_or_get(NETWORKPOLICIES, namespace, body)
-        if created:
-            actions.append(f"Created NetworkPolicy {np_name} with {len(desired['egress'])} egress rule(s)")
-            return observed
-    patch = plan(observed)
-    if patch is not None:
-        result = await write(patch)
-        actions.append(set_message)
-        return result
-    return observed
+        return api.create_or_get(NETWORKPOLICIES, namespace, body)
+
+    stored, done = await converge(
+        observed,
+        plan,
+        write=lambda patch: api.patch(NETWORKPOLICIES, namespace, np_name, patch, patch_type="json"),
+        read=lambda: api.get_or_none(NETWORKPOLICIES, namespace, np_name),
+        create=create,
+    )
+    if done == "created":
+        actions.append(f"Created NetworkPolicy {np_name} with {len(desired['egress'])} egress rule(s)")
+    elif done == "patched":
+        actions.append(f"Set NetworkPolicy {np_name} to {len(desired['egress'])} egress rule(s)")
+    return stored
 
 
 def observe_revocation(
