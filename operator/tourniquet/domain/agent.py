@@ -12,7 +12,14 @@ from tourniquet.domain import bundles
 from tourniquet.domain.conditions import rfc3339, set_condition
 from tourniquet.domain.containment import Containment
 from tourniquet.domain.errors import describe_validation_error
-from tourniquet.models import AgentDeploymentSpec, RevisionVerdict, Severity
+from tourniquet.models import (
+    AgentDeploymentSpec,
+    AgentDeploymentStatus,
+    BundleStatus,
+    RevisionRecord,
+    RevisionVerdict,
+    Severity,
+)
 
 
 def parse_spec(raw: dict[str, Any] | None) -> tuple[AgentDeploymentSpec | None, str | None]:
@@ -142,15 +149,15 @@ def plan_bundle(
     return plan
 
 
-def history(stored: list[bundles.StoredRevision]) -> list[dict[str, Any]]:
+def history(stored: list[bundles.StoredRevision]) -> list[RevisionRecord]:
     return [
-        {
-            "revision": r.revision,
-            "hash": bundles.short_hash(r.hash),
-            "configMap": r.name,
-            **({"createdAt": r.created_at} if r.created_at else {}),
-            "verdict": r.verdict.value,
-        }
+        RevisionRecord(
+            revision=r.revision,
+            hash=bundles.short_hash(r.hash),
+            config_map=r.name,
+            **({"created_at": r.created_at} if r.created_at else {}),
+            verdict=r.verdict,
+        )
         for r in sorted(stored, key=lambda r: r.revision)
     ]
 
@@ -159,14 +166,12 @@ def invalid_status(
     status: dict[str, Any], reason: str, message: str, *, now: datetime, generation: int | None
 ) -> dict[str, Any]:
     """The status of an agent whose spec cannot be acted on: everything else stays as it was."""
-    new = dict(status)
     conditions = list(status.get("conditions") or [])
     conditions = set_condition(conditions, "Ready", False, reason, message, now=now, generation=generation)
     if reason in ("BundleTooLarge", "RollbackRefused", "InvalidSpec"):
         conditions = set_condition(conditions, "BundlePinned", False, reason, message, now=now, generation=generation)
-    new["conditions"] = conditions
-    new["observedGeneration"] = generation
-    return new
+    built = AgentDeploymentStatus(conditions=conditions, observed_generation=generation)
+    return {**status, **built.to_status()}
 
 
 def agent_status(
@@ -186,18 +191,18 @@ def agent_status(
     previous = status.get("bundle") or {}
     active = next((r for r in stored_after if r.revision == plan.active_revision), None)
     good = bundles.last_known_good(stored_after)
-    bundle_status: dict[str, Any] = {"specRevision": plan.spec_revision} if plan.spec_revision else {}
+    bundle_fields: dict[str, Any] = {"spec_revision": plan.spec_revision} if plan.spec_revision else {}
     if active is not None:
         since = previous.get("activeSince") if previous.get("revision") == active.revision else None
-        bundle_status.update(
+        bundle_fields.update(
             revision=active.revision,
             hash=bundles.short_hash(active.hash),
-            configMap=active.name,
-            activeSince=since or rfc3339(now),
+            config_map=active.name,
+            active_since=since or rfc3339(now),
         )
     if good is not None:
-        bundle_status["lastKnownGood"] = good.revision
-    bundle_status["history"] = history(stored_after)
+        bundle_fields["last_known_good"] = good.revision
+    bundle_status = BundleStatus(**bundle_fields, history=history(stored_after))
 
     def cond(conditions: list[dict[str, Any]], type_: str, ok: bool, reason: str, message: str) -> list[dict[str, Any]]:
         return set_condition(conditions, type_, ok, reason, message, now=now, generation=generation)
@@ -234,13 +239,16 @@ def agent_status(
             f"revision {active.revision} wired into {len(consumers)} consumer(s); "
             "egress policy and control ConfigMap in place",
         )
-    new = dict(status)
-    new.update(observedGeneration=generation, bundle=bundle_status, consumers=consumers)
-    if containment is not None:
-        new["containment"] = containment
-    else:
+    built = AgentDeploymentStatus(
+        observed_generation=generation,
+        bundle=bundle_status,
+        consumers=consumers,
+        **({"containment": containment} if containment is not None else {}),
+        conditions=cond(conditions, "Ready", *ready),
+    )
+    new = {**status, **built.to_status()}
+    if containment is None:
         new.pop("containment", None)
-    new["conditions"] = cond(conditions, "Ready", *ready)
     return new
 
 

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from tourniquet.domain.compensation import NONE, REVERSAL, Declaration
+from tourniquet.models.agentincident import ToolBlastRadius
 
 
 class ToolCounts(Protocol):
@@ -57,18 +58,20 @@ class ToolBlast:
     def reversible(self) -> bool:
         return self.compensation == REVERSAL
 
+    def to_model(self) -> ToolBlastRadius:
+        """This tool's row of status.blastRadius.tools."""
+        return ToolBlastRadius(
+            agent=self.agent,
+            tool=self.tool,
+            actions=self.actions,
+            subjects=self.subjects,
+            compensation=self.compensation,
+            reversible=self.reversible,
+            **({"amounts": dict(self.amounts)} if self.amounts else {}),
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "agent": self.agent,
-            "tool": self.tool,
-            "actions": self.actions,
-            "subjects": self.subjects,
-            "compensation": self.compensation,
-            "reversible": self.reversible,
-        }
-        if self.amounts:
-            out["amounts"] = dict(self.amounts)
-        return out
+        return self.to_model().to_status()
 
 
 @dataclass(frozen=True)

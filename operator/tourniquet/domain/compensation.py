@@ -30,7 +30,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from tourniquet.models import Bundle, SideEffects
-from tourniquet.models.agentdeployment import CompensationType
+from tourniquet.models.agentincident import ChecklistItem
+from tourniquet.models.bundle import CompensationType
 
 REVERSAL = CompensationType.REVERSAL.value
 MITIGATION = CompensationType.MITIGATION.value
@@ -246,13 +247,19 @@ class ChecklistEntry:
     steps: tuple[str, ...] = ()
     reason: str | None = None
 
+    def to_model(self) -> ChecklistItem:
+        """This entry as status.compensation.plan.checklist shows it."""
+        return ChecklistItem(
+            agent=self.agent,
+            tool=self.tool,
+            actions=self.actions,
+            type=self.type,
+            **({"steps": list(self.steps)} if self.steps else {}),
+            **({"reason": self.reason} if self.reason else {}),
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"agent": self.agent, "tool": self.tool, "actions": self.actions, "type": self.type}
-        if self.steps:
-            out["steps"] = list(self.steps)
-        if self.reason:
-            out["reason"] = self.reason
-        return out
+        return self.to_model().to_status()
 
 
 @dataclass(frozen=True)

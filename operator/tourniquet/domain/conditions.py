@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from tourniquet.models.common import Condition
+
 
 def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -40,17 +42,16 @@ def set_condition(
         transition = previous["lastTransitionTime"]
     else:
         transition = rfc3339(now)
-    entry: dict[str, Any] = {
-        "type": type_,
-        "status": status_text,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": transition,
-    }
-    if generation is not None:
-        entry["observedGeneration"] = generation
+    entry = Condition(
+        type=type_,
+        status=status_text,
+        reason=reason,
+        message=message,
+        last_transition_time=transition,
+        observed_generation=generation,
+    )
     result = [c for c in conditions if c.get("type") != type_]
-    result.append(entry)
+    result.append(entry.to_api())
     return sorted(result, key=lambda c: str(c.get("type")))
 
 

@@ -20,7 +20,7 @@ from tourniquet.domain.conditions import parse_time
 from tourniquet.domain.readiness import Ack, DrillRecord, ack_configmap
 from tourniquet.models import AgentDeploymentSpec, Lever
 from tourniquet.models.cron import next_run
-from tourniquet.models.review import AgentDrillSpec, ReadinessSpec
+from tourniquet.models.review import AgentDrillSpec, DrillCheck, DrillLever, ReadinessSpec
 
 LABEL_DRILL = f"{names.PREFIX}/drill"
 HISTORY = 10
@@ -133,17 +133,15 @@ def judge(
     live_since = created - timedelta(seconds=settings.acknowledged_within_seconds) if created else None
     live = {a.pod for a in observed.acks if a.reported_at and live_since and a.reported_at >= live_since}
     tools = set(expected_tools(spec, agent))
-    levers, missing = [], []
+    levers: list[DrillLever] = []
+    missing: list[str] = []
     ack_seconds: list[float] = []
     for lever in spec.levers:
         seconds = applied_at.get(f"{spec.agent}/{lever.value}")
         seen = states.get((spec.agent, lever.value)) or {}
-        entry: dict[str, Any] = {
-            "name": lever.value,
-            "applied": seconds is not None,
-            "appliedSeconds": seconds,
-            "detail": str(seen.get("detail") or ""),
-        }
+        entry = DrillLever(
+            name=lever, applied=seconds is not None, applied_seconds=seconds, detail=str(seen.get("detail") or "")
+        )
         if seconds is None:
             missing.append(f"{lever.value}: not observed applied ({seen.get('state') or 'not yet'})")
         if lever in ACKNOWLEDGED:
@@ -154,10 +152,11 @@ def judge(
             done = [a for a in observed.acks if a.pod in live and honours(a) and a.applied_at and created]
             done = [a for a in done if a.applied_at and created and a.applied_at >= created - timedelta(seconds=1)]
             pods = {a.pod for a in done}
-            entry["acknowledged"] = bool(live) and pods >= live
-            if entry["acknowledged"]:
-                entry["acknowledgedSeconds"] = max(_seconds(created, a.applied_at) or 0.0 for a in done)
-                ack_seconds.append(entry["acknowledgedSeconds"])
+            entry.acknowledged = bool(live) and pods >= live  # set, so written; left unset for the others
+            if entry.acknowledged:
+                acknowledged = max(_seconds(created, a.applied_at) or 0.0 for a in done)
+                entry.acknowledged_seconds = acknowledged
+                ack_seconds.append(acknowledged)
             elif not live:
                 missing.append(
                     f"{lever.value}: not acknowledged: no agent pod reports its control flag "
@@ -182,9 +181,9 @@ def judge(
         "acknowledgedSeconds": max(ack_seconds)
         if ack_seconds and len(ack_seconds) == len([lv for lv in spec.levers if lv in ACKNOWLEDGED])
         else None,
-        "levers": levers,
-        "evidence": {"ok": evidence_ok, "detail": evidence_detail},
-        "trace": {"ok": observed.trace[0], "detail": observed.trace[1]},
+        "levers": [lever.to_status() for lever in levers],
+        "evidence": DrillCheck(ok=evidence_ok, detail=evidence_detail).to_status(),
+        "trace": DrillCheck(ok=observed.trace[0], detail=observed.trace[1]).to_status(),
     }
     return Verdict(not missing and contained is not None, run, missing)
 

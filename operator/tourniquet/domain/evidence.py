@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tourniquet.domain import names
+from tourniquet.models.agentincident import EvidenceStatus
 
 # Stay well under the 1 MiB ConfigMap limit, with room for keys and metadata.
 EVIDENCE_LIMIT = 900 * 1024
@@ -220,9 +221,9 @@ def evidence_status(cm: dict[str, Any]) -> dict[str, Any]:
     """The incident's status.evidence for an evidence ConfigMap."""
     annotations = (cm.get("metadata") or {}).get("annotations") or {}
     data = cm.get("data") or {}
-    return {
-        "configMap": cm["metadata"]["name"],
-        "capturedAt": annotations.get(f"{names.PREFIX}/captured-at") or cm["metadata"].get("creationTimestamp"),
-        "bytes": sum(len(k) + len(v.encode()) for k, v in data.items()),
-        "truncated": annotations.get(f"{names.PREFIX}/truncated") == "true",
-    }
+    return EvidenceStatus(
+        config_map=cm["metadata"]["name"],
+        captured_at=annotations.get(f"{names.PREFIX}/captured-at") or cm["metadata"].get("creationTimestamp"),
+        bytes=sum(len(k) + len(v.encode()) for k, v in data.items()),
+        truncated=annotations.get(f"{names.PREFIX}/truncated") == "true",
+    ).to_status()

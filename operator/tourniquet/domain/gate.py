@@ -33,7 +33,7 @@ from tourniquet.domain import names
 from tourniquet.domain.bundles import StoredRevision, canonical_json
 from tourniquet.domain.conditions import rfc3339, set_condition
 from tourniquet.models import RevisionVerdict
-from tourniquet.models.review import Evaluation
+from tourniquet.models.review import Evaluation, EvaluationState, EvaluationStatus, FailedCase
 
 COMPONENT_EVALUATION = "evaluation"
 LABEL_EVALUATION = names.LABEL_EVALUATION  # on a bundle ConfigMap: passed | overridden
@@ -434,33 +434,34 @@ def override_hint(agent: str, revision: int) -> str:
 
 def held(agent: str, revision: int, verdict: Verdict, job: str, cases: int) -> GateOutcome:
     """The gate holds `revision`: the condition and status.evaluation say why."""
-    status: dict[str, Any] = {"revision": revision, "job": job, "cases": cases}
     if verdict.state == "Running":
         message = f"revision {revision} is pinned but held until its evaluation passes: Job {job} runs {cases} case(s)"
         if verdict.message:
             message += f"; {verdict.message}"
-        return GateOutcome(True, (True, "EvaluationRunning", message), {**status, "state": "Running"})
+        running = EvaluationStatus(revision=revision, job=job, cases=cases, state=EvaluationState.RUNNING)
+        return GateOutcome(True, (True, "EvaluationRunning", message), running.to_status())
     if verdict.state == "Failed":
         listed = ", ".join(f"{n} ({m})" if m else n for n, m in verdict.failed)
         message = (
             f"revision {revision} is held: its evaluation (Job {job}) failed {len(verdict.failed)} of "
             f"{max(cases, len(verdict.failed))} case(s): {listed}; {override_hint(agent, revision)}"
         )
-        failed = [{"name": n, **({"message": m} if m else {})} for n, m in verdict.failed]
-        return GateOutcome(True, (True, "EvaluationFailed", message), {**status, "state": "Failed", "failed": failed})
+        failed = [FailedCase(name=n, **({"message": m} if m else {})) for n, m in verdict.failed]
+        failing = EvaluationStatus(revision=revision, job=job, cases=cases, state=EvaluationState.FAILED, failed=failed)
+        return GateOutcome(True, (True, "EvaluationFailed", message), failing.to_status())
     message = (
         f"revision {revision} is held: {verdict.message}; fix spec.evaluation, or delete Job {job} to run it again"
     )
-    return GateOutcome(
-        True, (True, "EvaluationError", message), {**status, "state": "Error", "message": verdict.message}
+    error = EvaluationStatus(
+        revision=revision, job=job, cases=cases, state=EvaluationState.ERROR, message=verdict.message
     )
+    return GateOutcome(True, (True, "EvaluationError", message), error.to_status())
 
 
 def invalid(revision: int, problem: str) -> GateOutcome:
     message = f"revision {revision} is held: spec.evaluation cannot start: {problem}"
-    return GateOutcome(
-        True, (True, "EvaluationInvalid", message), {"revision": revision, "state": "Invalid", "message": problem}
-    )
+    evaluation = EvaluationStatus(revision=revision, state=EvaluationState.INVALID, message=problem)
+    return GateOutcome(True, (True, "EvaluationInvalid", message), evaluation.to_status())
 
 
 def with_gate_status(
@@ -477,5 +478,8 @@ def with_gate_status(
     new["conditions"] = set_condition(conditions, CONDITION, *outcome.condition, now=now, generation=generation)
     if outcome.evaluation is not None:
         # Every field, always: the status is written as a merge patch, which would keep a field left out.
-        new["evaluation"] = {"job": "", "cases": 0, "failed": [], "message": "", **outcome.evaluation}
+        every = EvaluationStatus.model_validate(
+            {"job": "", "cases": 0, "failed": [], "message": "", **outcome.evaluation}
+        )
+        new["evaluation"] = every.to_status()
     return new

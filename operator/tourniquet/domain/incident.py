@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tourniquet.domain.conditions import condition_is, find_condition, parse_time, rfc3339, set_condition
+from tourniquet.models import AgentIncidentStatus, Lever, LeverState, LeverStatus
+from tourniquet.models.agentincident import EvidenceStatus, TimelineEntry, Timings
 
 # Timeline events recorded once per distinct message (DriftRepaired repeats: each override is news).
 ONCE_EVENTS = frozenset({"AgentMissing", "Failed", "RolledBack"})
@@ -102,14 +104,12 @@ def incident_status(
     started_at = parse_time(start[0])
 
     def note(event: str, message: str, agent: str | None = None) -> None:
-        entry = {"time": stamp, "event": event, "message": message}
-        if agent:
-            entry["agent"] = agent
-        timeline.append(entry)
+        entry = TimelineEntry(time=stamp, event=event, message=message, **({"agent": agent} if agent else {}))
+        timeline.append(entry.to_status())
 
     if not any(e.get("event") == "Opened" for e in timeline):  # after Detected, for an incident detection opened
         note("Opened", f"opened on {', '.join([*agents, *(a for a in missing if a not in agents)])}")
-    new_levers = []
+    new_levers: list[LeverStatus] = []
     timings = {**(status.get("timings") or {}), "startedAt": start[0], "startedFrom": start[1]}
     lever_timings = dict(timings.get("levers") or {})
     for seen in levers:
@@ -135,7 +135,7 @@ def incident_status(
         if state == "Released" and before.get("state") != "Released":
             note("LeverReleased", f"{seen.lever}: {detail}", seen.agent)
         new_levers.append(
-            {"name": seen.lever, "agent": seen.agent, "state": state, "observedAt": observed_at, "detail": detail}
+            LeverStatus(name=seen.lever, agent=seen.agent, state=state, observed_at=observed_at, detail=detail)
         )
     if resolved:
         not_contained = "never contained (the incident is resolved)"
@@ -176,7 +176,7 @@ def incident_status(
         cond("EvidenceCaptured", True, "Captured", f"ConfigMap {evidence.get('configMap')}")
     elif not condition_is(conditions, "EvidenceCaptured"):
         cond("EvidenceCaptured", False, "Pending", "evidence is captured after shadow and revoke, before drain")
-    held = [lv for lv in new_levers if lv["state"] != "Released"]
+    held = [lv for lv in new_levers if lv.state != LeverState.RELEASED]
     if resolved:
         cond("Contained", False, "Released", "the incident is resolved; its levers are released")
         if not condition_is(conditions, "Resolved"):
@@ -184,7 +184,7 @@ def incident_status(
             timings["resolvedSeconds"] = _seconds(started_at, now)
         cond("Resolved", True, "Resolved", "resolved by spec.resolved")
     else:
-        pending = [f"{lv['agent']}/{lv['name']}" for lv in held if lv["state"] != "Applied"]
+        pending = [f"{lv.agent}/{lv.name.value}" for lv in held if lv.state != LeverState.APPLIED]
         if pending:
             cond("Contained", False, "LeversPending", f"not yet observed applied: {', '.join(pending)}")
         elif missing:
@@ -193,7 +193,7 @@ def incident_status(
             cond("Contained", False, "AgentsMissing", applied + absent)
         elif not held:
             cond("Contained", False, "NoLeverHeld", "this incident holds no lever (its playbook contains nothing)")
-        elif not evidence and any(lv["name"] == "drain" for lv in held):
+        elif not evidence and any(lv.name == Lever.DRAIN for lv in held):
             # The order is shadow and revoke, evidence, drain: an incident holding a drain (even one another
             # incident already put in force) is contained once its evidence is captured too.
             cond("Contained", False, "EvidencePending", "its evidence is captured before its drain")
@@ -206,15 +206,17 @@ def incident_status(
     if lever_timings:
         timings["levers"] = lever_timings
     timings = {k: v for k, v in timings.items() if v is not None}
-    new = dict(status)
-    new.update(observedGeneration=generation, agents=agents, levers=new_levers, timeline=timeline)
-    if timings:
-        new["timings"] = timings
-    if evidence:
-        new["evidence"] = evidence
-    new["conditions"] = conditions
-    new["phase"] = derive_phase(conditions)
-    return new
+    built = AgentIncidentStatus(
+        observed_generation=generation,
+        agents=agents,
+        levers=new_levers,
+        timeline=timeline,
+        **({"timings": Timings.model_validate(timings)} if timings else {}),
+        **({"evidence": EvidenceStatus.model_validate(evidence)} if evidence else {}),
+        conditions=conditions,
+        phase=derive_phase(conditions),
+    )
+    return {**status, **built.to_status()}
 
 
 def invalid_incident_status(
@@ -223,9 +225,8 @@ def invalid_incident_status(
     conditions = set_condition(
         list(status.get("conditions") or []), "Accepted", False, "InvalidSpec", message, now=now, generation=generation
     )
-    new = dict(status)
-    new.update(observedGeneration=generation, conditions=conditions, phase=derive_phase(conditions))
-    return new
+    built = AgentIncidentStatus(observed_generation=generation, conditions=conditions, phase=derive_phase(conditions))
+    return {**status, **built.to_status()}
 
 
 __all__ = [

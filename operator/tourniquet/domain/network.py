@@ -7,7 +7,7 @@ from typing import Any
 
 from tourniquet.domain import names
 from tourniquet.models import AgentDeploymentSpec
-from tourniquet.models.agentdeployment import EgressRule
+from tourniquet.models.bundle import EgressRule
 
 # DNS is always allowed: an agent that cannot resolve names fails in confusing ways.
 DNS_RULE: dict[str, Any] = {

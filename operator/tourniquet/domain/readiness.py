@@ -29,8 +29,8 @@ from tourniquet.domain import network, wiring
 from tourniquet.domain.conditions import parse_time
 from tourniquet.domain.gate import template_problems
 from tourniquet.models import AgentDeploymentSpec, SideEffects
-from tourniquet.models.agentdeployment import CompensationType
-from tourniquet.models.review import ReadinessSpec
+from tourniquet.models.bundle import CompensationType
+from tourniquet.models.review import ReadinessItem, ReadinessSpec, ReadinessStatus
 
 ITEMS = ("killSwitch", "versionPin", "compensation", "traceRetention", "redeployGate")
 MIN_RETENTION_DAYS = 30
@@ -292,10 +292,10 @@ def compute_readiness(inputs: ReadinessInputs) -> dict[str, Any]:
         "redeployGate": redeploy_gate(inputs),
     }
     items = [
-        {"name": name, "ready": ok, "message": message, "fix": fix} for name, (ok, message, fix) in results.items()
+        ReadinessItem(name=name, ready=ok, message=message, fix=fix) for name, (ok, message, fix) in results.items()
     ]
-    ready = sum(1 for item in items if item["ready"])
-    return {"summary": f"{ready}/{len(items)}", "ready": ready, "items": items}
+    ready = sum(1 for item in items if item.ready)
+    return ReadinessStatus(summary=f"{ready}/{len(items)}", ready=ready, items=items).to_status()
 
 
 def with_readiness(status: dict[str, Any], readiness: dict[str, Any] | None) -> dict[str, Any]:

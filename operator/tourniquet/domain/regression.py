@@ -15,6 +15,7 @@ from typing import Any
 
 from tourniquet.domain import names
 from tourniquet.domain.conditions import parse_time, set_condition
+from tourniquet.models.review import AgentRegressionCaseStatus
 
 TRACE_LIMIT = 4096  # bytes of one input's decision trace kept in a case (the CR must stay small)
 EVIDENCE_LINES = 20
@@ -48,7 +49,7 @@ def case_status(
     conditions = set_condition(
         list(status.get("conditions") or []), "Accepted", *accepted, now=now, generation=generation
     )
-    return {**status, "observedGeneration": generation, "conditions": conditions}
+    return {**status, **AgentRegressionCaseStatus(observed_generation=generation, conditions=conditions).to_status()}
 
 
 def case_name(incident: str, agent: str, agents: int) -> str:

@@ -20,6 +20,7 @@ from tourniquet.domain.blastradius import BlastRadiusSummary
 from tourniquet.domain.compensation import CompensationPlan
 from tourniquet.domain.conditions import condition_is, find_condition, set_condition
 from tourniquet.domain.incident import micro_time
+from tourniquet.models.agentincident import BlastRadius, BlastWindow, CompensationPlanStatus, CompensationStatus
 
 TERMINAL = ("done", "irreversible", "skipped")
 
@@ -132,35 +133,36 @@ def decide_compensation(
 
 
 def _blast_dict(blast: BlastRadiusSummary, now: datetime) -> dict[str, Any]:
-    window: dict[str, Any] = {"start": micro_time(blast.start), "source": blast.window_source}
-    if blast.end is not None:
-        window["end"] = micro_time(blast.end)
-    out: dict[str, Any] = {
-        "actions": blast.actions,
-        "byTool": blast.by_tool(),
-        "subjects": blast.subjects,
-        "reversible": blast.reversible,
-        "irreversible": blast.irreversible,
-        "tools": [t.to_dict() for t in blast.tools],
-        "window": window,
-        "observedAt": micro_time(now),
-    }
-    if blast.amounts():
-        out["amounts"] = blast.amounts()
-    return out
+    window = BlastWindow(
+        start=micro_time(blast.start),
+        source=blast.window_source,
+        **({"end": micro_time(blast.end)} if blast.end is not None else {}),
+    )
+    radius = BlastRadius(
+        actions=blast.actions,
+        by_tool=blast.by_tool(),
+        subjects=blast.subjects,
+        reversible=blast.reversible,
+        irreversible=blast.irreversible,
+        tools=[t.to_model() for t in blast.tools],
+        window=window,
+        observed_at=micro_time(now),
+        **({"amounts": blast.amounts()} if blast.amounts() else {}),
+    )
+    return radius.to_status()
 
 
 def _plan_dict(plan: CompensationPlan) -> dict[str, Any]:
-    summary = plan.summary()
-    return {
-        "hash": plan.hash,
-        "actions": summary["actions"],
-        "planned": summary["planned"],
-        "irreversible": summary["irreversible"],
-        "skipped": summary["skipped"],
-        "byTool": summary["byTool"],
-        "checklist": summary["checklist"],
-    }
+    counts = plan.counts()
+    return CompensationPlanStatus(
+        hash=plan.hash,
+        actions=counts["actions"],
+        planned=counts["planned"],
+        irreversible=counts["irreversible"],
+        skipped=counts["skipped"],
+        by_tool=dict(plan.by_tool),
+        checklist=[c.to_model() for c in plan.checklist],
+    ).to_status()
 
 
 def _keep_time(new: dict[str, Any] | None, old: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -274,6 +276,7 @@ def undo_status(
 
     blast = _keep_time(blast, previous_blast)
     compensation = _keep_time({**compensation, "observedAt": micro_time(now)}, previous_comp) or {}
+    compensation = CompensationStatus.model_validate(compensation).to_status()
 
     verdict, message = decision.verdict, decision.message
     if verdict == Verdict.COMPLETE:

@@ -4,7 +4,6 @@ from tourniquet.models.agentdeployment import (
     AgentDeployment,
     AgentDeploymentSpec,
     AgentDeploymentStatus,
-    Bundle,
     BundleStatus,
     ConsumerKind,
     ConsumerRef,
@@ -13,10 +12,9 @@ from tourniquet.models.agentdeployment import (
     Playbook,
     RevisionRecord,
     RevisionVerdict,
-    SideEffects,
-    Tool,
 )
 from tourniquet.models.agentincident import AgentIncident, AgentIncidentSpec, AgentIncidentStatus
+from tourniquet.models.bundle import Bundle, SideEffects, Tool
 from tourniquet.models.common import Condition, ConditionStatus, Lever, RollbackTarget, RollbackTo, Severity
 
 __all__ = [

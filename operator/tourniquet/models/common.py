@@ -27,6 +27,11 @@ class ApiModel(BaseModel):
         """The wire form: aliases, no unset optional fields."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
+    def to_status(self) -> dict[str, Any]:
+        """The wire form of a status the operator built: aliases, exactly the fields it set (a None among them
+        deletes the field in a merge patch), no default it left out (an unchanged status writes nothing)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, Any]:
     """One `x-kubernetes-validations` entry."""

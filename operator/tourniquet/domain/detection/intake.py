@@ -20,7 +20,14 @@ from tourniquet.domain import names
 from tourniquet.domain.conditions import parse_time, rfc3339
 from tourniquet.domain.detection.promql import describe_samples
 from tourniquet.models import Severity
-from tourniquet.models.agentincident import IncidentClass
+from tourniquet.models.agentincident import (
+    AgentIncidentStatus,
+    DetectionRecord,
+    IncidentClass,
+    TimelineEntry,
+    TimelineEvent,
+    Timings,
+)
 from tourniquet.models.common import DNS_LABEL, DNS_SUBDOMAIN
 
 if TYPE_CHECKING:
@@ -136,40 +143,40 @@ def detected_entry(signal: Signal) -> dict[str, Any]:
             f"rule {signal.name} returned samples when the operator first evaluated it (Prometheus's data did "
             "not show when they began)"
         )
-    return {"time": _micro(signal.started_at), "event": "Detected", "message": message, "agent": signal.agent}
+    entry = TimelineEntry(
+        time=_micro(signal.started_at), event=TimelineEvent.DETECTED, message=message, agent=signal.agent
+    )
+    return entry.to_status()
 
 
 def first_detection(signal: Signal, now: datetime) -> dict[str, Any]:
     """The new incident's first status: `detection`, the `Detected` timeline entry (`Opened` follows) and how
     long detection took, from the signal's start (`timings.detectedSeconds`) when that start was measured."""
-    status: dict[str, Any] = {
-        "detection": {
-            "fingerprint": signal.fingerprint,
-            "rule": signal.name,
-            "source": signal.source,
-            "count": 1,
-            "firstSeen": _micro(now),
-            "lastSeen": _micro(now),
-        },
-        "timeline": [detected_entry(signal)],
-    }
-    if signal.start_measured:
-        status["timings"] = {"detectedSeconds": round(latency_seconds(signal.started_at, now), 3)}
-    return status
+    detection = DetectionRecord(
+        fingerprint=signal.fingerprint,
+        rule=signal.name,
+        source=signal.source,
+        count=1,
+        first_seen=_micro(now),
+        last_seen=_micro(now),
+    )
+    measured = Timings(detected_seconds=round(latency_seconds(signal.started_at, now), 3))
+    timings = {"timings": measured} if signal.start_measured else {}
+    return AgentIncidentStatus(detection=detection, timeline=[detected_entry(signal)], **timings).to_status()
 
 
 def repeated_detection(incident: dict[str, Any], signal: Signal, now: datetime) -> dict[str, Any]:
     """An open incident's `status.detection` after one more sighting of its signal."""
     previous = (incident.get("status") or {}).get("detection") or {}
-    return {
-        "fingerprint": signal.fingerprint,
-        "rule": previous.get("rule") or signal.name,
-        "source": previous.get("source") or signal.source,
-        "count": int(previous.get("count") or 1) + 1,
-        "firstSeen": previous.get("firstSeen") or _micro(signal.started_at),
-        "lastSeen": _micro(now),
-        "clearedAt": None,
-    }
+    return DetectionRecord(
+        fingerprint=signal.fingerprint,
+        rule=previous.get("rule") or signal.name,
+        source=previous.get("source") or signal.source,
+        count=int(previous.get("count") or 1) + 1,
+        first_seen=previous.get("firstSeen") or _micro(signal.started_at),
+        last_seen=_micro(now),
+        cleared_at=None,
+    ).to_status()
 
 
 def cleared_detection(incident: dict[str, Any], at: datetime) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ from tourniquet.domain.detection.promql import ResultShapeError, parse_duration
 from tourniquet.domain.detection.templates import TEMPLATES, template_params
 from tourniquet.domain.errors import describe_validation_error
 from tourniquet.models import Severity
-from tourniquet.models.agentdeployment import DetectionRule
+from tourniquet.models.agentdeployment import DetectionRule, DetectionStatus, RuleStatus
 from tourniquet.models.agentincident import IncidentClass
 
 CONDITION_DEGRADED = "DetectionDegraded"
@@ -193,14 +193,15 @@ def previous_rule_states(status: dict[str, Any]) -> dict[str, tuple[RuleState, d
 
 
 def rule_status(rule: CompiledRule, state: RuleState, active_at: datetime | None, error: str | None) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": rule.name, "state": state.value}
-    if rule.expr:
-        entry["expr"] = rule.expr
-    if active_at is not None and state in (RuleState.PENDING, RuleState.FIRING):
-        entry["activeAt"] = rfc3339(active_at)
-    if error:
-        entry["error"] = error
-    return entry
+    active = active_at is not None and state in (RuleState.PENDING, RuleState.FIRING)
+    entry = RuleStatus(
+        name=rule.name,
+        state=state.value,
+        expr=rule.expr or None,
+        active_at=rfc3339(active_at) if active_at is not None and active else None,
+        error=error or None,
+    )
+    return entry.to_api()  # without the fields left unset
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,8 @@ def plan_detection_status(
     stale = last is None or (now - last).total_seconds() >= heartbeat_seconds
     if rules == previous.get("rules") and _same(new_conditions, conditions) and not stale:
         return None
-    return {"detection": {"rules": rules, "lastEvaluatedAt": rfc3339(now)}, "conditions": new_conditions}
+    detection = DetectionStatus(rules=rules, last_evaluated_at=rfc3339(now))
+    return {"detection": detection.to_status(), "conditions": new_conditions}
 
 
 def _same(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
