@@ -1,6 +1,7 @@
 """The `tourniquet` command line (also `kubectl tourniquet`): `run`, `crds` and `sandbox` here; the on-call
-commands in cli_agents (rollback, status), cli_incidents (contain, release) and cli_ledger (blast-radius, trace,
-compensate)."""
+commands in cli_agents (rollback, status), cli_incidents (contain, release), cli_ledger (blast-radius, trace,
+compensate), cli_review (gate, regression, cases), cli_readiness (readiness, drill) and cli_postmortem
+(postmortem)."""
 
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def sandbox(workdir: Path, port: int, examples: bool, log_format: str, verbose: 
 
 
 # The on-call commands register themselves on `main` when imported.
-from tourniquet import cli_agents, cli_incidents, cli_ledger, cli_review  # noqa: E402, F401
+from tourniquet import cli_agents, cli_incidents, cli_ledger, cli_postmortem, cli_readiness, cli_review  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from tourniquet.cli_base import _fail, _kube_options, _namespace, _run, main
+from tourniquet.cli_base import Kube, _agent_or_fail, _fail, _kube_options, _run, main
 from tourniquet.cli_incidents import _agents_missing
 
 
@@ -27,36 +27,23 @@ def rollback(
     clear: bool,
     wait: bool,
     timeout: float,
-    kubeconfig: str | None,
-    kube_context: str | None,
-    namespace: str | None,
+    kube: Kube,
 ) -> None:
     """Roll AGENT's bundle back to a revision (sets spec.rollback; GitOps users commit that field instead)."""
     if clear == bool(target):
         _fail("give exactly one of --to REVISION|lastKnownGood or --clear")
-    ns = _namespace(namespace, kubeconfig, kube_context)
-    _run(lambda: _rollback(agent, ns, target, wait, timeout, kubeconfig, kube_context))
+    _run(lambda: _rollback(agent, kube, target, wait, timeout))
 
 
-async def _rollback(
-    agent: str,
-    namespace: str,
-    target: str | None,
-    wait: bool,
-    timeout: float,
-    kubeconfig: str | None,
-    kube_context: str | None,
-) -> None:
-    from tourniquet.adapters.kube import AGENTDEPLOYMENTS, CONFIGMAPS, ApiError, KubeApi
+async def _rollback(agent: str, kube: Kube, target: str | None, wait: bool, timeout: float) -> None:
+    from tourniquet.adapters.kube import AGENTDEPLOYMENTS, CONFIGMAPS, ApiError
     from tourniquet.domain import bundles, names
     from tourniquet.models import RollbackTarget
 
-    api = await KubeApi.from_config(kubeconfig, kube_context)
+    namespace = kube.namespace
+    api = await kube.api()
     try:
-        body = await api.get_or_none(AGENTDEPLOYMENTS, namespace, agent)
-        if body is None:
-            _fail(f"AgentDeployment {agent} not found in namespace {namespace}")
-            return
+        body = await _agent_or_fail(api, namespace, agent)
         if target is None:
             outcome, revision = await _predict_clear(api, namespace, agent, body)
             if revision is None:
@@ -159,27 +146,20 @@ async def _predict_clear(api: Any, namespace: str, agent: str, body: dict[str, A
 @click.argument("agent", required=False)
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 @_kube_options
-def status(
-    agent: str | None, output: str, kubeconfig: str | None, kube_context: str | None, namespace: str | None
-) -> None:
+def status(agent: str | None, output: str, kube: Kube) -> None:
     """What each agent runs, whether it is ready, and what is contained since when."""
-    ns = _namespace(namespace, kubeconfig, kube_context)
-    _run(lambda: _status(agent, ns, output, kubeconfig, kube_context))
+    _run(lambda: _status(agent, kube, output))
 
 
-async def _status(
-    agent: str | None, namespace: str, output: str, kubeconfig: str | None, kube_context: str | None
-) -> None:
-    from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, ApiError, KubeApi
+async def _status(agent: str | None, kube: Kube, output: str) -> None:
+    from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, ApiError
 
-    api = await KubeApi.from_config(kubeconfig, kube_context)
+    namespace = kube.namespace
+    api = await kube.api()
     incidents: list[dict[str, Any]] = []
     try:
         if agent:
-            found = await api.get_or_none(AGENTDEPLOYMENTS, namespace, agent)
-            if found is None:
-                _fail(f"AgentDeployment {agent} not found in namespace {namespace}")
-            agents = [found] if found else []
+            agents = [await _agent_or_fail(api, namespace, agent)]
         else:
             agents = await api.list(AGENTDEPLOYMENTS, namespace)
         incidents = await api.list(AGENTINCIDENTS, namespace)

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from tourniquet.cli_base import _fail, _kube_options, _namespace, _run, main
+from tourniquet.cli_base import Kube, _fail, _kube_options, _run, main
 
 
 def _now() -> datetime:
@@ -59,9 +59,7 @@ def contain(
     name: str | None,
     wait: bool,
     timeout: float,
-    kubeconfig: str | None,
-    kube_context: str | None,
-    namespace: str | None,
+    kube: Kube,
 ) -> None:
     """Open an AgentIncident on AGENTS now, and wait until its levers are observed applied.
 
@@ -91,7 +89,7 @@ def contain(
     except ValidationError as error:
         _fail(describe_validation_error(error))
         return
-    ns = _namespace(namespace, kubeconfig, kube_context)
+    ns = kube.namespace
     # Without --name, the API server completes a unique name (generateName): two calls in the same second
     # open two incidents.
     metadata = {"name": name} if name else {"generateName": f"{agents[0]}-oncall-{_now():%Y%m%dt%H%M%S}-"}
@@ -101,23 +99,16 @@ def contain(
         "metadata": {**metadata, "namespace": ns},
         "spec": spec,
     }
-    _run(lambda: _contain(body, parsed, wait, timeout, kubeconfig, kube_context))
+    _run(lambda: _contain(body, parsed, wait, timeout, kube))
 
 
-async def _contain(
-    body: dict[str, Any],
-    spec: Any,
-    wait: bool,
-    timeout: float,
-    kubeconfig: str | None,
-    kube_context: str | None,
-) -> None:
-    from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError, KubeApi
+async def _contain(body: dict[str, Any], spec: Any, wait: bool, timeout: float, kube: Kube) -> None:
+    from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError
     from tourniquet.domain.incident import micro_time
     from tourniquet.domain.names import ANNOTATION_OPENED_AT
 
     namespace = body["metadata"]["namespace"]
-    api = await KubeApi.from_config(kubeconfig, kube_context)
+    api = await kube.api()
     try:
         refused = await _contain_problems(api, namespace, spec)
         if refused:
@@ -200,20 +191,16 @@ async def _contain_problems(api: Any, namespace: str, spec: Any) -> str | None:
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.option("--timeout", type=float, default=30, show_default=True)
 @_kube_options
-def release(
-    incident: str, wait: bool, timeout: float, kubeconfig: str | None, kube_context: str | None, namespace: str | None
-) -> None:
+def release(incident: str, wait: bool, timeout: float, kube: Kube) -> None:
     """Resolve INCIDENT: release its levers (those another open incident holds stay in force)."""
-    ns = _namespace(namespace, kubeconfig, kube_context)
-    _run(lambda: _release(incident, ns, wait, timeout, kubeconfig, kube_context))
+    _run(lambda: _release(incident, kube, wait, timeout))
 
 
-async def _release(
-    incident: str, namespace: str, wait: bool, timeout: float, kubeconfig: str | None, kube_context: str | None
-) -> None:
-    from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError, KubeApi
+async def _release(incident: str, kube: Kube, wait: bool, timeout: float) -> None:
+    from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError
 
-    api = await KubeApi.from_config(kubeconfig, kube_context)
+    namespace = kube.namespace
+    api = await kube.api()
     try:
         if await api.get_or_none(AGENTINCIDENTS, namespace, incident) is None:
             _fail(f"AgentIncident {incident} not found in namespace {namespace}")

@@ -8,12 +8,11 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import click
 
-from tourniquet.cli_base import _fail, _kube_options, _namespace, _run, main
+from tourniquet.cli_base import Kube, _fail, _kube_options, _kubeconfig_context, _run, main
 
 
 def _ledger_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -22,14 +21,14 @@ def _ledger_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-def _undo_context(incident: str, namespace: str, kubeconfig: str | None, kube_context: str | None) -> Any:
-    from tourniquet.adapters.kube import ApiError, KubeApi
+def _undo_context(incident: str, kube: Kube) -> Any:
+    from tourniquet.adapters.kube import ApiError
     from tourniquet.undo import UndoError, load_context
 
     async def load() -> Any:
-        api = await KubeApi.from_config(kubeconfig, kube_context)
+        api = await kube.api()
         try:
-            return await load_context(api, namespace, incident)
+            return await load_context(api, kube.namespace, incident)
         finally:
             await api.close()
 
@@ -66,16 +65,14 @@ def blast_radius(
     list_subjects: bool,
     output: str,
     ledger: str | None,
-    kubeconfig: str | None,
-    kube_context: str | None,
-    namespace: str | None,
+    kube: Kube,
 ) -> None:
     """What INCIDENT's agents did in its window: per tool, actions, subjects, amounts, reversible or not."""
     import csv
 
     from tourniquet import undo
 
-    context = _undo_context(incident, _namespace(namespace, kubeconfig, kube_context), kubeconfig, kube_context)
+    context = _undo_context(incident, kube)
     with _open_undo_ledger(ledger, context) as opened:
         if list_subjects:
             rows = undo.subjects(opened, context)
@@ -159,16 +156,14 @@ def trace(
     limit: int,
     output: str,
     ledger: str | None,
-    kubeconfig: str | None,
-    kube_context: str | None,
-    namespace: str | None,
+    kube: Kube,
 ) -> None:
     """The decision trace of ACTION_KEY (an idempotency key), or of the actions in --incident's window."""
     if bool(action_key) == bool(incident):
         _fail("give an ACTION_KEY or --incident NAME (one of them)")
     context = None
     if incident:
-        context = _undo_context(incident, _namespace(namespace, kubeconfig, kube_context), kubeconfig, kube_context)
+        context = _undo_context(incident, kube)
     with _open_undo_ledger(ledger, context) as opened:
         if context is not None:
             window = context.window
@@ -218,17 +213,14 @@ def compensate(
     approved_by: str | None,
     output: str,
     ledger: str | None,
-    kubeconfig: str | None,
-    kube_context: str | None,
-    namespace: str | None,
+    kube: Kube,
 ) -> None:
     """Plan INCIDENT's compensation (a dry run: counts, checklist, hash); --approve PLAN_HASH approves that plan."""
     from tourniquet.domain.compensation import PlanError
     from tourniquet.runtime.compensate import gather_plan
     from tourniquet.undo import UndoError, compensation_request
 
-    ns = _namespace(namespace, kubeconfig, kube_context)
-    context = _undo_context(incident, ns, kubeconfig, kube_context)
+    context = _undo_context(incident, kube)
     try:
         request = compensation_request(
             context, tools=tools, subjects=subjects, bundle_revisions=revisions, duplicates_only=duplicates_only
@@ -261,7 +253,8 @@ def compensate(
             f"{plan.hash[:16]}… ({summary['actions']} actions, {summary['planned']} to reverse); nothing was "
             "approved: review the new plan (run without --approve) and approve its hash"
         )
-    who = approved_by or _kubeconfig_user(kubeconfig, kube_context) or os.environ.get("USER") or "unknown"
+    user = _kubeconfig_context(kube.kubeconfig, kube.context).get("user")
+    who = approved_by or (str(user) if user else None) or os.environ.get("USER") or "unknown"
     approval: dict[str, Any] = {
         "approved": True,
         "planHash": plan.hash,
@@ -271,7 +264,7 @@ def compensate(
         "subjects": list(subjects) or None,
         "bundleRevisions": list(revisions) or None,
     }
-    _run(lambda: _patch_incident(ns, incident, {"spec": {"compensate": approval}}, kubeconfig, kube_context))
+    _run(lambda: _patch_incident(kube, incident, {"spec": {"compensate": approval}}))
     if output == "json":
         click.echo(json.dumps({"approved": True, "approvedBy": who, **summary}, indent=2))
         return
@@ -279,30 +272,12 @@ def compensate(
                f" to reverse, {summary['irreversible']} irreversible, {summary['skipped']} skipped.")
 
 
-def _kubeconfig_user(kubeconfig: str | None, kube_context: str | None) -> str | None:
+async def _patch_incident(kube: Kube, name: str, patch: dict[str, Any]) -> None:
+    from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError
+
+    api = await kube.api()
     try:
-        import yaml
-
-        path = Path(kubeconfig or os.path.expanduser("~/.kube/config")).expanduser()
-        config = yaml.safe_load(path.read_text()) or {}
-        current = kube_context or config.get("current-context")
-        for entry in config.get("contexts") or []:
-            if entry.get("name") == current:
-                user = (entry.get("context") or {}).get("user")
-                return str(user) if user else None
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-async def _patch_incident(
-    namespace: str, name: str, patch: dict[str, Any], kubeconfig: str | None, kube_context: str | None
-) -> None:
-    from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError, KubeApi
-
-    api = await KubeApi.from_config(kubeconfig, kube_context)
-    try:
-        await api.patch(AGENTINCIDENTS, namespace, name, patch)
+        await api.patch(AGENTINCIDENTS, kube.namespace, name, patch)
     except ApiError as error:
         _fail(f"Kubernetes API: {error.message or error}")
     finally:

@@ -1,17 +1,16 @@
-"""The review commands of `tourniquet` (also `kubectl tourniquet`): the redeploy gate's override, regression cases,
-and, as they are built, readiness, drills and postmortems. Importing this module (which `tourniquet.cli` does)
-adds them to the main group."""
+"""The redeploy gate's commands of `tourniquet` (also `kubectl tourniquet`): `gate override`, `regression` and
+`cases` (the regression cases every gated redeploy must pass). Importing this module (which `tourniquet.cli`
+does) adds them to the main group; readiness and drills are in cli_readiness, postmortems in cli_postmortem."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from typing import Any
 
 import click
 
-from tourniquet.cli_base import _fail, _kube_options, _namespace, _run, main
+from tourniquet.cli_base import Kube, _agent_or_fail, _fail, _kube_options, _run, main
 from tourniquet.cli_incidents import _now
 
 
@@ -50,39 +49,25 @@ def override(
     reason: str,
     wait: bool,
     timeout: float,
-    kubeconfig: str | None,
-    kube_context: str | None,
-    namespace: str | None,
+    kube: Kube,
 ) -> None:
     """Roll AGENT's revision out in an emergency, without (or despite) its evaluation: recorded, with a reason.
 
     Sets spec.evaluation.override (GitOps users commit that field instead)."""
     if not reason.strip():
         _fail("--reason is empty: say why this revision may skip its evaluation (it is recorded)")
-    ns = _namespace(namespace, kubeconfig, kube_context)
-    _run(lambda: _override(agent, ns, revision, reason.strip(), wait, timeout, kubeconfig, kube_context))
+    _run(lambda: _override(agent, kube, revision, reason.strip(), wait, timeout))
 
 
-async def _override(
-    agent: str,
-    namespace: str,
-    revision: int,
-    reason: str,
-    wait: bool,
-    timeout: float,
-    kubeconfig: str | None,
-    kube_context: str | None,
-) -> None:
-    from tourniquet.adapters.kube import AGENTDEPLOYMENTS, CONFIGMAPS, ApiError, KubeApi
+async def _override(agent: str, kube: Kube, revision: int, reason: str, wait: bool, timeout: float) -> None:
+    from tourniquet.adapters.kube import AGENTDEPLOYMENTS, CONFIGMAPS, ApiError
     from tourniquet.domain import bundles, names
     from tourniquet.models import RevisionVerdict
 
-    api = await KubeApi.from_config(kubeconfig, kube_context)
+    namespace = kube.namespace
+    api = await kube.api()
     try:
-        body = await api.get_or_none(AGENTDEPLOYMENTS, namespace, agent)
-        if body is None:
-            _fail(f"AgentDeployment {agent} not found in namespace {namespace}")
-            return
+        body = await _agent_or_fail(api, namespace, agent)
         if not (body.get("spec") or {}).get("evaluation"):
             _fail(f"{agent} has no spec.evaluation: nothing gates its revisions, there is nothing to override")
         cms = await api.list(CONFIGMAPS, namespace, label_selector=names.bundle_selector(agent))
@@ -158,9 +143,7 @@ def regression(
     sample: int,
     output: str,
     dry_run: bool,
-    kubeconfig: str | None,
-    kube_context: str | None,
-    namespace: str | None,
+    kube: Kube,
 ) -> None:
     """Record a regression case from INCIDENT: the inputs of its implicated actions and the behaviour expected.
 
@@ -173,12 +156,7 @@ def regression(
         expected["maxCalls"] = _max_calls(max_calls)
     if forbid:
         expected["forbiddenTools"] = list(forbid)
-    ns = _namespace(namespace, kubeconfig, kube_context)
-    _run(
-        lambda: _regression(
-            incident, ns, agent, expected, name, ledger_path, sample, output, dry_run, kubeconfig, kube_context
-        )
-    )
+    _run(lambda: _regression(incident, kube, agent, expected, name, ledger_path, sample, output, dry_run))
 
 
 def read_ledger(path: str, agent: str, start: Any, end: Any) -> list[Any]:
@@ -218,7 +196,7 @@ def read_ledger(path: str, agent: str, start: Any, end: Any) -> list[Any]:
 
 async def _regression(
     incident: str,
-    namespace: str,
+    kube: Kube,
     agent: str | None,
     expected: dict[str, Any],
     name: str | None,
@@ -226,27 +204,19 @@ async def _regression(
     sample: int,
     output: str,
     dry_run: bool,
-    kubeconfig: str | None,
-    kube_context: str | None,
 ) -> None:
     import yaml
     from pydantic import ValidationError
 
-    from tourniquet.adapters.kube import (
-        AGENTDEPLOYMENTS,
-        AGENTINCIDENTS,
-        AGENTREGRESSIONCASES,
-        CONFIGMAPS,
-        ApiError,
-        KubeApi,
-    )
+    from tourniquet.adapters.kube import AGENTINCIDENTS, AGENTREGRESSIONCASES, CONFIGMAPS, ApiError
     from tourniquet.domain import regression as cases
     from tourniquet.domain.containment import write_tools
     from tourniquet.domain.errors import describe_validation_error
     from tourniquet.models import AgentDeploymentSpec
     from tourniquet.models.review import AgentRegressionCaseSpec
 
-    api = await KubeApi.from_config(kubeconfig, kube_context)
+    namespace = kube.namespace
+    api = await kube.api()
     try:
         body = await api.get_or_none(AGENTINCIDENTS, namespace, incident)
         if body is None:
@@ -259,13 +229,8 @@ async def _regression(
             agent = agents[0]
         elif agent not in agents:
             _fail(f"{incident} is not on agent {agent} (its agents: {', '.join(agents)})")
-        agent_body = await api.get_or_none(AGENTDEPLOYMENTS, namespace, agent)
-        if agent_body is None:
-            _fail(
-                f"AgentDeployment {agent} not found in namespace {namespace}: a regression case gates an agent's "
-                "redeploys, and this one does not exist; nothing was created"
-            )
-            return
+        also = ": a regression case gates an agent's redeploys, and this one does not exist; nothing was created"
+        agent_body = await _agent_or_fail(api, namespace, agent, also)
         try:
             tools = write_tools(AgentDeploymentSpec.model_validate(agent_body.get("spec") or {}))
         except ValidationError:
@@ -324,23 +289,19 @@ async def _regression(
 @click.argument("agent", required=False)
 @click.option("-o", "--output", type=click.Choice(["text", "yaml"]), default="text", show_default=True)
 @_kube_options
-def list_cases(
-    agent: str | None, output: str, kubeconfig: str | None, kube_context: str | None, namespace: str | None
-) -> None:
+def list_cases(agent: str | None, output: str, kube: Kube) -> None:
     """The regression cases (of AGENT); `-o yaml` exports them as they belong in Git (no status)."""
-    ns = _namespace(namespace, kubeconfig, kube_context)
-    _run(lambda: _list_cases(agent, ns, output, kubeconfig, kube_context))
+    _run(lambda: _list_cases(agent, kube, output))
 
 
-async def _list_cases(
-    agent: str | None, namespace: str, output: str, kubeconfig: str | None, kube_context: str | None
-) -> None:
+async def _list_cases(agent: str | None, kube: Kube, output: str) -> None:
     import yaml
 
-    from tourniquet.adapters.kube import AGENTREGRESSIONCASES, ApiError, KubeApi
+    from tourniquet.adapters.kube import AGENTREGRESSIONCASES, ApiError
     from tourniquet.domain.regression import export_case
 
-    api = await KubeApi.from_config(kubeconfig, kube_context)
+    namespace = kube.namespace
+    api = await kube.api()
     try:
         found = await api.list(AGENTREGRESSIONCASES, namespace)
     except ApiError as error:
@@ -369,297 +330,8 @@ async def _list_cases(
         )
 
 
-# ---------------------------------------------------------------- readiness
-
-
-@click.command()
-@click.argument("agent", required=False)
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--strict", is_flag=True, help="Exit 1 unless every agent shown is 5/5 (for CI).")
-@_kube_options
-def readiness(
-    agent: str | None,
-    output: str,
-    strict: bool,
-    kubeconfig: str | None,
-    kube_context: str | None,
-    namespace: str | None,
-) -> None:
-    """The readiness checklist of AGENT (or of every agent): what is missing, and how to fix it."""
-    ns = _namespace(namespace, kubeconfig, kube_context)
-    _run(lambda: _readiness(agent, ns, output, strict, kubeconfig, kube_context))
-
-
-async def _readiness(
-    agent: str | None, namespace: str, output: str, strict: bool, kubeconfig: str | None, kube_context: str | None
-) -> None:
-    import json
-
-    from tourniquet.adapters.kube import AGENTDEPLOYMENTS, ApiError, KubeApi
-
-    api = await KubeApi.from_config(kubeconfig, kube_context)
-    try:
-        if agent:
-            found = await api.get_or_none(AGENTDEPLOYMENTS, namespace, agent)
-            if found is None:
-                _fail(f"AgentDeployment {agent} not found in namespace {namespace}")
-            agents = [found] if found else []
-        else:
-            agents = sorted(await api.list(AGENTDEPLOYMENTS, namespace), key=lambda a: a["metadata"]["name"])
-    except ApiError as error:
-        _fail(f"Kubernetes API: {error.message or error}")
-        return
-    finally:
-        await api.close()
-    checklists = {a["metadata"]["name"]: (a.get("status") or {}).get("readiness") for a in agents}
-    if output == "json":
-        click.echo(json.dumps(checklists, indent=2))
-    elif not agents:
-        click.echo(f"No AgentDeployments in namespace {namespace}.")
-    elif agent:
-        _print_checklist(agent, checklists[agent])
-    else:
-        rows = [("AGENT", "READINESS", "MISSING")]
-        for name, checklist in checklists.items():
-            missing = [i["name"] for i in (checklist or {}).get("items") or [] if not i.get("ready")]
-            summary = (checklist or {}).get("summary") or "-"
-            rows.append((name, summary, ", ".join(missing) if checklist else "not checked yet"))
-        widths = [max(len(r[i]) for r in rows) for i in range(2)]
-        for row in rows:
-            click.echo(f"{row[0].ljust(widths[0])}  {row[1].ljust(widths[1])}  {row[2]}")
-        click.echo("\nkubectl tourniquet readiness AGENT says how to fix each.")
-    if strict and any((c or {}).get("ready") != len((c or {}).get("items") or [None]) for c in checklists.values()):
-        sys.exit(1)
-
-
-def _print_checklist(agent: str, checklist: dict[str, Any] | None) -> None:
-    if not checklist:
-        click.echo(f"{agent}: the operator has not checked its readiness yet (is it running?)")
-        return
-    click.echo(f"{agent}: {checklist.get('summary')} ready")
-    for item in checklist.get("items") or []:
-        mark = "ok     " if item.get("ready") else "MISSING"
-        click.echo(f"  {mark}  {item['name']}: {item.get('message', '')}")
-        if not item.get("ready") and item.get("fix"):
-            click.echo(f"           fix: {item['fix']}")
-
-
-# ---------------------------------------------------------------- drills
-
-
-@click.command()
-@click.argument("agent")
-@click.option(
-    "--levers",
-    default="shadow,revokeTools",
-    show_default=True,
-    help="Comma-separated: shadow, revokeTools, and drain only if you mean it (it kills the agent's pods).",
-)
-@click.option("--tools", default=None, help="Comma-separated tools revokeTools revokes (default: every write tool).")
-@click.option("--limit", type=float, default=60, show_default=True, help="Contain and be acknowledged within this.")
-@click.option("--name", default=None, help="The AgentDrill's name (default: <agent>-drill-<5 random characters>).")
-@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the result.")
-@click.option("--timeout", type=float, default=180, show_default=True)
-@_kube_options
-def drill(
-    agent: str,
-    levers: str,
-    tools: str | None,
-    limit: float,
-    name: str | None,
-    wait: bool,
-    timeout: float,
-    kubeconfig: str | None,
-    kube_context: str | None,
-    namespace: str | None,
-) -> None:
-    """Run a drill on AGENT now: contain it (shadow and revoke), measure the time to containment and to the runtime's
-    acknowledgement, check the evidence, release. Exits 1 when it failed, naming the lever that did not land (0 when
-    it was skipped because a real incident is open on the agent: it says so)."""
-    from pydantic import ValidationError
-
-    from tourniquet.domain.errors import describe_validation_error
-    from tourniquet.models.review import AgentDrillSpec
-
-    spec: dict[str, Any] = {
-        "agent": agent,
-        "levers": [lever.strip() for lever in levers.split(",") if lever.strip()],
-        "limitSeconds": limit,
-    }
-    if tools:
-        spec["tools"] = [tool.strip() for tool in tools.split(",") if tool.strip()]
-    try:
-        AgentDrillSpec.model_validate(spec)
-    except ValidationError as error:
-        _fail(describe_validation_error(error))
-    ns = _namespace(namespace, kubeconfig, kube_context)
-    metadata = {"name": name} if name else {"generateName": f"{agent[:50]}-drill-"}
-    body = {"apiVersion": "tourniquet.dev/v1alpha1", "kind": "AgentDrill", "metadata": metadata, "spec": spec}
-    _run(lambda: _drill(body, ns, wait, timeout, kubeconfig, kube_context))
-
-
-async def _drill(
-    body: dict[str, Any], namespace: str, wait: bool, timeout: float, kubeconfig: str | None, kube_context: str | None
-) -> None:
-    from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTDRILLS, ApiError, KubeApi
-
-    agent = body["spec"]["agent"]
-    api = await KubeApi.from_config(kubeconfig, kube_context)
-    try:
-        if await api.get_or_none(AGENTDEPLOYMENTS, namespace, agent) is None:
-            _fail(f"AgentDeployment {agent} not found in namespace {namespace}; nothing was created")
-        try:
-            created = await api.create(
-                AGENTDRILLS, namespace, {**body, "metadata": {**body["metadata"], "namespace": namespace}}
-            )
-        except ApiError as error:
-            if error.already_exists:
-                _fail(
-                    f"AgentDrill {body['metadata'].get('name')} already exists in namespace {namespace}: "
-                    "choose another --name"
-                )
-            raise
-        name = created["metadata"]["name"]
-        click.echo(f"Started drill {name} on {agent} ({', '.join(body['spec']['levers'])}).")
-        if not wait:
-            return
-        deadline = time.monotonic() + timeout
-        run: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            run = ((await api.get(AGENTDRILLS, namespace, name)).get("status") or {}).get("lastRun") or {}
-            if run.get("result") in ("Passed", "Failed", "Skipped"):
-                break
-            await asyncio.sleep(0.5)
-        else:
-            _fail(
-                f"timed out after {timeout:.0f}s waiting for drill {name}; is the operator running? "
-                f"(kubectl get agentdrill {name})"
-            )
-        _print_run(run)
-        if run.get("result") == "Failed":
-            sys.exit(1)
-    except ApiError as error:
-        _fail(f"Kubernetes API: {error.message or error}")
-    finally:
-        await api.close()
-
-
-def _print_run(run: dict[str, Any]) -> None:
-    click.echo(f"{run.get('result')}: {run.get('message', '')}")
-    for lever in run.get("levers") or []:
-        applied = (
-            f"applied in {lever['appliedSeconds']:.2f}s" if lever.get("appliedSeconds") is not None else "NOT applied"
-        )
-        acknowledged = ""
-        if lever.get("acknowledged") is not None:
-            seconds = lever.get("acknowledgedSeconds")
-            acknowledged = (
-                f", acknowledged by the runtime in {seconds:.2f}s"
-                if lever.get("acknowledged")
-                else ", NOT acknowledged"
-            )
-        click.echo(f"  {lever['name']}: {applied}{acknowledged}")
-    for check in ("evidence", "trace"):
-        value = run.get(check) or {}
-        if value:
-            mark = {True: "ok", False: "FAILED", None: "not checked"}[value.get("ok")]
-            click.echo(f"  {check}: {mark}: {value.get('detail', '')}")
-    if run.get("incident"):
-        click.echo(f"  incident {run['incident']}: {'released' if run.get('released') else 'NOT released'}")
-
-
-# ---------------------------------------------------------------- postmortems
-
-
-@click.command()
-@click.argument("incident")
-@click.option("-o", "--output", type=click.Choice(["md", "json"]), default="md", show_default=True)
-@click.option(
-    "--refresh",
-    is_flag=True,
-    help="Ask the operator to write it again now (it does so by itself for an open incident).",
-)
-@click.option("--timeout", type=float, default=60, show_default=True, help="How long to wait for the operator.")
-@_kube_options
-def postmortem(
-    incident: str,
-    output: str,
-    refresh: bool,
-    timeout: float,
-    kubeconfig: str | None,
-    kube_context: str | None,
-    namespace: str | None,
-) -> None:
-    """Print INCIDENT's postmortem (the ConfigMap <incident>-postmortem): summary, timeline, levers, blast radius,
-    the implicated revision's diff, decision traces, review questions. For an open incident the operator writes a
-    draft on demand (this command asks for it and waits); a resolved incident's is written when it resolves."""
-    ns = _namespace(namespace, kubeconfig, kube_context)
-    _run(lambda: _postmortem(incident, ns, output, refresh, timeout, kubeconfig, kube_context))
-
-
-async def _postmortem(
-    incident: str,
-    namespace: str,
-    output: str,
-    refresh: bool,
-    timeout: float,
-    kubeconfig: str | None,
-    kube_context: str | None,
-) -> None:
-    from tourniquet.adapters.kube import AGENTINCIDENTS, CONFIGMAPS, ApiError, KubeApi
-    from tourniquet.domain import postmortem as pm
-    from tourniquet.domain.incident import micro_time
-
-    api = await KubeApi.from_config(kubeconfig, kube_context)
-    try:
-        name = pm.configmap_name(incident)
-        body = await api.get_or_none(AGENTINCIDENTS, namespace, incident)
-        existing = await api.get_or_none(CONFIGMAPS, namespace, name)
-        if body is None:
-            if existing is None:
-                _fail(f"AgentIncident {incident} not found in namespace {namespace}, and no postmortem {name}")
-                return
-            _print_postmortem(existing, output)
-            return
-        wanted: str | None = None  # the source the postmortem must have been written from
-        resolved = bool((body.get("spec") or {}).get("resolved"))
-        if refresh or not resolved:
-            stamp = micro_time(_now())
-            await api.patch(
-                AGENTINCIDENTS,
-                namespace,
-                incident,
-                {"metadata": {"annotations": {pm.ANNOTATION_REQUESTED: stamp}}},
-            )
-            wanted = f"requested={stamp}"
-            if not resolved:
-                click.echo(f"{incident} is still open: asked the operator for a draft.", err=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            source = ((existing or {}).get("metadata", {}).get("annotations") or {}).get(pm.ANNOTATION_SOURCE, "")
-            if existing is not None and (wanted is None or source.endswith(wanted)):
-                break
-            if time.monotonic() > deadline:
-                _fail(
-                    f"timed out after {timeout:.0f}s waiting for the operator to write ConfigMap {name}; is it "
-                    "running? (kubectl get agentincident " + incident + ")"
-                )
-            await asyncio.sleep(0.5)
-            existing = await api.get_or_none(CONFIGMAPS, namespace, name)
-        _print_postmortem(existing or {}, output)
-    except ApiError as error:
-        _fail(f"Kubernetes API: {error.message or error}")
-    finally:
-        await api.close()
-
-
-def _print_postmortem(cm: dict[str, Any], output: str) -> None:
-    data = cm.get("data") or {}
-    click.echo(data.get("postmortem.json" if output == "json" else "postmortem.md", ""), nl=False)
-
-
 def register(group: click.Group) -> None:
-    for command in (gate, regression, list_cases, readiness, drill, postmortem):
+    for command in (gate, regression, list_cases):
         group.add_command(command)
 
 

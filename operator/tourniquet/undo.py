@@ -136,6 +136,7 @@ def compensation_request(
             bundle_revisions=revision_list or None,
             duplicates_only=duplicates_only,
         )
-        return CompensationRequest.from_bundles(context.key, context.bundles(), selector)
+        bundles = {name: bundle.model_dump(mode="json", by_alias=True) for name, bundle in context.bundles().items()}
+        return CompensationRequest.from_bundles(context.key, bundles, selector)
     except PlanError as exc:
         raise UndoError(str(exc)) from exc

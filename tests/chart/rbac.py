@@ -42,7 +42,16 @@ HTTP_VERBS = {
 }
 
 # The command line's modules: the on-call commands, run with the user's own credentials.
-ONCALL = ("cli.py", "cli_base.py", "cli_agents.py", "cli_incidents.py", "cli_ledger.py", "cli_review.py")
+ONCALL = (
+    "cli.py",
+    "cli_base.py",
+    "cli_agents.py",
+    "cli_incidents.py",
+    "cli_ledger.py",
+    "cli_postmortem.py",
+    "cli_readiness.py",
+    "cli_review.py",
+)
 
 # Code under operator/tourniquet that does not run under the operator's ServiceAccount.
 NOT_OPERATOR = {

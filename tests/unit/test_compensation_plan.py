@@ -21,6 +21,8 @@ from tourniquet.domain.compensation import (
     plan_compensation,
 )
 from tourniquet.models import Bundle
+from tourniquet.models.bundle import CompensationType
+from tourniquet.shared import compensation as shared
 
 T0 = datetime(2026, 11, 21, 3, 0, tzinfo=UTC)
 AGENT = "refund-agent"
@@ -292,3 +294,22 @@ def test_the_subject_table_lists_each_subject_once_with_its_tools() -> None:
         {"subject": "customer:1", "actions": 3, "tools": {"issue_refund": 2, "send_email": 1}},
         {"subject": "order:1", "actions": 2, "tools": {"issue_refund": 2}},
     ]
+
+
+def test_the_plans_compensation_types_are_the_crds() -> None:
+    # The plan the agent's compensation worker computes does not import the models: its types must stay theirs.
+    assert {shared.REVERSAL, shared.MITIGATION, shared.NONE} == {t.value for t in CompensationType}
+
+
+def test_a_bundle_as_mounted_declares_what_its_model_declares() -> None:
+    tools = [
+        {"name": "issue_refund", "compensation": {"type": "reversal", "tool": "reverse_refund"}},
+        {"name": "reverse_refund"},
+        {"name": "lookup", "sideEffects": "read"},
+        {"name": "send_email", "compensation": {"type": "mitigation", "description": "Send a correction"}},
+        {"name": "close_ticket", "compensation": {"description": "tickets reopen themselves"}},
+    ]
+    model = {"provider": "openai", "name": "gpt-5", "version": "2026-08-06"}
+    raw = {"model": model, "prompt": {"template": "t"}, "tools": tools}
+    assert shared.declarations_from_tools(tools) == declarations_from_bundle(Bundle.model_validate(raw))
+    assert "lookup" not in shared.declarations_from_tools(tools)

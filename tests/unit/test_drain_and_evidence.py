@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tourniquet.domain import drain
-from tourniquet.domain.evidence import EvidenceParts, build_evidence, redact, redact_all_patterns, redact_text
+from tourniquet.domain.evidence import EvidenceParts, build_evidence
+from tourniquet.shared.redaction import redact, redact_all_patterns, redact_text
 
 
 def workload(replicas: int | None, **annotations: str) -> dict:

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from tourniquet.domain.blastradius import BlastRadiusSummary
-from tourniquet.domain.compensation import CompensationPlan
+from tourniquet.domain.compensation import CompensationPlan, checklist_item
 from tourniquet.domain.conditions import condition_is, find_condition, set_condition
 from tourniquet.domain.incident import micro_time
 from tourniquet.models.agentincident import BlastRadius, BlastWindow, CompensationPlanStatus, CompensationStatus
@@ -161,7 +161,7 @@ def _plan_dict(plan: CompensationPlan) -> dict[str, Any]:
         irreversible=counts["irreversible"],
         skipped=counts["skipped"],
         by_tool=dict(plan.by_tool),
-        checklist=[c.to_model() for c in plan.checklist],
+        checklist=[checklist_item(c) for c in plan.checklist],
     ).to_status()
 
 

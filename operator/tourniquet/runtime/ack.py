@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tourniquet.runtime.control import ControlState
+from tourniquet.runtime.control.client import core_v1_api
 
 log = logging.getLogger(__name__)
 
@@ -125,20 +126,7 @@ class Acknowledger:
 
     def _connect(self) -> Any:
         if self._api is None:
-            from kubernetes import client, config
-
-            configuration = client.Configuration()
-            if self.kubeconfig is not None:
-                config.load_kube_config(
-                    config_file=str(self.kubeconfig),
-                    context=self.context,
-                    client_configuration=configuration,
-                    persist_config=False,
-                )
-            else:
-                config.load_incluster_config(client_configuration=configuration)
-            configuration.retries = 0
-            self._api = client.CoreV1Api(client.ApiClient(configuration))
+            self._api = core_v1_api(self.kubeconfig, self.context)
         return self._api
 
 

@@ -61,6 +61,11 @@ class SqlActions(ABC):
         cur.execute(self.dialect.sql(statement), list(params))
         return cur
 
+    def _read(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The rows of one read-only statement, in a transaction of its own."""
+        with self._transaction(write=False) as cur:
+            return list(self._exec(cur, statement, params).fetchall())
+
     def _time(self, value: datetime, what: str) -> Any:
         return self.dialect.to_db_time(_require_utc(value, what))
 
@@ -81,9 +86,8 @@ class SqlActions(ABC):
                 self._exec(cur, "INSERT INTO tourniquet_ledger_schema (version) VALUES (?)", [version])
 
     def schema_version(self) -> int:
-        with self._transaction(write=False) as cur:
-            row = self._exec(cur, "SELECT MAX(version) FROM tourniquet_ledger_schema").fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+        rows = self._read("SELECT MAX(version) FROM tourniquet_ledger_schema")
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
     def _row_to_action(self, row: Sequence[Any], subjects: Sequence[str]) -> Action:
         key, agent, tool, digest, args_json, when, outcome, summary, attempts = row[:9]
@@ -245,13 +249,11 @@ class SqlActions(ABC):
 
     def trace(self, idempotency_key: str) -> Trace | None:
         """The decision trace of an action; None when none was recorded or retention removed it."""
-        with self._transaction(write=False) as cur:
-            row = self._exec(
-                cur, f"SELECT {_TRACE_COLUMNS} FROM tourniquet_traces WHERE idempotency_key = ?", [idempotency_key]
-            ).fetchone()
-        if row is None:
+        statement = f"SELECT {_TRACE_COLUMNS} FROM tourniquet_traces WHERE idempotency_key = ?"
+        rows = self._read(statement, [idempotency_key])
+        if not rows:
             return None
-        key, recorded_at, task_name, model_input, context, output = row
+        key, recorded_at, task_name, model_input, context, output = rows[0]
         return Trace(
             idempotency_key=key,
             recorded_at=self.dialect.from_db_time(recorded_at),
@@ -309,10 +311,7 @@ class SqlActions(ABC):
     ) -> dict[str, int]:
         """How many actions each tool took in ``[start, end)``."""
         where, params = self._window(agent, start, end, tools, outcomes)
-        with self._transaction(write=False) as cur:
-            rows = self._exec(
-                cur, f"SELECT a.tool, COUNT(*) FROM tourniquet_actions a WHERE {where} GROUP BY a.tool", params
-            ).fetchall()
+        rows = self._read(f"SELECT a.tool, COUNT(*) FROM tourniquet_actions a WHERE {where} GROUP BY a.tool", params)
         return {tool: int(count) for tool, count in sorted(rows)}
 
     def subjects(
@@ -326,12 +325,9 @@ class SqlActions(ABC):
     ) -> list[str]:
         """The distinct subjects the actions in ``[start, end)`` touched, sorted."""
         where, params = self._window(agent, start, end, tools, outcomes, alias="s")
-        with self._transaction(write=False) as cur:
-            rows = self._exec(
-                cur,
-                f"SELECT DISTINCT s.subject FROM tourniquet_action_subjects s WHERE {where} ORDER BY s.subject",
-                params,
-            ).fetchall()
+        rows = self._read(
+            f"SELECT DISTINCT s.subject FROM tourniquet_action_subjects s WHERE {where} ORDER BY s.subject", params
+        )
         return [row[0] for row in rows]
 
     def subject_actions(
@@ -345,13 +341,11 @@ class SqlActions(ABC):
         """``(subject, tool, actions)`` for every subject the window's successful actions touched, sorted:
         the list for customer communication."""
         where, params = self._window(agent, start, end, tools, ("ok",), alias="s")
-        with self._transaction(write=False) as cur:
-            rows = self._exec(
-                cur,
-                f"SELECT s.subject, s.tool, COUNT(*) FROM tourniquet_action_subjects s WHERE {where} "
-                "GROUP BY s.subject, s.tool ORDER BY s.subject, s.tool",
-                params,
-            ).fetchall()
+        rows = self._read(
+            f"SELECT s.subject, s.tool, COUNT(*) FROM tourniquet_action_subjects s WHERE {where} "
+            "GROUP BY s.subject, s.tool ORDER BY s.subject, s.tool",
+            params,
+        )
         return [(subject, tool, int(count)) for subject, tool, count in rows]
 
     def blast_radius(
@@ -413,13 +407,11 @@ class SqlActions(ABC):
         successful action of the same tool *before* ``start``: what ``duplicatesOnly`` needs from beyond
         the window."""
         where, params = self._window(agent, start, end, tools, ("ok",), alias="w")
-        with self._transaction(write=False) as cur:
-            rows = self._exec(
-                cur,
-                f"SELECT DISTINCT w.tool, w.subject FROM tourniquet_action_subjects w WHERE {where} "
-                "AND w.position = 0 AND EXISTS (SELECT 1 FROM tourniquet_action_subjects p "
-                "WHERE p.subject = w.subject AND p.agent = w.agent AND p.tool = w.tool AND p.position = 0 "
-                "AND p.outcome = 'ok' AND p.action_time < ?)",
-                [*params, self._time(start, "start")],
-            ).fetchall()
+        rows = self._read(
+            f"SELECT DISTINCT w.tool, w.subject FROM tourniquet_action_subjects w WHERE {where} "
+            "AND w.position = 0 AND EXISTS (SELECT 1 FROM tourniquet_action_subjects p "
+            "WHERE p.subject = w.subject AND p.agent = w.agent AND p.tool = w.tool AND p.position = 0 "
+            "AND p.outcome = 'ok' AND p.action_time < ?)",
+            [*params, self._time(start, "start")],
+        )
         return {(tool, subject) for tool, subject in rows}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
@@ -218,7 +218,10 @@ class LedgerRadius:
 
 @runtime_checkable
 class Ledger(Protocol):
-    """What the guard writes and the operator reads; see the module docstring for the rules."""
+    """What an agent's guard needs of a ledger: it records its actions (with their traces) and looks one up by its
+    key. :class:`~tourniquet.runtime.ledger.SqlLedger` is the ledger, with what the operator and the compensation
+    worker read besides (windows, subjects, blast radii, compensation claims and leases); see the module docstring
+    of :mod:`tourniquet.runtime.ledger` for the rules."""
 
     def record(self, action: Action, trace: Trace | None = None) -> Action:
         """Store an action (and its decision trace); idempotent on its key. Returns the action as stored."""
@@ -227,55 +230,5 @@ class Ledger(Protocol):
     def get(self, idempotency_key: str) -> Action | None: ...
 
     def trace(self, idempotency_key: str) -> Trace | None: ...
-
-    def actions(
-        self,
-        agent: str,
-        start: datetime,
-        end: datetime | None = None,
-        *,
-        tools: Iterable[str] | None = None,
-        outcomes: Iterable[str] = ("ok",),
-    ) -> list[Action]:
-        """The agent's actions in ``[start, end)``, oldest first: an incident's blast radius."""
-        ...
-
-    def count_by_tool(
-        self,
-        agent: str,
-        start: datetime,
-        end: datetime | None = None,
-        *,
-        tools: Iterable[str] | None = None,
-        outcomes: Iterable[str] = ("ok",),
-    ) -> dict[str, int]: ...
-
-    def subjects(
-        self,
-        agent: str,
-        start: datetime,
-        end: datetime | None = None,
-        *,
-        tools: Iterable[str] | None = None,
-        outcomes: Iterable[str] = ("ok",),
-    ) -> list[str]:
-        """The distinct subjects (customers, tickets, ...) the actions touched, sorted."""
-        ...
-
-    def blast_radius(
-        self, agent: str, start: datetime, end: datetime | None = None, *, tools: Iterable[str] | None = None
-    ) -> LedgerRadius: ...
-
-    def claim_compensation(
-        self, idempotency_key: str, incident: str, *, claimer: str | None = None, reclaim_after: timedelta | None = None
-    ) -> bool:
-        """True for exactly one caller per (incident, action); see the module docstring."""
-        ...
-
-    def complete_compensation(
-        self, idempotency_key: str, incident: str, outcome: str, *, detail: str | None = None
-    ) -> None: ...
-
-    def compensation_state(self, incident: str) -> dict[str, CompensationRecord]: ...
 
     def close(self) -> None: ...

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tourniquet.domain.evidence import redact
 from tourniquet.runtime.ledger import Ledger, Trace, canonical_json
+from tourniquet.shared.redaction import redact
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ agent's pod template, so it has the agent's image, environment and secrets)::
     python -m tourniquet.runtime.compensate ... --approve 3f9a0c…         # executes that plan, and only it
 
 The request (``--request``, or ``--bundle``/``--agent`` and the selector options) says which actions
-(:mod:`tourniquet.domain.compensation`: window, tools, subjects, bundle revisions, ``duplicatesOnly``) and
+(:mod:`tourniquet.shared.compensation`: window, tools, subjects, bundle revisions, ``duplicatesOnly``) and
 how each tool is compensated (the bundle's declarations). The worker reads the plan from the ledger and
 executes it only when its hash is the approved one. Then, under the incident's lease in the ledger (one
 worker per incident; renewed every third of ``--lease-seconds`` and before each batch, and no call is made

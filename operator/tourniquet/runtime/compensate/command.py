@@ -12,10 +12,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tourniquet.domain.compensation import (
-    PlanError,
-    Selector,
-)
 from tourniquet.runtime.compensate.request import (
     CompensationRequest,
     ExitCode,
@@ -30,6 +26,10 @@ from tourniquet.runtime.ledger import (
     ledger_target_from_env,
     open_ledger,
     redacted_url,
+)
+from tourniquet.shared.compensation import (
+    PlanError,
+    Selector,
 )
 
 

@@ -11,18 +11,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from tourniquet.domain.compensation import (
-    CompensationPlan,
-    Declaration,
-    PlanError,
-    Selector,
-    declarations_from_bundle,
-    plan_compensation,
-)
 from tourniquet.runtime.ledger import (
     Action,
     LedgerError,
     SqlLedger,
+)
+from tourniquet.shared.compensation import (
+    CompensationPlan,
+    Declaration,
+    PlanError,
+    Selector,
+    declarations_from_tools,
+    plan_compensation,
 )
 
 log = logging.getLogger(__package__)  # the package's name: tourniquet.runtime.compensate
@@ -121,16 +121,16 @@ class CompensationRequest:
             ) from exc
 
     @classmethod
-    def from_bundles(cls, incident: str, bundles: Mapping[str, Any], selector: Selector) -> CompensationRequest:
-        """From each agent's bundle (a :class:`~tourniquet.models.Bundle`, or its JSON as mounted)."""
-        from tourniquet.models import Bundle
-
+    def from_bundles(
+        cls, incident: str, bundles: Mapping[str, Mapping[str, Any]], selector: Selector
+    ) -> CompensationRequest:
+        """From each agent's bundle in its JSON form (as mounted, or as spec.bundle holds it)."""
         declarations: dict[str, dict[str, Declaration]] = {}
         all_tools: dict[str, list[str]] = {}
-        for agent, raw in bundles.items():
-            bundle = raw if isinstance(raw, Bundle) else Bundle.model_validate(raw)
-            declarations[agent] = declarations_from_bundle(bundle)
-            all_tools[agent] = [t.name for t in bundle.tools]
+        for agent, bundle in bundles.items():
+            tools = bundle.get("tools", []) if isinstance(bundle, Mapping) else None
+            declarations[agent] = declarations_from_tools(tools)
+            all_tools[agent] = [t["name"] for t in tools or ()]
         return cls(incident=incident, selector=selector, declarations=declarations, all_tools=all_tools)
 
 

@@ -12,14 +12,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from tourniquet.domain.compensation import (
-    MITIGATION,
-    NONE,
-    REVERSAL,
-    CompensationPlan,
-    PlanError,
-    PlanItem,
-)
 from tourniquet.runtime.compensate.request import (
     COMPENSATORS,
     DETAIL_LIMIT,
@@ -33,6 +25,14 @@ from tourniquet.runtime.ledger import (
     LedgerError,
     SqlLedger,
     worker_id,
+)
+from tourniquet.shared.compensation import (
+    MITIGATION,
+    NONE,
+    REVERSAL,
+    CompensationPlan,
+    PlanError,
+    PlanItem,
 )
 
 log = logging.getLogger(__package__)  # the package's name: tourniquet.runtime.compensate
