@@ -48,6 +48,7 @@ class Children:
     control: dict[str, Any] | None = None  # a lever plans on it, its write guarded by the resourceVersion
     policy: dict[str, Any] | None = None  # (see levers.common.converge)
     bundles: list[dict[str, Any]] | None = None  # the bundle revisions' ConfigMaps
+    consumers: dict[tuple[str, str], dict[str, Any]] | None = None  # as a pass moments ago left them (not watched)
 
 
 ChildrenSeen = Callable[[str, str], Children]
@@ -131,9 +132,12 @@ async def gather(
         stored = [s for s in (bundles.stored_revision_from_configmap(cm) for cm in cms) if s is not None]
         return stored, {cm["metadata"]["name"]: cm.get("data") or {} for cm in cms}
 
+    async def consumer(kind: str, cname: str) -> dict[str, Any] | None:
+        known = (children.consumers or {}).get((kind, cname))
+        return known if known is not None else await api.get_or_none(WORKLOADS[kind], namespace, cname)
+
     (stored, bundle_data), *workloads = await asyncio.gather(
-        stored_revisions(),
-        *(api.get_or_none(WORKLOADS[ref.kind.value], namespace, ref.name) for ref in spec.consumers),
+        stored_revisions(), *(consumer(ref.kind.value, ref.name) for ref in spec.consumers)
     )
     return AgentWorld(
         bundle_data=bundle_data,

@@ -133,14 +133,17 @@ async def _reconcile_incident(
         current: list[IncidentView], only: list[str], seen: dict[str, AgentReport] | None = None
     ) -> dict[str, AgentReport]:
         """Contain the agents in `only`; `seen`: what the first round observed of them (the drain round plans on
-        its writes, not on the watch's copies, which may not have caught up yet)."""
+        its writes, not on the watch's copies, which may not have caught up yet, and reads nothing again; every
+        write is still guarded by the resourceVersion it was planned on)."""
 
         def children(namespace: str, agent: str) -> Children:
             first = (seen or {}).get(agent)
             watched = agents.seen(namespace, agent)
             if first is None:
                 return watched
-            return dataclasses.replace(watched, control=first.control, policy=first.policy)
+            return dataclasses.replace(
+                watched, control=first.control, policy=first.policy, consumers=first.consumers
+            )
 
         bodies = [b for a in only if (b := agent_bodies.get(a)) and not b["metadata"].get("deletionTimestamp")]
         results = await asyncio.gather(*(agents.contain(b, current, upstream, children) for b in bodies))
