@@ -13,7 +13,6 @@ from tourniquet.domain import names
 from tourniquet.domain.containment import IncidentView, incident_view
 from tourniquet.freshness import is_canary
 from tourniquet.handlers.freshness import count_incident_event
-from tourniquet.models import Lever
 from tourniquet.reconcilers.agentdeployment import AgentReport, Children, ChildrenSeen
 from tourniquet.reconcilers.agents import Agents
 from tourniquet.reconcilers.consumers import unwire_agent_deployment
@@ -108,9 +107,10 @@ def start_agents(memo: Any, kwargs: dict[str, Any]) -> Agents:
 async def _record_drift(outcome: AgentReport, memo: Any) -> None:
     """A pass put a lever back, or rolled back for an incident: say so in the timeline of every incident
     holding it, at its next pass (an incident's own pass says it itself)."""
-    drained = outcome.levers.get(Lever.DRAIN)
-    notes: list[tuple[str, str, str | None]] = [("DriftRepaired", m, outcome.agent) for m in outcome.drift]
-    holders = {i: list(notes) for i in (drained.holders if drained and notes else [])}
+    holders: dict[str, list[tuple[str, str, str | None]]] = {}
+    for seen in outcome.levers.values():
+        for incident in seen.holders if seen.drift else []:
+            holders.setdefault(incident, []).extend(("DriftRepaired", m, outcome.agent) for m in seen.drift)
     if outcome.rollback:
         for incident in outcome.rollback_by:
             holders.setdefault(incident, []).append(("RolledBack", outcome.rollback, outcome.agent))

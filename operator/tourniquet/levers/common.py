@@ -1,7 +1,8 @@
-"""Levers: each one observes (I/O), plans (pure, in tourniquet.domain) and applies (I/O).
+"""Levers: each one plans (pure, in tourniquet.domain), applies and observes (I/O), all with one signature.
 
-A lever function returns the object as the API server stored it, plus what it did, so the caller
-reports observed state without reading it again.
+Every apply and observe function takes the pass's :class:`LeverContext`: what to act on, and the objects as the
+levers leave them (as the API server stored them), so observing reads nothing again. The levers are listed,
+with their order, in :mod:`tourniquet.levers.registry`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tourniquet.adapters.kube import ApiError
-from tourniquet.models import Lever
+from tourniquet.adapters.kube import ApiError, KubeApi
+from tourniquet.domain.containment import Containment
+from tourniquet.models import AgentDeploymentSpec, Lever
 
 Patch = dict[str, Any] | list[dict[str, Any]]  # a merge patch, or a JSON patch
 
@@ -25,14 +27,29 @@ class LeverObservation:
     detail: str
     holders: list[str]
     pending: bool = False  # held, but waiting (drain waits for evidence capture)
+    drift: list[str] = field(default_factory=list)  # what it put back after someone undid it, this pass
 
 
 @dataclass
-class Applied:
-    """What applying a lever did: the object as stored, and the actions taken (for logs and events)."""
+class LeverContext:
+    """One agent's pass as every lever sees it. The applies fill in the objects as stored and say what they did."""
 
-    obj: dict
-    actions: list[str] = field(default_factory=list)
+    api: KubeApi
+    namespace: str
+    agent: str
+    spec: AgentDeploymentSpec
+    containment: Containment
+    owner: dict[str, Any]
+    control: dict[str, Any] | None  # the control ConfigMap: as last seen (None: read it), then as stored
+    policy: dict[str, Any] | None  # the NetworkPolicy, likewise
+    consumers: dict[tuple[str, str], dict[str, Any]]  # (kind, name) -> the workload, as the pass left it
+    pods_left: dict[tuple[str, str], int] = field(default_factory=dict)  # a drained consumer's pods still there
+    actions: list[str] = field(default_factory=list)  # what the levers did (logs, events)
+    drift: dict[Lever, list[str]] = field(default_factory=dict)  # what a lever put back after someone undid it
+
+
+Apply = Callable[[LeverContext], Awaitable[None]]
+Observe = Callable[[LeverContext], LeverObservation]
 
 
 async def converge(

@@ -28,10 +28,9 @@ from tourniquet.domain.containment import Containment, IncidentView, incident_vi
 from tourniquet.domain.gate import with_gate_status
 from tourniquet.domain.generations import PerGeneration
 from tourniquet.domain.readiness import with_readiness
-from tourniquet.levers import control as control_lever
-from tourniquet.levers import drain as drain_lever
-from tourniquet.levers import egress as egress_lever
-from tourniquet.levers.common import LeverObservation
+from tourniquet.levers import registry
+from tourniquet.levers.common import LeverContext, LeverObservation
+from tourniquet.levers.registry import Phase
 from tourniquet.models import AgentDeploymentSpec, Lever, RevisionVerdict
 from tourniquet.reconcilers.agent_status import write_status
 from tourniquet.reconcilers.consumers import claimed_by_others, wire
@@ -236,16 +235,17 @@ async def _contain(
     stored: list[bundles.StoredRevision],
     current: int | None,
 ) -> tuple[dict[str, Any], dict[str, Any], bundles.StoredRevision | None]:
-    """Shadow and revoke at once, then the consumers rolled to the active revision, then drain last (it kills pods
-    and their memory), or restore what a drain recorded. Returns the control ConfigMap, the NetworkPolicy and
-    the active revision, as observed."""
+    """The levers applied before the rollout (shadow and revoke, at once), then the consumers rolled to the active
+    revision, then the levers applied after it (drain: it kills pods and their memory), or restore what a drain
+    recorded (see levers.registry). Returns the control ConfigMap, the NetworkPolicy and the active revision, as
+    observed."""
     namespace, name = report.namespace, report.agent
     owner = names.owner_reference("AgentDeployment", name, (report.body or {})["metadata"]["uid"])
-    control, policy = await asyncio.gather(
-        control_lever.apply_control(api, namespace, name, world.control, containment, owner, report.actions),
-        egress_lever.apply_policy(api, namespace, name, spec, world.policy, containment, owner, report.actions),
-    )
     consumers: dict[tuple[str, str], dict[str, Any]] = {k: w for k, w in world.consumers.items() if w}
+    ctx = LeverContext(
+        api, namespace, name, spec, containment, owner, world.control, world.policy, consumers, actions=report.actions
+    )
+    await registry.apply_phase(ctx, Phase.BEFORE_ROLLOUT)
     active = next((r for r in stored if plan is not None and r.revision == plan.active_revision), None)
     if active is not None:
         for ref in spec.consumers:
@@ -265,15 +265,11 @@ async def _contain(
     if plan is not None and plan.reason == "RollbackRefused" and containment.rollbacks:
         report.rollback_refused = plan.message
     report.rollback_by = [incident for incident, _ in containment.rollbacks]
-    pods_left = await drain_lever.apply_drain(
-        api, namespace, spec, consumers, containment, report.actions, report.drift
-    )
+    await registry.apply_phase(ctx, Phase.AFTER_ROLLOUT)
+    control, policy = ctx.control or {}, ctx.policy or {}
     report.consumers, report.control, report.policy = consumers, control, policy
-    report.levers = {
-        Lever.SHADOW: control_lever.observe_shadow(control, containment),
-        Lever.REVOKE_TOOLS: egress_lever.observe_revocation(spec, control, policy, containment),
-        Lever.DRAIN: drain_lever.observe_drain(spec, containment, consumers, pods_left),
-    }
+    report.levers = registry.observe(ctx)
+    report.drift = [message for seen in report.levers.values() for message in seen.drift]
     report.active_revision = active.revision if active else None
     return control, policy, active
 

@@ -20,7 +20,7 @@ from tourniquet.domain.containment import IncidentView, incident_problems, parse
 from tourniquet.domain.incident import LeverSeen, incident_status, invalid_incident_status, micro_time, plan_start
 from tourniquet.domain.names import ANNOTATION_OPENED_AT
 from tourniquet.domain.undo import following
-from tourniquet.models import AgentIncidentSpec, Lever
+from tourniquet.models import AgentIncidentSpec
 from tourniquet.reconcilers.agentdeployment import AgentReport, Children, list_incidents, parse_agent
 from tourniquet.reconcilers.agents import Agents
 from tourniquet.reconcilers.events import post_events_later
@@ -180,7 +180,7 @@ async def _reconcile_incident(
         )
         me = dataclasses.replace(me, evidence_captured=True)
         views = [*views[:-1], me]
-        waiting = [a for a, r in reports.items() if r.levers.get(Lever.DRAIN) and r.levers[Lever.DRAIN].pending]
+        waiting = [a for a, r in reports.items() if any(seen.pending for seen in r.levers.values())]
         status = compute(status, reports, [])  # the evidence, in its place in the timeline
         if waiting:
             reports.update(await contain_all(views, waiting, seen=reports))
@@ -191,9 +191,9 @@ async def _reconcile_incident(
         return report
     extra = list(notes or [])
     for agent, agent_report in reports.items():
-        drain_seen = agent_report.levers.get(Lever.DRAIN)
-        if drain_seen and name in drain_seen.holders:
-            extra += [("DriftRepaired", message, agent) for message in agent_report.drift]
+        for observed in agent_report.levers.values():  # a lever this incident holds, put back after someone undid it
+            if name in observed.holders:
+                extra += [("DriftRepaired", message, agent) for message in observed.drift]
         if agent_report.rollback:
             extra.append(("RolledBack", agent_report.rollback, agent))
         if agent_report.rollback_refused:
