@@ -12,13 +12,11 @@ from typing import Any
 import click
 
 from tourniquet.cli_base import Kube, _fail, _kube_options, _run, main
+from tourniquet.levers.registry import NAMES
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-LEVERS = ("shadow", "revokeTools", "drain")
 
 
 class SeverityType(click.ParamType):
@@ -37,7 +35,7 @@ class SeverityType(click.ParamType):
 @main.command()
 @click.argument("agents", nargs=-1, required=True)
 @click.option("--sev", "severity", type=SeverityType(), required=True, help="Severity: 1, 2 or 3 (also SEV1, sev1).")
-@click.option("--levers", default=None, help="Comma-separated: shadow,revokeTools,drain (default: the playbook's).")
+@click.option("--levers", default=None, help=f"Comma-separated: {','.join(NAMES)} (default: the playbook's).")
 @click.option("--tools", default=None, help="Comma-separated tools to revoke (default: every write tool).")
 @click.option("--summary", default="", help="One line for the timeline.")
 @click.option("--class", "incident_class", default="other", show_default=True, help="The incident class.")
@@ -79,9 +77,9 @@ def contain(
     }
     if levers:
         spec["contain"] = [lever.strip() for lever in levers.split(",") if lever.strip()]
-        unknown = [lever for lever in spec["contain"] if lever not in LEVERS]
+        unknown = [lever for lever in spec["contain"] if lever not in NAMES]
         if unknown:
-            _fail(f"unknown lever {', '.join(unknown)}; the levers are {', '.join(LEVERS)}")
+            _fail(f"unknown lever {', '.join(unknown)}; the levers are {', '.join(NAMES)}")
     if tools:
         spec["revokeTools"] = [tool.strip() for tool in tools.split(",") if tool.strip()]
     try:

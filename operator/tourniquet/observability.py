@@ -13,7 +13,7 @@ name                                            type       labels and meaning
 ``tourniquet_detection_signals_total``          counter    ``source, outcome``: opened | updated | suppressed
                                                            (its episode's incident was resolved) | cleared
 ``tourniquet_incidents_open``                   gauge      ``severity, class``: open AgentIncidents
-``tourniquet_containment_latency_seconds``      histogram  ``lever`` (shadow|revokeTools|drain): from an
+``tourniquet_containment_latency_seconds``      histogram  ``lever`` (a lever of levers.registry): from an
                                                            incident's start (its ``timings.startedAt``: when
                                                            it was opened, see ``startedFrom``) to the lever
                                                            observed applied;

@@ -36,6 +36,7 @@ from aiohttp import web
 from tourniquet import observability
 from tourniquet.adapters.kube import ApiError, KubeApi
 from tourniquet.domain.detection import PayloadError, parse_notification
+from tourniquet.reconcilers.queue import Hold, unshared
 from tourniquet.reconcilers.signals import receive_alerts
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,16 @@ class Receiver:
     """The aiohttp application, started and stopped with the operator."""
 
     def __init__(
-        self, api: Callable[[], KubeApi | None], token: TokenSource, served: Sequence[str] | None = None
+        self,
+        api: Callable[[], KubeApi | None],
+        token: TokenSource,
+        served: Sequence[str] | None = None,
+        hold: Callable[[], Hold | None] = lambda: unshared,
     ) -> None:
-        """`served`: the namespaces the operator watches (its `--namespace` values); None: every one."""
+        """`served`: the namespaces the operator watches (its `--namespace` values); None: every one. `hold`: the
+        incidents' work queue's (None while the operator is starting)."""
         self._api = api
+        self._hold = hold
         self._token = token
         self._served = tuple(served) if served else None
         self._runner: web.AppRunner | None = None
@@ -139,11 +146,11 @@ class Receiver:
             notification = parse_notification(payload, now)
         except PayloadError as error:
             return _json_error(400, str(error))
-        api = self._api()
-        if api is None:
+        api, hold = self._api(), self._hold()
+        if api is None or hold is None:
             return _json_error(503, "the operator is still starting; retry")
         try:
-            outcomes = await receive_alerts(api, notification, now=now, served=self._served)
+            outcomes = await receive_alerts(api, notification, now=now, served=self._served, hold=hold)
         except ApiError as error:
             log.warning("Could not handle an Alertmanager notification: Kubernetes API: %s", error)
             return _json_error(503, f"Kubernetes API: {error}")

@@ -271,7 +271,7 @@ def test_a_wildcard_is_reported_as_broader_than_needed() -> None:
 
     diff = rbac.compare(operator_needs({}), chart_grants(_doctor(render_variant("default"), "ClusterRole", wildcard)))
     assert "* configmaps (core) cluster-wide" in [str(n) for n in diff.unused]
-    assert {n.permission.verb for n in diff.missing} == {"get", "list", "create", "patch", "delete"}
+    assert {n.permission.verb for n in diff.missing} == {"get", "list", "watch", "create", "patch", "delete"}
 
 
 def test_a_cluster_wide_grant_where_a_namespace_suffices_is_reported() -> None:

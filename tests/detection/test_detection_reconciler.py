@@ -335,16 +335,16 @@ async def test_a_malformed_rule_is_reported_and_the_others_keep_working(cluster,
 
 
 async def test_the_agent_s_other_conditions_survive_and_the_agent_reconcile_keeps_ours(cluster, kube, detector):
-    from tourniquet.reconcilers.agentdeployment import reconcile_agent_deployment
+    from tourniquet.reconcilers.agentdeployment import reconcile_agent
 
     agent_with_rules(cluster, [{"name": "storm", "template": "retryStorm"}])
-    await reconcile_agent_deployment(kube, cluster.get(AD, "refund-agent") or {})
+    await reconcile_agent(kube, cluster.get(AD, "refund-agent") or {}, [])
     before = {c["type"] for c in cluster.status(AD, "refund-agent")["conditions"]}
     assert "Ready" in before
     await run(detector, cluster, 0)
     after = {c["type"] for c in cluster.status(AD, "refund-agent")["conditions"]}
     assert after == before | {"DetectionDegraded"}
-    await reconcile_agent_deployment(kube, cluster.get(AD, "refund-agent") or {})
+    await reconcile_agent(kube, cluster.get(AD, "refund-agent") or {}, [])
     assert degraded(cluster)["status"] == "False"
     assert detection_status(cluster)["rules"][0]["name"] == "storm"
 

@@ -90,10 +90,10 @@ every namespace, otherwise in a Role in each watched namespace.
   resources: [agentdeployments/finalizers, agentincidents/finalizers, agentdrills/finalizers]
   verbs: [update]
 # Bundle revisions (immutable, pruned past revisionHistoryLimit), the control ConfigMap (shadow mode,
-# revoked tools) and the incident evidence.
+# revoked tools; watched, so containment plans on the copy the watch holds) and the incident evidence.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, list, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # Evidence: the agent's pods, their logs and the recent events; drain counts the pods left.
 - apiGroups: [""]
   resources: [pods]
@@ -109,10 +109,10 @@ every namespace, otherwise in a Role in each watched namespace.
 - apiGroups: [apps]
   resources: [deployments, statefulsets]
   verbs: [get, patch]
-# Tool revocation: the agent's egress NetworkPolicy.
+# Tool revocation: the agent's egress NetworkPolicy (watched, as the control ConfigMap).
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 # Undo: the ledger URL of each agent, from the Secret its spec.ledger names (only the Secrets listed in
 # ledger.secretNames).
 # ledger.secretNames, and ledger.defaultSecret's name: the Secret of every agent whose spec.ledger is empty.

@@ -72,13 +72,22 @@ def write_tools(spec: AgentDeploymentSpec) -> list[str]:
 
 @dataclass(frozen=True)
 class AgentClaim:
-    """What one incident asks of one agent."""
+    """What one incident asks of one agent: its levers, and the tools it revokes (see _claim)."""
 
     incident: str
     levers: tuple[Lever, ...]
     tools: tuple[str, ...]
     rollback: RollbackTarget | None
     cascaded_from: str | None = None
+
+
+def _claim(
+    incident: str, levers: list[Lever], tools: list[str], rollback: RollbackTarget | None, source: str | None = None
+) -> AgentClaim:
+    """The tools are a claim's only when it revokes them; revoking no tool holds no lever."""
+    revokes = Lever.REVOKE_TOOLS in levers and bool(tools)
+    held = tuple(lever for lever in levers if lever != Lever.REVOKE_TOOLS or revokes)
+    return AgentClaim(incident, held, tuple(tools) if revokes else (), rollback, source)
 
 
 def claim(
@@ -98,47 +107,60 @@ def claim(
         rollback = incident.spec.rollback
         if rollback is None and playbook.rollback is not None and not incident.spec.drill:  # a drill never rolls back
             rollback = RollbackTarget(to=playbook.rollback)
-        return AgentClaim(incident.name, tuple(levers), tuple(tools), rollback)
+        return _claim(incident.name, levers, tools, rollback)
     if incident.spec.cascade:
         for dependency in spec.depends_on:
             if dependency.name in incident.spec.agents:
                 source = upstream.get(dependency.name)
                 cascade = source.playbook(severity).cascade if source else None
                 levers = cascade.contain if cascade is not None else [Lever.SHADOW]
-                return AgentClaim(incident.name, tuple(levers), tuple(write_tools(spec)), None, dependency.name)
+                return _claim(incident.name, levers, write_tools(spec), None, dependency.name)
     return None
+
+
+# A lever that destroys state (drain kills the pods and their memory) waits until the incident's evidence is captured.
+WAITS_FOR_EVIDENCE = frozenset({Lever.DRAIN})
 
 
 @dataclass
 class Containment:
-    """The union of every open incident's claim on one agent."""
+    """The union of every open incident's claim on one agent, lever by lever (no lever is special here: each lever
+    plans its own state from these sets, see tourniquet.levers.registry)."""
 
-    shadow: set[str] = field(default_factory=set)  # incidents holding shadow
-    revoked: dict[str, set[str]] = field(default_factory=dict)  # tool -> incidents revoking it
-    drain: set[str] = field(default_factory=set)  # incidents whose drain may go ahead
-    drain_waiting: set[str] = field(default_factory=set)  # incidents whose drain waits for evidence
+    held: dict[Lever, set[str]] = field(default_factory=dict)  # lever -> incidents holding it in force
+    waiting: dict[Lever, set[str]] = field(default_factory=dict)  # lever -> incidents whose claim waits for evidence
+    tools: dict[str, set[str]] = field(default_factory=dict)  # tool -> incidents revoking it (revokeTools)
     rollbacks: list[tuple[str, RollbackTarget]] = field(default_factory=list)
     incidents: list[str] = field(default_factory=list)  # open incidents on this agent
     fixes: set[int] = field(default_factory=set)
 
+    def holders(self, lever: Lever) -> list[str]:
+        """The incidents holding `lever` in force."""
+        return sorted(self.held.get(lever, ()))
+
+    def claimants(self, lever: Lever) -> list[str]:
+        """The incidents holding `lever`, in force or waiting for their evidence."""
+        return sorted(self.held.get(lever, set()) | self.waiting.get(lever, set()))
+
+    def holds(self, lever: Lever) -> bool:
+        return bool(self.held.get(lever))
+
+    # What shadow, revokeTools and drain plan from it (read by their domain and lever modules).
     @property
     def mode(self) -> str:
-        return "shadow" if self.shadow else "active"
+        return "shadow" if self.holds(Lever.SHADOW) else "active"
 
     @property
     def revoked_tools(self) -> set[str]:
-        return set(self.revoked)
+        return set(self.tools)
 
     @property
     def drained(self) -> bool:
-        return bool(self.drain)
+        return self.holds(Lever.DRAIN)
 
-    def holders(self, lever: Lever) -> list[str]:
-        if lever == Lever.SHADOW:
-            return sorted(self.shadow)
-        if lever == Lever.DRAIN:
-            return sorted(self.drain)
-        return sorted({i for holders in self.revoked.values() for i in holders})
+    @property
+    def drain_waiting(self) -> set[str]:
+        return set(self.waiting.get(Lever.DRAIN, ()))
 
 
 def plan_containment(
@@ -147,7 +169,7 @@ def plan_containment(
     incidents: list[IncidentView],
     upstream: dict[str, AgentDeploymentSpec] | None = None,
 ) -> Containment:
-    """Union of the claims of every open incident on `agent`; drain waits for the evidence."""
+    """Union of the claims of every open incident on `agent`; a lever in WAITS_FOR_EVIDENCE waits for the evidence."""
     result = Containment()
     # Most of a namespace's incidents are about other agents: only those naming it, or cascading, can claim.
     relevant = [i for i in incidents if i.spec.cascade or agent in i.spec.agents]
@@ -158,13 +180,11 @@ def plan_containment(
         result.incidents.append(incident.name)
         if incident.spec.fix is not None:
             result.fixes.add(incident.spec.fix.revision)
-        if Lever.SHADOW in held.levers:
-            result.shadow.add(incident.name)
-        if Lever.REVOKE_TOOLS in held.levers:
-            for tool in held.tools:
-                result.revoked.setdefault(tool, set()).add(incident.name)
-        if Lever.DRAIN in held.levers:
-            (result.drain if incident.evidence_captured else result.drain_waiting).add(incident.name)
+        for lever in held.levers:
+            waits = lever in WAITS_FOR_EVIDENCE and not incident.evidence_captured
+            (result.waiting if waits else result.held).setdefault(lever, set()).add(incident.name)
+        for tool in held.tools:
+            result.tools.setdefault(tool, set()).add(incident.name)
         if held.rollback is not None:
             result.rollbacks.append((incident.name, held.rollback))
     return result

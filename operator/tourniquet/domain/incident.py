@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tourniquet.domain.conditions import condition_is, find_condition, parse_time, rfc3339, set_condition
-from tourniquet.models import AgentIncidentStatus, Lever, LeverState, LeverStatus
+from tourniquet.domain.containment import WAITS_FOR_EVIDENCE
+from tourniquet.models import AgentIncidentStatus, LeverState, LeverStatus
 from tourniquet.models.agentincident import EvidenceStatus, TimelineEntry, Timings
 
 # Timeline events recorded once per distinct message (DriftRepaired repeats: each override is news).
@@ -193,9 +194,9 @@ def incident_status(
             cond("Contained", False, "AgentsMissing", applied + absent)
         elif not held:
             cond("Contained", False, "NoLeverHeld", "this incident holds no lever (its playbook contains nothing)")
-        elif not evidence and any(lv.name == Lever.DRAIN for lv in held):
-            # The order is shadow and revoke, evidence, drain: an incident holding a drain (even one another
-            # incident already put in force) is contained once its evidence is captured too.
+        elif not evidence and any(lv.name in WAITS_FOR_EVIDENCE for lv in held):
+            # The order is shadow and revoke, evidence, drain: an incident holding a lever that waits for the
+            # evidence (even one another incident already put in force) is contained once it is captured too.
             cond("Contained", False, "EvidencePending", "its evidence is captured before its drain")
         else:
             if not condition_is(conditions, "Contained"):

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from tourniquet.domain import names
+from tourniquet.domain.containment import Containment
 from tourniquet.models import AgentDeploymentSpec
 from tourniquet.models.bundle import EgressRule
 
@@ -75,8 +76,18 @@ def describe_revocation(spec: AgentDeploymentSpec, revoked_tools: set[str]) -> s
 
 
 def desired_control_data(mode: str, revoked_tools: set[str]) -> dict[str, str]:
-    """The control ConfigMap the agent runtime honours before every tool call."""
+    """The control ConfigMap the agent runtime honours before every tool call (shadow's and revokeTools' flags)."""
     return {"mode": mode, "revokedTools": json.dumps(sorted(revoked_tools))}
+
+
+def shadow_flags(containment: Containment) -> dict[str, str]:
+    """Shadow's flag in the control ConfigMap: `mode: shadow` makes the runtime record side effects instead."""
+    return {"mode": containment.mode}
+
+
+def revocation_flags(containment: Containment) -> dict[str, str]:
+    """revokeTools' flag in the control ConfigMap: the runtime refuses the tools listed."""
+    return {"revokedTools": json.dumps(sorted(containment.revoked_tools))}
 
 
 def revoked_tools_listed(control_data: dict[str, str]) -> set[str]:

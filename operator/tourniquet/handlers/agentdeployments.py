@@ -1,28 +1,25 @@
-"""AgentDeployment handlers: every cause calls the same reconcile."""
+"""AgentDeployment handlers: every cause queues the same reconcile (:mod:`tourniquet.reconcilers.agents`)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 from typing import Any
 
 import kopf
 
-from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError
-from tourniquet.domain.conditions import find_condition
+from tourniquet.adapters.kube import ApiError
+from tourniquet.domain import names
 from tourniquet.domain.containment import IncidentView, incident_view
 from tourniquet.freshness import is_canary
 from tourniquet.handlers.freshness import count_incident_event
-from tourniquet.reconcilers import agentdeployment as reconciler
-from tourniquet.reconcilers.agentincident import reconcile_agent_locked, reconcile_incident
-from tourniquet.reconcilers.locks import lock_for
+from tourniquet.reconcilers.agentdeployment import AgentReport, Children, ChildrenSeen
+from tourniquet.reconcilers.agents import Agents
+from tourniquet.reconcilers.consumers import unwire_agent_deployment
 
 RESOURCE = ("tourniquet.dev", "v1alpha1", "agentdeployments")
 # How often every agent is re-reconciled (drift repair, promotion). Read once, at import.
 RESYNC_SECONDS = float(os.environ.get("TOURNIQUET_RESYNC_SECONDS", "300"))
-# How a refused agent is reconciled again, until it is not refused: after 1, 2, 4, 8 s, then every 10 s.
-REQUEUE_DELAYS = (1.0, 2.0, 4.0, 8.0, 10.0)
 
 
 def plain(body: kopf.Body) -> dict[str, Any]:
@@ -50,78 +47,91 @@ async def incidents_by_namespace(body: kopf.Body, memo: Any, **_: Any) -> dict[s
     return {body["metadata"]["namespace"]: view} if view is not None else None
 
 
-async def _reconcile(
-    body: kopf.Body, memo: Any, logger: kopf.Logger, incidents_by_namespace: kopf.Index[str, IncidentView]
-) -> None:
-    meta = body["metadata"]
-    try:
-        views = incident_views(incidents_by_namespace, meta["namespace"])
-        outcome = await reconcile_agent_locked(memo.api, meta["namespace"], meta["name"], views)
-    except ApiError as error:
-        delay = 1 if error.transient else 30
-        raise kopf.TemporaryError(f"Kubernetes API: {error}", delay=delay) from error
-    if outcome is None:
-        return
-    if not outcome.ready:
-        logger.warning("Not ready: %s: %s", outcome.reason, outcome.message)
-    if outcome.drift:
-        await _record_drift(outcome, memo, views)
+# The agents' control ConfigMaps and NetworkPolicies as the watch last delivered them, by (namespace, agent): a
+# lever plans on them and guards its write with their resourceVersion, instead of reading them first.
+OWNED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 
 
-async def _record_drift(outcome: reconciler.AgentReport, memo: Any, views: list[IncidentView]) -> None:
-    """A timer pass put a lever back: say so in the timeline of every incident holding it."""
-    from tourniquet.models import Lever
+def _owned_by_agent(body: kopf.Body) -> dict[tuple[str, str], dict[str, Any]] | None:
+    agent = (body["metadata"].get("labels") or {}).get(names.LABEL_AGENT)
+    return {(body["metadata"]["namespace"], agent): plain(body)} if agent else None
 
-    drained = outcome.levers.get(Lever.DRAIN)
-    notes: list[tuple[str, str, str | None]] = [("DriftRepaired", m, outcome.agent) for m in outcome.drift]
-    namespace = outcome.namespace
-    for incident in drained.holders if drained else []:
-        async with lock_for("AgentIncident", namespace, incident):
-            fresh = await memo.api.get_or_none(AGENTINCIDENTS, namespace, incident)
-            if fresh is not None:
-                await reconcile_incident(memo.api, fresh, notes=notes, others=views)
+
+@kopf.index("configmaps", labels={**OWNED, names.LABEL_COMPONENT: names.COMPONENT_CONTROL})
+async def control_configmaps(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
+    return _owned_by_agent(body)
+
+
+@kopf.index("configmaps", labels={**OWNED, names.LABEL_COMPONENT: names.COMPONENT_BUNDLE})
+async def bundle_configmaps(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
+    return _owned_by_agent(body)
+
+
+@kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=OWNED)
+async def egress_policies(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
+    return _owned_by_agent(body)
+
+
+Owned = kopf.Index[tuple[str, str], dict[str, Any]]
+
+
+def children_seen(controls: Owned, bundles: Owned, policies: Owned) -> ChildrenSeen:
+    def seen(namespace: str, name: str) -> Children:
+        key = (namespace, name)
+        return Children(
+            control=next(iter(controls.get(key, [])), None),
+            policy=next(iter(policies.get(key, [])), None),
+            bundles=list(bundles[key]) if key in bundles else None,
+        )
+
+    return seen
+
+
+def start_agents(memo: Any, kwargs: dict[str, Any]) -> Agents:
+    """The agents' passes (one per operator process), reading the operator's indexes."""
+    index: kopf.Index[str, IncidentView] = kwargs["incidents_by_namespace"]
+
+    async def after(report: AgentReport) -> None:
+        await _record_drift(report, memo)
+
+    memo.agents = Agents(
+        memo.api,
+        lambda namespace: incident_views(index, namespace),
+        seen=children_seen(kwargs["control_configmaps"], kwargs["bundle_configmaps"], kwargs["egress_policies"]),
+        after=after,
+        resync_seconds=RESYNC_SECONDS,
+    )
+    return memo.agents
+
+
+async def _record_drift(outcome: AgentReport, memo: Any) -> None:
+    """A pass put a lever back, or rolled back for an incident: say so in the timeline of every incident
+    holding it, at its next pass (an incident's own pass says it itself)."""
+    holders: dict[str, list[tuple[str, str, str | None]]] = {}
+    for seen in outcome.levers.values():
+        for incident in seen.holders if seen.drift else []:
+            holders.setdefault(incident, []).extend(("DriftRepaired", m, outcome.agent) for m in seen.drift)
+    if outcome.rollback:
+        for incident in outcome.rollback_by:
+            holders.setdefault(incident, []).append(("RolledBack", outcome.rollback, outcome.agent))
+    for incident, said in holders.items():
+        memo.incidents.note(outcome.namespace, incident, said)
 
 
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
-async def agent_changed(body: kopf.Body, memo: Any, logger: kopf.Logger, **kwargs: Any) -> None:
-    await _reconcile(body, memo, logger, kwargs["incidents_by_namespace"])
-
-
-@kopf.timer(*RESOURCE, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-async def agent_resync(body: kopf.Body, memo: Any, logger: kopf.Logger, **kwargs: Any) -> None:
-    """Drift repair and promotion: the same reconcile, on a timer."""
-    await _reconcile(body, memo, logger, kwargs["incidents_by_namespace"])
-
-
-def _refused(status: kopf.Status, **_: Any) -> bool:
-    ready = find_condition(list(status.get("conditions") or []), "Ready") or {}
-    return ready.get("status") == "False" and ready.get("reason") == "InvalidSpec"
-
-
-@kopf.daemon(*RESOURCE, id="requeue-refused", when=_refused, cancellation_timeout=1.0)
-async def requeue_refused(
-    body: kopf.Body, memo: Any, logger: kopf.Logger, stopped: kopf.DaemonStopped, **kwargs: Any
-) -> None:
-    """A refused agent may wait on what its spec does not hold: a consumer applied after it (GitOps applies in
-    any order), or one another agent still wires. The same reconcile again, with backoff, for as long as it
-    is refused (Kopf stops this daemon once its Ready condition says otherwise)."""
-    for attempt in itertools.count():
-        await stopped.wait(REQUEUE_DELAYS[min(attempt, len(REQUEUE_DELAYS) - 1)])
-        if stopped:
-            return
-        try:
-            await _reconcile(body, memo, logger, kwargs["incidents_by_namespace"])
-        except kopf.TemporaryError as error:
-            logger.warning("Could not reconcile the refused agent again: %s", error)
+async def agent_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """The agent's pass is queued (memo.agents): it reads the agent fresh, and comes back every RESYNC_SECONDS
+    (drift repair, promotion), sooner while the agent is refused (InvalidSpec)."""
+    memo.agents.add(body["metadata"]["namespace"], body["metadata"]["name"])
 
 
 @kopf.on.delete(*RESOURCE)
 async def agent_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Unwire the consumers, so their pods do not reference a bundle ConfigMap that is going away."""
-    reconciler.forget_agent(body["metadata"]["namespace"], body["metadata"]["name"])
+    memo.agents.forget(body["metadata"]["namespace"], body["metadata"]["name"])
     try:
-        await reconciler.unwire_agent_deployment(memo.api, plain(body))
+        await unwire_agent_deployment(memo.api, plain(body))
     except ApiError as error:
         raise kopf.TemporaryError(f"Kubernetes API: {error}", delay=2 if error.transient else 30) from error

@@ -15,7 +15,7 @@ import kopf
 from tourniquet import observability
 from tourniquet.adapters import ledger
 from tourniquet.domain.containment import IncidentView
-from tourniquet.handlers.agentdeployments import incident_views, plain
+from tourniquet.handlers.agentdeployments import incident_views, plain, start_agents
 from tourniquet.handlers.freshness import NOT_CANARY
 from tourniquet.handlers.startup import stop_task
 from tourniquet.reconcilers.incident_driver import IncidentDriver
@@ -29,14 +29,19 @@ REASSERT_SECONDS = float(os.environ.get("TOURNIQUET_REASSERT_SECONDS", "10"))
 async def start_incident_driver(memo: Any, **kwargs: Any) -> None:
     index: kopf.Index[str, IncidentView] = kwargs["incidents_by_namespace"]
     memo.incidents = IncidentDriver(
-        memo.api, lambda namespace: incident_views(index, namespace), reassert_seconds=REASSERT_SECONDS
+        memo.api,
+        lambda namespace: incident_views(index, namespace),
+        start_agents(memo, kwargs),
+        reassert_seconds=REASSERT_SECONDS,
     )
     memo.incidents_task = asyncio.create_task(memo.incidents.run(), name="tourniquet-incidents")
+    memo.agents_task = asyncio.create_task(memo.agents.run(), name="tourniquet-agents")
 
 
 @kopf.on.cleanup()
 async def stop_incident_driver(memo: Any, **_: Any) -> None:
     await stop_task(getattr(memo, "incidents_task", None))
+    await stop_task(getattr(memo, "agents_task", None))
     ledger.close_all()  # the agents' ledgers the undo read (their connection pools)
 
 
@@ -48,4 +53,4 @@ async def incident_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: 
         return
     kind = event.get("type")
     observability.track_incident(meta.get("namespace", ""), meta["name"], None if kind == "DELETED" else body)
-    await memo.incidents.on_event(kind, body, copy=lambda: plain(body))
+    memo.incidents.on_event(kind, body, copy=lambda: plain(body))

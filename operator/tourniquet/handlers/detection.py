@@ -49,7 +49,12 @@ async def start_detection(memo: Any, logger: kopf.Logger, **_: Any) -> None:
         )
 
     served = getattr(memo, "served_namespaces", None)  # `tourniquet run -n`; `kopf run` does not say
-    memo.receiver = Receiver(lambda: getattr(memo, "api", None), TokenSource.from_env(), served)
+    memo.receiver = Receiver(
+        lambda: getattr(memo, "api", None),
+        TokenSource.from_env(),
+        served,
+        hold=lambda: memo.incidents.queue.holding if hasattr(memo, "incidents") else None,
+    )
     try:
         host, port = listen_address()
         bound = await memo.receiver.start(host, port)
@@ -90,7 +95,12 @@ async def detect(body: kopf.Body, memo: Any, logger: kopf.Logger, stopped: kopf.
     """Evaluate this agent's rules every spec.detection.intervalSeconds, until the agent goes away."""
     meta = body["metadata"]
     detector = AgentDetector(
-        memo.api, memo.prometheus, meta["namespace"], meta["name"], off_reason=getattr(memo, "detection_off", None)
+        memo.api,
+        memo.prometheus,
+        meta["namespace"],
+        meta["name"],
+        off_reason=getattr(memo, "detection_off", None),
+        holds=(memo.agents.queue.holding, memo.incidents.queue.holding),
     )
     loop = asyncio.get_running_loop()
     # Spread the first passes over one interval, so a thousand agents do not query at the same instant.

@@ -12,11 +12,8 @@ import kopf
 from tourniquet.adapters.kube import AGENTDRILLS, ApiError
 from tourniquet.domain import drill as decide
 from tourniquet.domain.conditions import parse_time
-from tourniquet.domain.containment import IncidentView
-from tourniquet.handlers.agentdeployments import incident_views
 from tourniquet.models.review import AgentDrillSpec
 from tourniquet.reconcilers import drill as reconciler
-from tourniquet.reconcilers.agentincident import reconcile_agent_locked
 
 IDLE_SECONDS = 30.0  # how often a waiting drill looks again (a spec change is seen then too)
 
@@ -25,7 +22,6 @@ IDLE_SECONDS = 30.0  # how often a waiting drill looks again (a spec change is s
 async def run_drills(
     body: kopf.Body, memo: Any, logger: kopf.Logger, stopped: kopf.DaemonStopped, **kwargs: Any
 ) -> None:
-    index: kopf.Index[str, IncidentView] = kwargs["incidents_by_namespace"]
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     while not stopped:
@@ -40,7 +36,7 @@ async def run_drills(
             if step.kind in ("start", "resume"):
                 run = await reconciler.run_drill(memo.api, json.loads(json.dumps(fresh)))
                 logger.info("Drill run %s: %s: %s", run.get("run"), run.get("result"), run.get("message"))
-                await reconcile_agent_locked(memo.api, namespace, spec.agent, incident_views(index, namespace))
+                await memo.agents.reconcile(namespace, spec.agent)
                 continue
             if step.kind == "done":
                 return  # a one-off drill that ran: nothing more to do until it is deleted

@@ -12,9 +12,6 @@ import kopf
 
 from tourniquet.adapters.kube import ApiError
 from tourniquet.domain import gate, names
-from tourniquet.domain.containment import IncidentView
-from tourniquet.handlers.agentdeployments import incident_views
-from tourniquet.reconcilers.agentincident import reconcile_agent_locked
 
 EVALUATION_JOBS = {names.LABEL_COMPONENT: gate.COMPONENT_EVALUATION}
 
@@ -27,12 +24,11 @@ async def evaluation_job_event(
     finished, _, _ = gate.job_finished(dict(body))
     if event.get("type") != "DELETED" and finished is None:
         return
-    index: kopf.Index[str, IncidentView] = kwargs["incidents_by_namespace"]
     namespace, agent = meta["namespace"], (meta.get("labels") or {}).get(names.LABEL_AGENT)
     if not agent:
         return
     try:
-        await reconcile_agent_locked(memo.api, namespace, agent, incident_views(index, namespace))
+        await memo.agents.reconcile(namespace, agent)
     except ApiError as error:
         logger.warning(
             "Reconciling agent %s/%s after evaluation Job %s failed: %s", namespace, agent, meta["name"], error

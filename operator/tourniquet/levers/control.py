@@ -1,4 +1,5 @@
-"""The shadow and revocation flags: the agent's control ConfigMap, honoured by the runtime before each tool call.
+"""The control ConfigMap: the flags the runtime honours before each tool call (shadow's `mode`, revokeTools'
+`revokedTools`, ...), written at once for every lever that has one.
 
 `mode: shadow` makes the runtime record side-effecting actions instead of executing them;
 `revokedTools` makes it refuse those tools. The runtime follows the ConfigMap through the API
@@ -9,57 +10,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from tourniquet.adapters.kube import CONFIGMAPS, KubeApi
+from tourniquet.adapters.kube import CONFIGMAPS
 from tourniquet.domain import names, network
-from tourniquet.domain.containment import Containment
-from tourniquet.levers.common import LeverObservation, remembered_write
+from tourniquet.levers.common import LeverContext, LeverObservation, converge
 from tourniquet.models import Lever
 
 
-async def apply_control(
-    api: KubeApi,
-    namespace: str,
-    agent: str,
-    observed: dict[str, Any] | None,
-    containment: Containment,
-    owner: dict[str, Any],
-    actions: list[str],
-    *,
-    remembered: bool = False,
-) -> dict[str, Any]:
-    """`remembered`: `observed` is this process's last copy, not read now (see remembered_write)."""
-    data = network.desired_control_data(containment.mode, containment.revoked_tools)
-    cm_name = names.control_configmap(agent)
-    if remembered:
-        written, observed = await remembered_write(
-            observed,
-            lambda current: _data_patch(current, data),
-            write=lambda patch: api.patch(CONFIGMAPS, namespace, cm_name, patch),
-            read=lambda: api.get_or_none(CONFIGMAPS, namespace, cm_name),
-        )
-        if written is not None:
-            actions.append(_set_message(cm_name, data))
-            return written
-    if observed is None:
-        body = names.owned(
-            "v1",
-            "ConfigMap",
-            cm_name,
-            namespace,
-            owner,
-            labels=network.labels_for(agent, names.COMPONENT_CONTROL),
-            data=data,
-        )
-        observed, created = await api.create_or_get(CONFIGMAPS, namespace, body)
-        if created:
-            actions.append(f"Created control ConfigMap {cm_name} (mode {containment.mode})")
-            return observed
-    patch = _data_patch(observed, data)
-    if patch is not None:
-        result = await api.patch(CONFIGMAPS, namespace, cm_name, patch)
-        actions.append(_set_message(cm_name, data))
-        return result
-    return observed
+async def apply_control(ctx: LeverContext, data: dict[str, str]) -> None:
+    """Make the control ConfigMap carry `data` (every lever's flags) in one write; ctx.control: as last seen, or
+    None to read it (see converge), then as stored."""
+    api, namespace, cm_name = ctx.api, ctx.namespace, names.control_configmap(ctx.agent)
+
+    def create() -> Any:
+        labels = network.labels_for(ctx.agent, names.COMPONENT_CONTROL)
+        body = names.owned("v1", "ConfigMap", cm_name, namespace, ctx.owner, labels=labels, data=data)
+        return api.create_or_get(CONFIGMAPS, namespace, body)
+
+    ctx.control, done = await converge(
+        ctx.control,
+        lambda current: _data_patch(current, data),
+        write=lambda patch: api.patch(CONFIGMAPS, namespace, cm_name, patch),
+        read=lambda: api.get_or_none(CONFIGMAPS, namespace, cm_name),
+        create=create,
+    )
+    if done == "created":
+        ctx.actions.append(f"Created control ConfigMap {cm_name} (mode {ctx.containment.mode})")
+    elif done == "patched":
+        ctx.actions.append(_set_message(cm_name, data))
 
 
 def _data_patch(current: dict[str, Any], data: dict[str, str]) -> dict[str, Any] | None:
@@ -67,16 +44,17 @@ def _data_patch(current: dict[str, Any], data: dict[str, str]) -> dict[str, Any]
 
 
 def _set_message(cm_name: str, data: dict[str, str]) -> str:
-    return f"Set control ConfigMap {cm_name}: mode {data['mode']}, revoked {data['revokedTools']}"
+    flags = {"mode": "mode", "revokedTools": "revoked"}
+    return f"Set control ConfigMap {cm_name}: " + ", ".join(f"{flags.get(k, k)} {v}" for k, v in data.items())
 
 
-def observe_shadow(control: dict[str, Any], containment: Containment) -> LeverObservation:
-    shadow_on = (control.get("data") or {}).get("mode") == "shadow"
+def observe_shadow(ctx: LeverContext) -> LeverObservation:
+    shadow_on = ((ctx.control or {}).get("data") or {}).get("mode") == "shadow"
     return LeverObservation(
         Lever.SHADOW,
         shadow_on,
         "mode: shadow set in the control ConfigMap; the agent runtime follows it within seconds"
         if shadow_on
         else "mode: active",
-        containment.holders(Lever.SHADOW),
+        ctx.containment.holders(Lever.SHADOW),
     )

@@ -12,9 +12,8 @@ from typing import Any
 
 from tourniquet.adapters.kube import PODS, SCALEDOBJECTS, WORKLOADS, ApiError, KubeApi
 from tourniquet.domain import drain
-from tourniquet.domain.containment import Containment
-from tourniquet.levers.common import LeverObservation
-from tourniquet.models import AgentDeploymentSpec, Lever
+from tourniquet.levers.common import LeverContext, LeverObservation
+from tourniquet.models import Lever
 
 
 async def _scaled_objects(api: KubeApi, namespace: str) -> list[dict[str, Any]]:
@@ -22,25 +21,18 @@ async def _scaled_objects(api: KubeApi, namespace: str) -> list[dict[str, Any]]:
     return await api.list_if_served(SCALEDOBJECTS, namespace)
 
 
-async def apply_drain(
-    api: KubeApi,
-    namespace: str,
-    spec: AgentDeploymentSpec,
-    consumers: dict[tuple[str, str], dict[str, Any]],
-    containment: Containment,
-    actions: list[str],
-    drift: list[str],
-) -> dict[tuple[str, str], int]:
-    """Drain (or restore) each consumer; returns how many pods each still has while drained. A consumer
+async def apply_drain(ctx: LeverContext) -> None:
+    """Drain (or restore) each consumer; ctx.pods_left: how many pods each still has while drained. A consumer
     scaled down by this very pass is not counted: every pod it had is only starting to stop (the next
     pass counts them)."""
-    if containment.drain_waiting and not containment.drain:
-        return {}  # a drain is coming once evidence is captured: neither drain nor restore now
+    api, namespace, spec, consumers, containment = ctx.api, ctx.namespace, ctx.spec, ctx.consumers, ctx.containment
+    actions, pods_left = ctx.actions, ctx.pods_left
+    if containment.drain_waiting and not containment.drained:
+        return  # a drain is coming once evidence is captured: neither drain nor restore now
     recorded = [w for w in consumers.values() if drain.recorded_replicas(w) is not None]
     if not containment.drained and not recorded:
-        return {}
+        return
     scaled_objects = await _scaled_objects(api, namespace)
-    pods_left: dict[tuple[str, str], int] = {}
     for ref in spec.consumers:
         key = (ref.kind.value, ref.name)
         workload = consumers[key]
@@ -50,7 +42,7 @@ async def apply_drain(
             if patch is not None:
                 before = drain.replicas(workload)
                 if drain.recorded_replicas(workload) is not None:
-                    drift.append(
+                    ctx.drift.setdefault(Lever.DRAIN, []).append(
                         f"{ref.kind.value} {ref.name} was scaled to {before} by {drain.scaled_up_by(workload)} "
                         "during the incident; returned it to 0"
                     )
@@ -87,7 +79,6 @@ async def apply_drain(
                 "Resumed KEDA ScaledObject {}",
                 actions,
             )
-    return pods_left
 
 
 async def _apply_keda(
@@ -134,12 +125,8 @@ async def _count_pods(api: KubeApi, namespace: str, workload: dict[str, Any]) ->
     return sum(1 for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
 
 
-def observe_drain(
-    spec: AgentDeploymentSpec,
-    containment: Containment,
-    consumers: dict[tuple[str, str], dict[str, Any]],
-    pods_left: dict[tuple[str, str], int],
-) -> LeverObservation:
+def observe_drain(ctx: LeverContext) -> LeverObservation:
+    spec, containment, consumers, pods_left = ctx.spec, ctx.containment, ctx.consumers, ctx.pods_left
     parts, drained = [], True
     for ref in spec.consumers:
         key = (ref.kind.value, ref.name)
@@ -159,6 +146,6 @@ def observe_drain(
         Lever.DRAIN,
         bool(spec.consumers) and drained and containment.drained,
         detail,
-        sorted(containment.drain | containment.drain_waiting),  # a drain already in force is a newcomer's too
+        containment.claimants(Lever.DRAIN),  # a drain already in force is a newcomer's too
         pending=waiting,
     )

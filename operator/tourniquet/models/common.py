@@ -73,7 +73,7 @@ class Severity(str, enum.Enum):
 
 
 class Lever(str, enum.Enum):
-    """The three containment levers, in the order they are applied."""
+    """The containment levers. What each one does, and its order, is its row in tourniquet.levers.registry."""
 
     SHADOW = "shadow"
     REVOKE_TOOLS = "revokeTools"

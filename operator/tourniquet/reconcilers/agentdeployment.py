@@ -1,64 +1,83 @@
 """Reconcile one AgentDeployment: gather → decide → act → report.
 
-Every event (create, update, resume, the resync timer, an incident, a CLI call) runs this same
-function. Each action is "make X equal Y", so a pass over a converged agent issues no write. The
-agent's containment is the union of its open incidents, recomputed on every pass.
+Two passes, each taking what it needs:
+
+- :func:`contain_agent`, an incident's hot path: the levers the agent's open incidents ask for (their union)
+  and an incident's rollback, nothing else;
+- :func:`reconcile_agent`, every other cause (create, update, resume, the resync timer, after an incident's
+  pass, a CLI call): pinning, rollback, wiring, the levers, promotion, pruning, readiness and the status.
+
+Each action is "make X equal Y", so a pass over a converged agent issues no write. The agent's containment is
+the union of its open incidents, recomputed on every pass.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from tourniquet.adapters.kube import (
-    AGENTDEPLOYMENTS,
-    AGENTINCIDENTS,
-    CONFIGMAPS,
-    NETWORKPOLICIES,
-    WORKLOADS,
-    ApiError,
-    KubeApi,
-)
+from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, CONFIGMAPS, WORKLOADS, KubeApi
 from tourniquet.domain import agent as decide
-from tourniquet.domain import bundles, names, network, wiring
+from tourniquet.domain import bundles, names, wiring
 from tourniquet.domain.conditions import rfc3339
 from tourniquet.domain.containment import Containment, IncidentView, incident_view, plan_containment
 from tourniquet.domain.gate import with_gate_status
 from tourniquet.domain.generations import PerGeneration
 from tourniquet.domain.readiness import with_readiness
-from tourniquet.levers import control as control_lever
-from tourniquet.levers import drain as drain_lever
-from tourniquet.levers import egress as egress_lever
-from tourniquet.levers.common import LeverObservation
+from tourniquet.levers import registry
+from tourniquet.levers.common import LeverContext, LeverObservation
+from tourniquet.levers.registry import Phase
 from tourniquet.models import AgentDeploymentSpec, Lever, RevisionVerdict
-from tourniquet.reconcilers.agent_status import write_status, write_status_later
+from tourniquet.reconcilers.agent_status import write_status
+from tourniquet.reconcilers.consumers import claimed_by_others, wire
 from tourniquet.reconcilers.gate import gate_pass
 from tourniquet.reconcilers.readiness import readiness_pass
+from tourniquet.reconcilers.revisions import create_bundle, promote_and_prune, set_verdict
 
 log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class Children:
+    """An agent's own objects as the operator's watch last delivered them; None: not seen (read them)."""
+
+    control: dict[str, Any] | None = None  # a lever plans on it, its write guarded by the resourceVersion
+    policy: dict[str, Any] | None = None  # (see levers.common.converge)
+    bundles: list[dict[str, Any]] | None = None  # the bundle revisions' ConfigMaps
+    consumers: dict[tuple[str, str], dict[str, Any]] | None = None  # as a pass moments ago left them (not watched)
+
+
+ChildrenSeen = Callable[[str, str], Children]
+
+
+def unseen(namespace: str, name: str) -> Children:
+    """No watch of the children: every pass reads them."""
+    return Children()
 
 
 @dataclass
 class AgentReport:
     agent: str
     namespace: str
-    ready: bool
-    reason: str
-    message: str
+    ready: bool = True
+    reason: str = ""
+    message: str = ""
     active_revision: int | None = None
     actions: list[str] = field(default_factory=list)
     levers: dict[Lever, LeverObservation] = field(default_factory=dict)
     drift: list[str] = field(default_factory=list)  # levers put back after someone undid them
     rollback: str | None = None  # what a rollback did (incident timeline)
     rollback_refused: str | None = None  # why an incident's rollback could not happen
+    rollback_by: list[str] = field(default_factory=list)  # the incidents asking for the rollback
     spec: AgentDeploymentSpec | None = None
-    body: dict[str, Any] | None = None  # the agent with the status this pass computed
-    world: AgentWorld | None = None  # the children as the API server returned them after this pass
+    body: dict[str, Any] | None = None  # the agent: as read, or with the status this pass wrote
+    consumers: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # as the pass left them
+    control: dict[str, Any] | None = None  # the control ConfigMap, as the pass left it
+    policy: dict[str, Any] | None = None  # the NetworkPolicy, as the pass left it
+    bundle_data: dict[str, dict[str, str]] = field(default_factory=dict)  # bundle ConfigMaps read: name -> data
 
 
 @dataclass
@@ -70,27 +89,10 @@ class AgentWorld:
     control: dict[str, Any] | None
     policy: dict[str, Any] | None
     bundle_data: dict[str, dict[str, str]] = field(default_factory=dict)  # ConfigMap name -> data
-    remembered: bool = False  # control and policy are this process's last copies, not read now
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass
-class _KnownBundles:
-    """The bundle revisions this process last saw stored for one agent, and the status they went with."""
-
-    status_key: str
-    stored: list[bundles.StoredRevision]
-    bundle_data: dict[str, dict[str, str]]
-
-
-# Bundle ConfigMaps change only through this operator's passes, and every such change is reported in the
-# agent's status. So while an agent's generation and status.bundle are what a pass here left them, its
-# stored revisions are what that pass saw, and an incident pass can skip listing them (a label-selected
-# list scans the namespace on the API server). A status written by anyone else misses, and reads again.
-_known_bundles: dict[tuple[str, str, str], _KnownBundles] = {}
 
 
 @dataclass(frozen=True)
@@ -112,61 +114,36 @@ def parse_agent(body: dict[str, Any]) -> _ParsedSpec:
     return _parsed_specs.get(body, derive)
 
 
-def _status_key(generation: Any, status: dict[str, Any]) -> str:
-    return json.dumps([generation, status.get("bundle")], sort_keys=True)
-
-
-# The control ConfigMap and the NetworkPolicy are the operator's alone. The copies the last pass here got
-# back from the API server let an incident pass write them without reading first: each write carries its
-# copy's resourceVersion, so a change by anyone else since makes it fail (409) and the lever reads and plans
-# again. A copy never stands in for an observation: a lever with nothing to write reads what is there.
-_known_children: dict[tuple[str, str, str], tuple[dict[str, Any] | None, dict[str, Any] | None]] = {}
-
-
-def forget_agent(namespace: str, name: str) -> None:
-    for cache in (_known_bundles, _known_children):
-        for key in [k for k in cache if k[:2] == (namespace, name)]:
-            del cache[key]
-
-
 async def gather(
-    api: KubeApi,
-    namespace: str,
-    name: str,
-    spec: AgentDeploymentSpec,
-    known: _KnownBundles | None = None,
-    children: tuple[dict[str, Any] | None, dict[str, Any] | None] | None = None,
+    api: KubeApi, namespace: str, name: str, spec: AgentDeploymentSpec, *, revisions: str, seen: ChildrenSeen
 ) -> AgentWorld:
-    """Read the agent's children; the stored bundle revisions come from `known`, the control ConfigMap and
-    NetworkPolicy from `children` (the last pass's copies), when given."""
+    """Read the agent's consumers; its stored bundle revisions `revisions`: "listed" (read now), "seen" (as the
+    watch last delivered them, read when it has not) or "none"; the control ConfigMap and NetworkPolicy are as
+    the watch last delivered them (`seen`)."""
+    children = seen(namespace, name)
 
     async def stored_revisions() -> tuple[list[bundles.StoredRevision], dict[str, dict[str, str]]]:
-        if known is not None:
-            return list(known.stored), dict(known.bundle_data)
-        cms = await api.list(CONFIGMAPS, namespace, label_selector=names.bundle_selector(name))
+        if revisions == "none":
+            return [], {}
+        cms = children.bundles if revisions == "seen" else None
+        if cms is None:
+            cms = await api.list(CONFIGMAPS, namespace, label_selector=names.bundle_selector(name))
         stored = [s for s in (bundles.stored_revision_from_configmap(cm) for cm in cms) if s is not None]
         return stored, {cm["metadata"]["name"]: cm.get("data") or {} for cm in cms}
 
-    async def control_and_policy() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        if children is not None:
-            return children
-        return await asyncio.gather(
-            api.get_or_none(CONFIGMAPS, namespace, names.control_configmap(name)),
-            api.get_or_none(NETWORKPOLICIES, namespace, names.network_policy(name)),
-        )
+    async def consumer(kind: str, cname: str) -> dict[str, Any] | None:
+        known = (children.consumers or {}).get((kind, cname))
+        return known if known is not None else await api.get_or_none(WORKLOADS[kind], namespace, cname)
 
-    (stored, bundle_data), (control, policy), *workloads = await asyncio.gather(
-        stored_revisions(),
-        control_and_policy(),
-        *(api.get_or_none(WORKLOADS[ref.kind.value], namespace, ref.name) for ref in spec.consumers),
+    (stored, bundle_data), *workloads = await asyncio.gather(
+        stored_revisions(), *(consumer(ref.kind.value, ref.name) for ref in spec.consumers)
     )
     return AgentWorld(
         bundle_data=bundle_data,
         stored=stored,
         consumers={(ref.kind.value, ref.name): w for ref, w in zip(spec.consumers, workloads, strict=True)},
-        control=control,
-        policy=policy,
-        remembered=children is not None,
+        control=children.control,
+        policy=children.policy,
     )
 
 
@@ -182,105 +159,95 @@ def _highest_seen(status: dict[str, Any]) -> int:
 
 
 def _current_revision(status: dict[str, Any], world: AgentWorld) -> int | None:
-    """What runs now: the status says; after a lost status, the consumers' templates do."""
-    revision = (status.get("bundle") or {}).get("revision")
-    if revision:
-        return int(revision)
+    """What runs now: the revision the consumers' templates are wired to (an incident's rollback rewires them before
+    the agent's status says so); without consumers, or none wired yet, what the status says."""
     wired = [wiring.wired_revision(w) for w in world.consumers.values() if w]
-    return next((r for r in wired if r is not None), None)
+    revision = next((r for r in wired if r is not None), None) or (status.get("bundle") or {}).get("revision")
+    return int(revision) if revision else None
 
 
-async def reconcile_agent_deployment(
-    api: KubeApi,
-    body: dict[str, Any],
-    *,
-    incidents: list[IncidentView] | None = None,
-    upstream: dict[str, AgentDeploymentSpec] | None = None,
-    now: datetime | None = None,
-    world: AgentWorld | None = None,
-    defer_status: bool = False,
-    known_bundles: bool = False,
-    status_later: bool = False,
-) -> AgentReport:
-    """Make the agent's children match its spec and its open incidents; report what is observed.
-
-    `world`: the children as a pass moments ago left them (skips reading them again).
-    `defer_status`: skip the status write when a drain waits for evidence (a second pass follows).
-    `status_later`: write the status once the containment burst is over (see agent_status); the caller
-    holds the agent's lock and has flushed any status pending for it.
-    `known_bundles`: take the stored bundle revisions from this process's last pass when the agent's
-    generation and status.bundle show nothing changed since (incident passes: speed matters).
-    """
-    now = now or _now()
-    meta = body["metadata"]
-    name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
-    status = body.get("status") or {}
-
-    parsed = parse_agent(body)
-    spec, invalid = parsed.spec, parsed.invalid
-    if spec is None:
-        return await _refuse(api, body, "InvalidSpec", invalid or "invalid spec", now)
-    if incidents is None:
-        incidents = await list_incidents(api, namespace)
-    if upstream is None:
-        upstream = await _upstream(api, namespace, spec, incidents)
-
-    cache_key = (namespace, name, str(meta.get("uid")))
-    if world is None:
-        known = _known_bundles.get(cache_key) if known_bundles else None
-        if known is not None and known.status_key != _status_key(generation, status):
-            known = None
-        children = _known_children.get(cache_key) if known_bundles else None
-        world = await gather(api, namespace, name, spec, known, children)
+async def _problems(
+    api: KubeApi, namespace: str, name: str, spec: AgentDeploymentSpec, world: AgentWorld
+) -> list[str]:
+    """What keeps the agent from being acted on: a consumer missing, or wired by another agent."""
     missing = [f"{kind} {cname}" for (kind, cname), w in world.consumers.items() if w is None]
-    problems = decide.spec_problems(spec, missing, namespace) + await _claimed_by_others(api, namespace, name, world)
-    if problems:
-        return await _refuse(api, body, "InvalidSpec", "; ".join(problems), now)
+    return decide.spec_problems(spec, missing, namespace) + await claimed_by_others(
+        api, namespace, name, world.consumers
+    )
 
-    containment = plan_containment(name, spec, incidents, upstream)
-    plan = decide.plan_bundle(
-        spec,
+
+def _plan(
+    parsed: _ParsedSpec, status: dict[str, Any], world: AgentWorld, containment: Containment
+) -> decide.BundlePlan:
+    assert parsed.spec is not None
+    return decide.plan_bundle(
+        parsed.spec,
         world.stored,
         _highest_seen(status),
         current=_current_revision(status, world),
         containment=containment,
         identity=parsed.identity,
     )
-    owner = names.owner_reference("AgentDeployment", name, meta["uid"])
-    report = AgentReport(name, namespace, True, "", "", spec=spec)
-    stored = list(world.stored)
 
-    # 1. Pin spec.bundle as an immutable ConfigMap (pinning is not rolling out: a frozen agent pins too).
-    if plan.create:
-        stored.append(await _create_bundle(api, namespace, name, plan, owner))
-        world.bundle_data = {**world.bundle_data, names.bundle_configmap(name, plan.spec_revision): plan.data}
-        report.actions.append(f"Pinned bundle revision {plan.spec_revision}")
-    # 2. Record before changing: a revision taken out by an incident is marked bad first.
-    for revision in plan.mark_bad:
-        stored = await _set_verdict(api, namespace, stored, revision, RevisionVerdict.BAD)
-        report.actions.append(f"Marked bundle revision {revision} bad")
-    # 2b. The redeploy gate: an unproven revision rolls out only once its evaluation Job passed (reconcilers.gate).
-    gated = await gate_pass(
-        api, body, spec, plan, stored, _current_revision(status, world), containment, now, report.actions
-    )
-    stored = gated.stored if gated.stored is not None else stored
-    if gated.hold:
-        plan.active_revision = _current_revision(status, world)
-    # 3. The fast, non-destructive levers, shadow and revoke, at once.
-    control, policy = await asyncio.gather(
-        control_lever.apply_control(
-            api, namespace, name, world.control, containment, owner, report.actions, remembered=world.remembered
-        ),
-        egress_lever.apply_policy(
-            api, namespace, name, spec, world.policy, containment, owner, report.actions, remembered=world.remembered
-        ),
-    )
-    _known_children[cache_key] = (control, policy)
-    # 4. Roll consumers to the active revision.
-    active = next((r for r in stored if r.revision == plan.active_revision), None)
+
+async def contain_agent(
+    api: KubeApi,
+    body: dict[str, Any],
+    incidents: list[IncidentView],
+    upstream: dict[str, AgentDeploymentSpec],
+    *,
+    seen: ChildrenSeen = unseen,
+) -> AgentReport | None:
+    """Apply what the agent's open incidents ask of it (the union of their levers, and a rollback one of them asks
+    for) and observe it; nothing else: no pinning, promotion, pruning, readiness or status (reconcile_agent's).
+    None when the agent cannot be acted on (an invalid spec, a consumer missing or another agent's): its own
+    reconcile refuses it and says why."""
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    parsed = parse_agent(body)
+    if parsed.spec is None:
+        return None
+    spec, status = parsed.spec, body.get("status") or {}
+    containment = plan_containment(name, spec, incidents, upstream)
+    revisions = "seen" if containment.rollbacks else "none"
+    world = await gather(api, namespace, name, spec, revisions=revisions, seen=seen)
+    if await _problems(api, namespace, name, spec, world):
+        return None
+    report = AgentReport(name, namespace, spec=spec, body=body, bundle_data=world.bundle_data)
+    plan, stored = None, list(world.stored)
+    if containment.rollbacks:  # an incident's rollback is containment: the revision it takes out is marked bad first
+        plan = _plan(parsed, status, world, containment)
+        for revision in plan.mark_bad:
+            stored = await set_verdict(api, namespace, stored, revision, RevisionVerdict.BAD)
+            report.actions.append(f"Marked bundle revision {revision} bad")
+    await _contain(api, report, spec, world, containment, plan, stored, _current_revision(status, world))
+    _log_actions(report)
+    return report
+
+
+async def _contain(
+    api: KubeApi,
+    report: AgentReport,
+    spec: AgentDeploymentSpec,
+    world: AgentWorld,
+    containment: Containment,
+    plan: decide.BundlePlan | None,
+    stored: list[bundles.StoredRevision],
+    current: int | None,
+) -> tuple[dict[str, Any], dict[str, Any], bundles.StoredRevision | None]:
+    """The levers applied before the rollout (shadow and revoke, at once), then the consumers rolled to the active
+    revision, then the levers applied after it (drain: it kills pods and their memory), or restore what a drain
+    recorded (see levers.registry). Returns the control ConfigMap, the NetworkPolicy and the active revision, as
+    observed."""
+    namespace, name = report.namespace, report.agent
+    owner = names.owner_reference("AgentDeployment", name, (report.body or {})["metadata"]["uid"])
     consumers: dict[tuple[str, str], dict[str, Any]] = {k: w for k, w in world.consumers.items() if w}
+    ctx = LeverContext(
+        api, namespace, name, spec, containment, owner, world.control, world.policy, consumers, actions=report.actions
+    )
+    await registry.apply_phase(ctx, Phase.BEFORE_ROLLOUT)
+    active = next((r for r in stored if plan is not None and r.revision == plan.active_revision), None)
     if active is not None:
-        previous = _current_revision(status, world)
         for ref in spec.consumers:
             key = (ref.kind.value, ref.name)
             patch = wiring.plan_wiring_patch(
@@ -291,24 +258,72 @@ async def reconcile_agent_deployment(
                 control_cm=names.control_configmap(name),
             )
             if patch is not None:
-                consumers[key] = await _wire(api, namespace, name, ref.kind.value, consumers[key], patch)
+                consumers[key] = await wire(api, namespace, name, ref.kind.value, consumers[key], patch)
                 report.actions.append(f"Wired {ref.kind.value} {ref.name} to bundle revision {active.revision}")
-        if plan.reason == "RolledBack" and previous != active.revision:
-            report.rollback = f"rolled back from revision {previous} to {active.revision}"
-    if plan.reason == "RollbackRefused" and containment.rollbacks:
+        if plan is not None and plan.reason == "RolledBack" and current != active.revision:
+            report.rollback = f"rolled back from revision {current} to {active.revision}"
+    if plan is not None and plan.reason == "RollbackRefused" and containment.rollbacks:
         report.rollback_refused = plan.message
-    # 5. Drain last (it kills pods and their memory), or restore what a drain recorded.
-    pods_left = await drain_lever.apply_drain(
-        api, namespace, spec, consumers, containment, report.actions, report.drift
-    )
-    # 6. Promotion on evidence, then pruning beyond the history limit.
-    stored = await _promote_and_prune(api, namespace, spec, status, stored, active, containment, now, report)
+    report.rollback_by = [incident for incident, _ in containment.rollbacks]
+    await registry.apply_phase(ctx, Phase.AFTER_ROLLOUT)
+    control, policy = ctx.control or {}, ctx.policy or {}
+    report.consumers, report.control, report.policy = consumers, control, policy
+    report.levers = registry.observe(ctx)
+    report.drift = [message for seen in report.levers.values() for message in seen.drift]
+    report.active_revision = active.revision if active else None
+    return control, policy, active
 
-    report.levers = {
-        Lever.SHADOW: control_lever.observe_shadow(control, containment),
-        Lever.REVOKE_TOOLS: egress_lever.observe_revocation(spec, control, policy, containment),
-        Lever.DRAIN: drain_lever.observe_drain(spec, containment, consumers, pods_left),
-    }
+
+async def reconcile_agent(
+    api: KubeApi,
+    body: dict[str, Any],
+    incidents: list[IncidentView],
+    *,
+    seen: ChildrenSeen = unseen,
+    now: datetime | None = None,
+) -> AgentReport:
+    """Make the agent's children match its spec and its open incidents; report what is observed in its status."""
+    now = now or _now()
+    meta = body["metadata"]
+    name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
+    status = body.get("status") or {}
+
+    parsed = parse_agent(body)
+    spec = parsed.spec
+    if spec is None:
+        return await _refuse(api, body, "InvalidSpec", parsed.invalid or "invalid spec", now)
+    upstream = await _upstream(api, namespace, spec, incidents)
+    world = await gather(api, namespace, name, spec, revisions="listed", seen=seen)
+    problems = await _problems(api, namespace, name, spec, world)
+    if problems:
+        return await _refuse(api, body, "InvalidSpec", "; ".join(problems), now)
+
+    containment = plan_containment(name, spec, incidents, upstream)
+    plan = _plan(parsed, status, world, containment)
+    current = _current_revision(status, world)
+    owner = names.owner_reference("AgentDeployment", name, meta["uid"])
+    report = AgentReport(name, namespace, spec=spec, body=body, bundle_data=world.bundle_data)
+    stored = list(world.stored)
+
+    # 1. Pin spec.bundle as an immutable ConfigMap (pinning is not rolling out: a frozen agent pins too).
+    if plan.create:
+        stored.append(await create_bundle(api, namespace, name, plan, owner))
+        report.bundle_data[names.bundle_configmap(name, plan.spec_revision)] = plan.data
+        report.actions.append(f"Pinned bundle revision {plan.spec_revision}")
+    # 2. Record before changing: a revision taken out by an incident is marked bad first.
+    for revision in plan.mark_bad:
+        stored = await set_verdict(api, namespace, stored, revision, RevisionVerdict.BAD)
+        report.actions.append(f"Marked bundle revision {revision} bad")
+    # 3. The redeploy gate: an unproven revision rolls out only once its evaluation Job passed (reconcilers.gate).
+    gated = await gate_pass(api, body, spec, plan, stored, current, containment, now, report.actions)
+    stored = gated.stored if gated.stored is not None else stored
+    if gated.hold:
+        plan.active_revision = current
+    # 4. The levers and the rollout, drain last.
+    control, _, active = await _contain(api, report, spec, world, containment, plan, stored, current)
+    # 5. Promotion on evidence, then pruning beyond the history limit.
+    stored = await promote_and_prune(api, namespace, spec, status, stored, active, containment, now, report.actions)
+
     new_status = decide.agent_status(
         status,
         plan=plan,
@@ -317,7 +332,7 @@ async def reconcile_agent_deployment(
             {
                 "kind": ref.kind.value,
                 "name": ref.name,
-                "revision": wiring.wired_revision(consumers[(ref.kind.value, ref.name)]),
+                "revision": wiring.wired_revision(report.consumers[(ref.kind.value, ref.name)]),
             }
             for ref in spec.consumers
         ],
@@ -328,75 +343,28 @@ async def reconcile_agent_deployment(
         generation=generation,
     )
     new_status = with_gate_status(new_status, gated, now=now, generation=generation)
-    if not (status_later or defer_status):  # a full pass: the readiness checklist (an incident's pass keeps it)
-        checklist = await readiness_pass(
-            api,
-            body,
-            spec,
-            control=control,
-            consumers=consumers,
-            active_revision=active.revision if active else None,
-            owner=owner,
-            now=now,
-        )
-        new_status = with_readiness(new_status, checklist)
-    if not (defer_status and containment.drain_waiting and not containment.drained):
-        if status_later:
-            write_status_later(api, body, new_status)
-        else:
-            await write_status(api, body, new_status)
-        _known_bundles[cache_key] = _KnownBundles(
-            _status_key(generation, new_status), list(stored), dict(world.bundle_data)
-        )
-    report.body = {**body, "status": new_status}
-    report.world = AgentWorld(
-        stored=stored,
-        consumers=dict(consumers),
+    checklist = await readiness_pass(
+        api,
+        body,
+        spec,
         control=control,
-        policy=policy,
-        bundle_data=world.bundle_data,
+        consumers=report.consumers,
+        active_revision=active.revision if active else None,
+        owner=owner,
+        now=now,
     )
-    for action in report.actions:
-        log.info("%s (agent %s/%s)", action, namespace, name)
+    new_status = with_readiness(new_status, checklist)
+    await write_status(api, body, new_status)
+    report.body = {**body, "status": new_status}
+    _log_actions(report)
     ready = next(c for c in new_status["conditions"] if c["type"] == "Ready")
     report.ready, report.reason, report.message = ready["status"] == "True", ready["reason"], ready["message"]
-    report.active_revision = active.revision if active else None
     return report
 
 
-async def _claimed_by_others(api: KubeApi, namespace: str, name: str, world: AgentWorld) -> list[str]:
-    """A consumer another agent wires (and still names) is that agent's: one per problem. Read only when a
-    consumer's template names another agent."""
-    problems = []
-    for (kind, cname), workload in world.consumers.items():
-        owner = wiring.wired_agent(workload) if workload else None
-        if owner is None or owner == name:
-            continue
-        other = await api.get_or_none(AGENTDEPLOYMENTS, namespace, owner)
-        if other is not None and wiring.names_consumer(other, kind, cname):
-            problems.append(wiring.claim_problem(kind, cname, owner))
-    return problems
-
-
-async def _wire(
-    api: KubeApi, namespace: str, name: str, kind: str, workload: dict[str, Any], patch: dict[str, Any]
-) -> dict[str, Any]:
-    """The wiring patch, guarded by the consumer's resourceVersion: two agents naming one consumer cannot both
-    wire it. On a conflict the consumer is read again; wired by another agent meanwhile, the pass fails (409)
-    and the next one refuses this agent."""
-    cname = workload["metadata"]["name"]
-    for attempt in range(1, 4):
-        guarded = {**patch, "metadata": {"resourceVersion": workload["metadata"].get("resourceVersion")}}
-        try:
-            return await api.patch(WORKLOADS[kind], namespace, cname, guarded, patch_type="strategic")
-        except ApiError as error:
-            if not error.conflict or attempt == 3:
-                raise
-        workload = await api.get(WORKLOADS[kind], namespace, cname)
-        owner = wiring.wired_agent(workload)
-        if owner not in (None, name):
-            raise ApiError(409, "Conflict", wiring.claim_problem(kind, cname, owner))
-    raise AssertionError("unreachable")
+def _log_actions(report: AgentReport) -> None:
+    for action in report.actions:
+        log.info("%s (agent %s/%s)", action, report.namespace, report.agent)
 
 
 async def _upstream(
@@ -424,70 +392,6 @@ async def _refuse(api: KubeApi, body: dict[str, Any], reason: str, message: str,
     if await write_status(api, body, new_status):
         log.warning("Refused AgentDeployment %s/%s: %s", meta["namespace"], meta["name"], message)
     return AgentReport(meta["name"], meta["namespace"], False, reason, message)
-
-
-async def _create_bundle(
-    api: KubeApi, namespace: str, agent: str, plan: decide.BundlePlan, owner: dict[str, Any]
-) -> bundles.StoredRevision:
-    cm_name = names.bundle_configmap(agent, plan.spec_revision)
-    labels = {
-        **network.labels_for(agent, names.COMPONENT_BUNDLE),
-        names.LABEL_REVISION: str(plan.spec_revision),
-        names.LABEL_HASH: bundles.short_hash(plan.sha256),
-    }
-    body = names.owned(
-        "v1",
-        "ConfigMap",
-        cm_name,
-        namespace,
-        owner,
-        labels=labels,
-        annotations={names.ANNOTATION_SHA256: plan.sha256},
-        immutable=True,
-        data=plan.data,
-    )
-    # Already there: a previous pass (or an operator that died mid-way) made it; used if it is ours.
-    created, _ = await api.create_or_get(CONFIGMAPS, namespace, body)
-    stored = bundles.stored_revision_from_configmap(created)
-    if stored is None or stored.hash != plan.sha256:
-        raise ApiError(409, "Conflict", f"ConfigMap {cm_name} exists with other content; will re-read and retry")
-    return stored
-
-
-async def _set_verdict(
-    api: KubeApi, namespace: str, stored: list[bundles.StoredRevision], revision: int, verdict: RevisionVerdict
-) -> list[bundles.StoredRevision]:
-    target = next(r for r in stored if r.revision == revision)
-    label = decide.verdict_label(verdict)
-    await api.patch(CONFIGMAPS, namespace, target.name, {"metadata": {"labels": {names.LABEL_VERDICT: label}}})
-    return [dataclasses.replace(r, verdict=verdict) if r is target else r for r in stored]
-
-
-async def _promote_and_prune(
-    api: KubeApi,
-    namespace: str,
-    spec: AgentDeploymentSpec,
-    status: dict[str, Any],
-    stored: list[bundles.StoredRevision],
-    active: bundles.StoredRevision | None,
-    containment: Containment,
-    now: datetime,
-    report: AgentReport,
-) -> list[bundles.StoredRevision]:
-    previous = status.get("bundle") or {}
-    if active is not None:
-        since = previous.get("activeSince") if previous.get("revision") == active.revision else None
-        soak = spec.promotion.soak_seconds if spec.promotion else 3600
-        if bundles.should_promote(active, since, now, soak, len(containment.incidents)):
-            stored = await _set_verdict(api, namespace, stored, active.revision, RevisionVerdict.GOOD)
-            report.actions.append(f"Marked bundle revision {active.revision} known good after {soak}s with no incident")
-    good = bundles.last_known_good(stored)
-    keep = ({active.revision} if active else set()) | ({good.revision} if good else set())
-    for old in bundles.plan_prune(stored, spec.revision_history_limit, keep):
-        await api.delete(CONFIGMAPS, namespace, old.name)
-        stored = [r for r in stored if r is not old]
-        report.actions.append(f"Pruned bundle revision {old.revision} (ConfigMap {old.name})")
-    return stored
 
 
 def _containment_status(report: AgentReport, containment: Containment, now: datetime) -> dict[str, Any]:
@@ -518,24 +422,4 @@ def _contained_condition(report: AgentReport, containment: Containment) -> tuple
     return True, "LeversApplied", "; ".join(f"{s.lever.value}: {s.detail}" for s in held)
 
 
-async def unwire_agent_deployment(api: KubeApi, body: dict[str, Any]) -> list[str]:
-    """Remove the bundle and control mounts from every consumer (the agent is being deleted); a consumer
-    another agent wires is that agent's and is left alone."""
-    meta = body["metadata"]
-    namespace = meta["namespace"]
-    spec, _ = decide.parse_spec(body.get("spec"))
-    actions = []
-    for ref in spec.consumers if spec else []:
-        workload = await api.get_or_none(WORKLOADS[ref.kind.value], namespace, ref.name)
-        if workload is None or wiring.wired_agent(workload) not in (None, meta["name"]):
-            continue
-        patch = wiring.plan_unwiring_patch(workload)
-        if patch is not None:
-            await api.patch(WORKLOADS[ref.kind.value], namespace, ref.name, patch, patch_type="strategic")
-            actions.append(f"Unwired {ref.kind.value} {ref.name} from agent {meta['name']}")
-    for action in actions:
-        log.info("%s", action)
-    return actions
-
-
-__all__ = ["AgentReport", "LeverObservation", "list_incidents", "reconcile_agent_deployment", "rfc3339"]
+__all__ = ["AgentReport", "LeverObservation", "contain_agent", "list_incidents", "reconcile_agent", "rfc3339"]

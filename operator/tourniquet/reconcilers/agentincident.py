@@ -20,18 +20,12 @@ from tourniquet.domain.containment import IncidentView, incident_problems, parse
 from tourniquet.domain.incident import LeverSeen, incident_status, invalid_incident_status, micro_time, plan_start
 from tourniquet.domain.names import ANNOTATION_OPENED_AT
 from tourniquet.domain.undo import following
-from tourniquet.models import AgentDeploymentSpec, AgentIncidentSpec, Lever
-from tourniquet.reconcilers import agent_status
-from tourniquet.reconcilers.agentdeployment import (
-    AgentReport,
-    list_incidents,
-    parse_agent,
-    reconcile_agent_deployment,
-)
+from tourniquet.models import AgentIncidentSpec
+from tourniquet.reconcilers.agentdeployment import AgentReport, Children, list_incidents, parse_agent
+from tourniquet.reconcilers.agents import Agents
 from tourniquet.reconcilers.events import post_events_later
 from tourniquet.reconcilers.evidence import capture_evidence
 from tourniquet.reconcilers.lane import containment_pass
-from tourniquet.reconcilers.locks import lock_for
 from tourniquet.reconcilers.undo import count_compensations, merge_undo, reconcile_undo
 
 log = logging.getLogger(__name__)
@@ -49,45 +43,6 @@ class IncidentReport:
     following: bool = False  # resolved, but its compensation Job is under way: keep reading it
 
 
-async def reconcile_agent_locked(
-    api: KubeApi,
-    namespace: str,
-    name: str,
-    views: list[IncidentView],
-    upstream: dict[str, AgentDeploymentSpec] | None = None,
-    *,
-    previous: AgentReport | None = None,
-    defer_status: bool = False,
-    body: dict[str, Any] | None = None,
-    known_bundles: bool = False,
-    status_later: bool = False,
-) -> AgentReport | None:
-    """Reconcile one agent, one pass at a time per agent: from `body` just read, a fresh read, or right after
-    `previous` (reusing what that pass observed). A status still pending from an earlier pass is written
-    first, and the pass starts from the agent as written. `status_later`: see agent_status."""
-    async with lock_for("AgentDeployment", namespace, name):
-        world = None
-        written = await agent_status.flush(namespace, name)
-        if previous is not None and previous.body is not None and previous.world is not None:
-            body, world = previous.body, previous.world
-        elif written is not None:
-            body = written
-        elif body is None:
-            body = await api.get_or_none(AGENTDEPLOYMENTS, namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return None
-        return await reconcile_agent_deployment(
-            api,
-            body,
-            incidents=views,
-            upstream=upstream,
-            world=world,
-            defer_status=defer_status,
-            known_bundles=known_bundles,
-            status_later=status_later,
-        )
-
-
 async def write_incident_status(
     api: KubeApi, body: dict[str, Any], new_status: dict[str, Any]
 ) -> dict[str, Any] | None:
@@ -103,19 +58,22 @@ async def write_incident_status(
 async def reconcile_incident(
     api: KubeApi,
     body: dict[str, Any],
+    agents: Agents,
     *,
     now: datetime | None = None,
     notes: list[tuple[str, str, str | None]] | None = None,
     others: list[IncidentView] | None = None,
 ) -> IncidentReport:
-    """`others`: the namespace's incidents as the operator's index holds them; read from the API if None."""
+    """`others`: the namespace's incidents as the operator's index holds them; read from the API if None.
+    `agents` contains them, and reconciles each in full once containment is quiet."""
     async with containment_pass():
-        return await _reconcile_incident(api, body, now=now, notes=notes, others=others)
+        return await _reconcile_incident(api, body, agents, now=now, notes=notes, others=others)
 
 
 async def _reconcile_incident(
     api: KubeApi,
     body: dict[str, Any],
+    agents: Agents,
     *,
     now: datetime | None,
     notes: list[tuple[str, str, str | None]] | None,
@@ -157,32 +115,39 @@ async def _reconcile_incident(
     views = [v for v in others if v.name != name] + [me]
     upstream = {n: s for n, s in agent_specs.items() if s is not None}
     named = [a for a in spec.agents if a not in missing]
-    targets = named + (await _cascade_targets(api, namespace, spec) if spec.cascade else [])
-    # Agents it acted on and no longer names: reconciled without it now (not at their next resync), so what it
+    cascaded = await _cascade_targets(api, namespace, spec) if spec.cascade else {}
+    targets = named + sorted(cascaded)
+    # Agents it acted on and no longer names: contained without it now (not at their next resync), so what it
     # held there is released, and shown Released once.
     dropped = [a for a in status.get("agents") or [] if a not in targets and a not in missing]
+    agent_bodies.update(cascaded)
+    agent_bodies.update(
+        zip(
+            dropped,
+            await asyncio.gather(*(api.get_or_none(AGENTDEPLOYMENTS, namespace, a) for a in dropped)),
+            strict=True,
+        )
+    )
 
     async def contain_all(
-        current: list[IncidentView], only: list[str], previous: dict[str, AgentReport] | None = None
+        current: list[IncidentView], only: list[str], seen: dict[str, AgentReport] | None = None
     ) -> dict[str, AgentReport]:
-        results = await asyncio.gather(
-            *(
-                reconcile_agent_locked(
-                    api,
-                    namespace,
-                    a,
-                    current,
-                    upstream,
-                    previous=(previous or {}).get(a),
-                    defer_status=not previous,
-                    body=agent_bodies.get(a) if not previous else None,
-                    known_bundles=True,
-                    status_later=True,
-                )
-                for a in only
+        """Contain the agents in `only`; `seen`: what the first round observed of them (the drain round plans on
+        its writes, not on the watch's copies, which may not have caught up yet, and reads nothing again; every
+        write is still guarded by the resourceVersion it was planned on)."""
+
+        def children(namespace: str, agent: str) -> Children:
+            first = (seen or {}).get(agent)
+            watched = agents.seen(namespace, agent)
+            if first is None:
+                return watched
+            return dataclasses.replace(
+                watched, control=first.control, policy=first.policy, consumers=first.consumers
             )
-        )
-        return {a: r for a, r in zip(only, results, strict=True) if r is not None}
+
+        bodies = [b for a in only if (b := agent_bodies.get(a)) and not b["metadata"].get("deletionTimestamp")]
+        results = await asyncio.gather(*(agents.contain(b, current, upstream, children) for b in bodies))
+        return {r.agent: r for r in results if r is not None}
 
     start = plan_start(
         status.get("timings") or {},
@@ -215,19 +180,20 @@ async def _reconcile_incident(
         )
         me = dataclasses.replace(me, evidence_captured=True)
         views = [*views[:-1], me]
-        waiting = [a for a, r in reports.items() if r.levers.get(Lever.DRAIN) and r.levers[Lever.DRAIN].pending]
+        waiting = [a for a, r in reports.items() if any(seen.pending for seen in r.levers.values())]
         status = compute(status, reports, [])  # the evidence, in its place in the timeline
         if waiting:
-            reports.update(await contain_all(views, waiting, previous=reports))
+            reports.update(await contain_all(views, waiting, seen=reports))
 
     report = IncidentReport(name, True, agents=reports)
     if deleting:
+        _reconcile_changed(agents, namespace, reports, changed=True)
         return report
     extra = list(notes or [])
     for agent, agent_report in reports.items():
-        drain_seen = agent_report.levers.get(Lever.DRAIN)
-        if drain_seen and name in drain_seen.holders:
-            extra += [("DriftRepaired", message, agent) for message in agent_report.drift]
+        for observed in agent_report.levers.values():  # a lever this incident holds, put back after someone undid it
+            if name in observed.holders:
+                extra += [("DriftRepaired", message, agent) for message in observed.drift]
         if agent_report.rollback:
             extra.append(("RolledBack", agent_report.rollback, agent))
         if agent_report.rollback_refused:
@@ -252,7 +218,16 @@ async def _reconcile_incident(
         post_events_later(api, body, new_status["timeline"][already:])
         observability.observe_incident_timings(body.get("status") or {}, new_status)
     report.status = new_status
+    _reconcile_changed(agents, namespace, reports, changed=report.written is not None)
     return report
+
+
+def _reconcile_changed(agents: Agents, namespace: str, reports: dict[str, AgentReport], *, changed: bool) -> None:
+    """Each agent this pass acted on, or whose levers it saw change, is reconciled in full once containment is
+    quiet: its status follows what was observed here."""
+    for agent, agent_report in reports.items():
+        if changed or agent_report.actions or agent_report.drift:
+            agents.reconcile_soon(namespace, agent)
 
 
 def _now() -> datetime:
@@ -295,15 +270,15 @@ def _levers_seen(
     return seen
 
 
-async def _cascade_targets(api: KubeApi, namespace: str, spec: AgentIncidentSpec) -> list[str]:
-    """Agents that depend on an incident agent: they get the (lighter) cascade containment."""
+async def _cascade_targets(api: KubeApi, namespace: str, spec: AgentIncidentSpec) -> dict[str, dict[str, Any]]:
+    """Agents that depend on an incident agent (by name): they get the (lighter) cascade containment."""
     named = set(spec.agents)
-    result = []
+    result = {}
     for body in await api.list(AGENTDEPLOYMENTS, namespace):
         depends = {d.get("name") for d in (body.get("spec") or {}).get("dependsOn") or []}
         if depends & named and body["metadata"]["name"] not in named:
-            result.append(body["metadata"]["name"])
-    return sorted(result)
+            result[body["metadata"]["name"]] = body
+    return result
 
 
 async def _refuse(api: KubeApi, body: dict[str, Any], message: str) -> IncidentReport:
@@ -319,7 +294,7 @@ async def _refuse(api: KubeApi, body: dict[str, Any], message: str) -> IncidentR
 
 
 async def release_deleted_incident(
-    api: KubeApi, body: dict[str, Any], others: list[IncidentView] | None = None
+    api: KubeApi, body: dict[str, Any], agents: Agents, others: list[IncidentView] | None = None
 ) -> IncidentReport:
     """The incident is being deleted: recompute its agents without it (a no-op if it held nothing)."""
     deleting = {
@@ -329,4 +304,4 @@ async def release_deleted_incident(
             "deletionTimestamp": body["metadata"].get("deletionTimestamp") or micro_time(_now()),
         },
     }
-    return await reconcile_incident(api, deleting, others=others)
+    return await reconcile_incident(api, deleting, agents, others=others)

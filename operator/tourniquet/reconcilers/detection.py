@@ -23,8 +23,7 @@ from tourniquet.adapters.prometheus import PrometheusQuerier, PrometheusUnavaila
 from tourniquet.domain import detection as decide
 from tourniquet.domain.conditions import rfc3339
 from tourniquet.domain.detection import CompiledRule, Degraded, RuleState, Sample
-from tourniquet.reconcilers import agent_status
-from tourniquet.reconcilers.locks import lock_for
+from tourniquet.reconcilers.queue import Hold, unshared
 from tourniquet.reconcilers.signals import SignalOutcome, _now, record_cleared, record_signal
 
 log = logging.getLogger(__name__)
@@ -84,8 +83,11 @@ class AgentDetector:
         name: str,
         *,
         off_reason: str | None = None,
+        holds: tuple[Hold, Hold] = (unshared, unshared),
     ) -> None:
+        """`holds`: the agents' and the incidents' work queues' (no pass on an object while this writes on it)."""
         self.api = api
+        self.hold_agent, self.hold_incident = holds
         self.prometheus = prometheus
         self.namespace = namespace
         self.name = name
@@ -259,7 +261,14 @@ class AgentDetector:
                 known = self._incidents.pop(rule.name, None)
                 self._suppressed.pop(rule.name, None)
                 result.outcome = await record_cleared(
-                    self.api, self.namespace, self.name, rule.name, decide.SOURCE_PROMETHEUS, now, known=known
+                    self.api,
+                    self.namespace,
+                    self.name,
+                    rule.name,
+                    decide.SOURCE_PROMETHEUS,
+                    now,
+                    known=known,
+                    hold=self.hold_incident,
                 )
         except ApiError as error:
             # A firing rule tries again on the next pass; the other rules are not held up.
@@ -273,7 +282,8 @@ class AgentDetector:
             return SignalOutcome("suppressed", self._incidents.get(rule.name), "this episode's incident is resolved")
         measured = rule.name not in self._unmeasured
         signal = decide.rule_signal(self.namespace, self.name, rule, samples, active_at, measured=measured)
-        outcome = await record_signal(self.api, signal, now=now, known=self._incidents.get(rule.name))
+        known = self._incidents.get(rule.name)
+        outcome = await record_signal(self.api, signal, now=now, known=known, hold=self.hold_incident)
         if outcome.incident is not None:
             self._incidents[rule.name] = outcome.incident
         if outcome.outcome == "suppressed":
@@ -299,7 +309,9 @@ class AgentDetector:
         status = body.get("status") or {}
         if decide.plan_detection_status(status, rules, condition, now=now, generation=generation) is None:
             return False
-        return await write_detection_status(self.api, self.namespace, self.name, rules, condition, now, generation)
+        return await write_detection_status(
+            self.api, self.namespace, self.name, rules, condition, now, generation, hold=self.hold_agent
+        )
 
 
 def interval_seconds(detection: Any) -> float:
@@ -318,14 +330,15 @@ async def write_detection_status(
     condition: tuple[bool, str, str] | None,
     now: datetime,
     generation: int | None,
+    *,
+    hold: Hold = unshared,
 ) -> bool:
     """Merge-patch `status.detection` and the DetectionDegraded condition, keeping every other condition.
 
-    Read fresh under the agent's lock (the agent reconcile writes its status under the same lock), and
-    sent with the resourceVersion read, so a writer outside this process makes it retry, not lose data.
+    Read fresh while holding the agent (no pass of it, which writes its status, runs meanwhile), and sent
+    with the resourceVersion read, so a writer outside this process makes it retry, not lose data.
     """
-    async with lock_for("AgentDeployment", namespace, name):
-        await agent_status.flush(namespace, name)  # a status an incident pass left pending goes first
+    async with hold((namespace, name)):
         for attempt in range(1, 4):
             fresh = await api.get_or_none(AGENTDEPLOYMENTS, namespace, name)
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):

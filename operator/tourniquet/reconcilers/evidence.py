@@ -20,14 +20,12 @@ def _selector(labels: dict[str, str]) -> str:
 
 async def _gather_agent(api: KubeApi, namespace: str, report: AgentReport, parts: EvidenceParts) -> None:
     """What the agent pass just observed, plus its pods, their logs and the recent events."""
-    body, world, spec = report.body or {}, report.world, report.spec
-    assert world is not None and spec is not None
+    body, spec = report.body or {}, report.spec
+    assert spec is not None
     name = report.agent
     parts.agent[name] = {"spec": body.get("spec"), "status": body.get("status")}
     active = ((body.get("status") or {}).get("bundle") or {}).get("configMap")
-    if active:
-        parts.bundle[name] = world.bundle_data.get(active, {}).get("bundle.json", "")
-    for (kind, consumer), workload in sorted(world.consumers.items()):
+    for (kind, consumer), workload in sorted(report.consumers.items()):
         if workload is not None:
             parts.consumers.append(
                 {"kind": kind, "name": consumer, "spec": workload.get("spec"), "status": workload.get("status")}
@@ -51,8 +49,23 @@ async def _gather_agent(api: KubeApi, namespace: str, report: AgentReport, parts
         except ApiError as error:
             parts.errors.append(f"events of {involved}: {error}")
 
-    involved = [name, *(c for _, c in world.consumers), *(p["metadata"]["name"] for p in pods[:MAX_PODS_WITH_LOGS])]
-    await asyncio.gather(*(logs(p) for p in pods[:MAX_PODS_WITH_LOGS]), *(events(i) for i in involved))
+    async def bundle(cm_name: str) -> None:
+        """The running revision's bundle: as the pass read it, else read now."""
+        data = report.bundle_data.get(cm_name)
+        if data is None:
+            try:
+                data = ((await api.get_or_none(CONFIGMAPS, namespace, cm_name)) or {}).get("data") or {}
+            except ApiError as error:
+                parts.errors.append(f"bundle ConfigMap {cm_name}: {error}")
+                return
+        parts.bundle[name] = data.get("bundle.json", "")
+
+    involved = [name, *(c for _, c in report.consumers), *(p["metadata"]["name"] for p in pods[:MAX_PODS_WITH_LOGS])]
+    await asyncio.gather(
+        *([bundle(active)] if active else []),
+        *(logs(p) for p in pods[:MAX_PODS_WITH_LOGS]),
+        *(events(i) for i in involved),
+    )
 
 
 async def capture_evidence(

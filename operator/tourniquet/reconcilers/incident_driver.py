@@ -11,18 +11,16 @@ Instead:
   pass is running (as Events are), so a burst of incidents carries no extra request; an incident
   deleted before that still releases, from its DELETED event. A resolved incident holds nothing, so
   its finalizer is removed;
-- open incidents are re-asserted every ``reassert_seconds`` (drift repair) by one loop, and a pass
-  that failed is retried with a growing delay by the same loop.
+- every pass goes through one keyed work queue (:mod:`tourniquet.reconcilers.queue`): a watch event only adds
+  the incident's key; open incidents come back every ``reassert_seconds`` (drift repair), and a pass that
+  failed is retried with a growing delay.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError, KubeApi
@@ -31,21 +29,17 @@ from tourniquet.domain.detection import LABEL_SOURCE
 from tourniquet.domain.names import PREFIX
 from tourniquet.domain.undo import following
 from tourniquet.reconcilers import agentincident
+from tourniquet.reconcilers.agents import Agents
 from tourniquet.reconcilers.lane import after_containment
-from tourniquet.reconcilers.locks import lock_for
+from tourniquet.reconcilers.queue import PassIncomplete, WorkQueue
 
 log = logging.getLogger(__name__)
 
 # Held by every open incident: deletion waits until what it held is released. Not Kopf's finalizer name:
 # Kopf removes its own finalizer from objects none of its handlers need it on.
 FINALIZER = f"{PREFIX}/release-levers"
-RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0)  # after a failed pass; a non-transient error waits the longest
 
 Key = tuple[str, str]  # namespace, name
-
-
-class PassIncomplete(Exception):
-    """A pass wrote what it observed but could not read everything (e.g. the ledger): retried with backoff."""
 
 
 def _key(body: Mapping[str, Any]) -> Key:
@@ -72,20 +66,15 @@ def _behind(body: Mapping[str, Any]) -> bool:
     return not status or status.get("observedGeneration") != body["metadata"].get("generation")
 
 
-@dataclass
-class _Schedule:
-    due: float  # time.monotonic() of the next pass
-    failures: int = 0
-    retry: Callable[[], Awaitable[None]] | None = None  # what failed, when it must be redone as it was
-
-
 class IncidentDriver:
-    """One per operator process. `views(namespace)` gives the namespace's incidents as the index holds them."""
+    """One per operator process. `views(namespace)` gives the namespace's incidents as the index holds them;
+    `agents` contains and reconciles the agents."""
 
     def __init__(
         self,
         api: KubeApi,
         views: Callable[[str], list[IncidentView]],
+        agents: Agents,
         *,
         reassert_seconds: float,
         concurrency: int = 20,
@@ -93,107 +82,88 @@ class IncidentDriver:
     ) -> None:
         self.api = api
         self.views = views
+        self.agents = agents
         self.reassert_seconds = reassert_seconds
-        self.clock = clock
-        self._schedule: dict[Key, _Schedule] = {}
-        self._running: set[Key] = set()
-        self._slots = asyncio.Semaphore(concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.queue: WorkQueue[Key] = WorkQueue(self._work, name="AgentIncident", concurrency=concurrency, clock=clock)
+        self._delivered: dict[Key, dict[str, Any]] = {}  # a new incident as its watch event delivered it
+        self._gone: dict[Key, dict[str, Any]] = {}  # deleted before its finalizer was added: its last state
+        self._notes: dict[Key, list[tuple[str, str, str | None]]] = {}  # for its next pass's timeline
 
     # -- watch events ---------------------------------------------------------------------------------------
 
-    async def on_event(
-        self, kind: str | None, seen: Mapping[str, Any], *, copy: Callable[[], dict[str, Any]]
-    ) -> None:
+    def on_event(self, kind: str | None, seen: Mapping[str, Any], *, copy: Callable[[], dict[str, Any]]) -> None:
         """One watch event (`kind` None: the initial listing, at start-up), decided on `seen` as delivered;
         `copy()` makes the plain copy a pass works on (most events, e.g. the echo of a status write, need
-        none). Never raises: a failed pass is logged and retried by the loop."""
+        none)."""
         key = _key(seen)
         meta = seen["metadata"]
         held = FINALIZER in (meta.get("finalizers") or [])
         if kind == "DELETED":
-            self._schedule.pop(key, None)
             if _is_open(seen) and not held:
                 # Deleted before its finalizer was added: release from the last state seen.
-                body = copy()
-                await self._attempt(key, lambda: self._release(body))
+                self._gone[key] = copy()
+                self.queue.add(key)
+            else:
+                self.queue.forget(key)
         elif meta.get("deletionTimestamp"):
-            self._schedule.pop(key, None)
             if held:
-                body = copy()
-                await self._attempt(key, lambda: self._release(body))
+                self.queue.add(key)
         elif _behind(seen) or (kind is None and _watched(seen)):
-            body = copy()
-            await self._attempt(key, lambda: self._reconcile(key, body))
+            if not seen.get("status"):
+                self._delivered[key] = copy()
+            self.queue.add(key)
         elif _watched(seen):
-            self._schedule.setdefault(key, _Schedule(self.clock() + self.reassert_seconds))
+            self.queue.add(key, self.reassert_seconds)
+
+    def note(self, namespace: str, name: str, notes: list[tuple[str, str, str | None]]) -> None:
+        """Timeline entries for the incident's next pass (drift repaired, a rollback done by the agent's pass)."""
+        self._notes.setdefault((namespace, name), []).extend(notes)
+        self.queue.add((namespace, name))
 
     # -- passes ---------------------------------------------------------------------------------------------
 
-    async def _attempt(self, key: Key, run: Callable[[], Awaitable[None]]) -> None:
-        self._running.add(key)
+    async def _work(self, key: Key) -> float | None:
+        """One pass; when to come back (a re-assert), or None."""
+        if key in self._gone:
+            await self._release(self._gone[key])
+            del self._gone[key]
+            return None
+        body = self._delivered.pop(key, None)
+        # A new incident is worked on as delivered; otherwise read fresh, so a re-assert and a spec change
+        # never compute the timeline from each other's stale copies.
+        if body is None or body.get("status") or _opened_by_detection(body):
+            body = await self.api.get_or_none(AGENTINCIDENTS, *key)
+        if body is None:
+            self.queue.forget(key)
+            return None
+        if body["metadata"].get("deletionTimestamp"):
+            await self._release(body)
+            return None
+        notes = self._notes.pop(key, [])
         try:
-            await run()
-            schedule = self._schedule.get(key)
-            if schedule is not None and schedule.retry is run:  # redone: from now on, re-asserts only
-                schedule.retry, schedule.failures = None, 0
-        except asyncio.CancelledError:
+            report = await agentincident.reconcile_incident(
+                self.api, body, self.agents, notes=notes, others=self.views(key[0])
+            )
+        except BaseException:
+            self._notes.setdefault(key, [])[:0] = notes  # said on the retry
             raise
-        except Exception as error:  # whatever failed, the loop retries it
-            schedule = self._schedule.setdefault(key, _Schedule(0.0))
-            transient = not isinstance(error, ApiError) or error.transient
-            delay = RETRY_DELAYS[min(schedule.failures, len(RETRY_DELAYS) - 1)] if transient else RETRY_DELAYS[-1]
-            schedule.failures += 1
-            schedule.due = self.clock() + delay
-            # A pass that wrote what it saw is redone from a fresh read, not from the body it started with.
-            schedule.retry = None if isinstance(error, PassIncomplete) else run
-            log.warning("AgentIncident %s/%s: pass failed, retrying in %gs: %s", *key, delay, error)
-        finally:
-            self._running.discard(key)
-
-    async def _reconcile(self, key: Key, delivered: dict[str, Any] | None = None) -> None:
-        """A pass from the body as delivered when it has no status yet (a new incident), else read fresh, so
-        a re-assert and a spec change never compute the timeline from each other's stale copies."""
-        namespace, name = key
-        async with lock_for("AgentIncident", namespace, name):
-            body = delivered
-            if body is None or body.get("status") or _opened_by_detection(body):
-                body = await self.api.get_or_none(AGENTINCIDENTS, namespace, name)
-            if body is None:
-                self._schedule.pop(key, None)
-                return
-            if body["metadata"].get("deletionTimestamp"):
-                self._schedule.pop(key, None)
-                await self._release_locked(body)
-                return
-            report = await agentincident.reconcile_incident(self.api, body, others=self.views(namespace))
-            if not report.accepted:
-                log.warning("AgentIncident %s/%s refused: %s", namespace, name, report.message)
-            current = report.written or body
-            if _is_open(body):
-                # An incomplete pass keeps its failure count, so its retries back off.
-                failures = (self._schedule.get(key) or _Schedule(0.0)).failures if report.retry else 0
-                self._schedule[key] = _Schedule(self.clock() + self.reassert_seconds, failures)
-                # Off the burst: an incident deleted before this lands is released from its DELETED event.
-                after_containment(lambda: self._add_finalizer_later(current))
-            else:
-                if report.following:  # resolved, holding nothing, but its compensation is still read
-                    self._schedule[key] = _Schedule(self.clock() + self.reassert_seconds)
-                else:
-                    self._schedule.pop(key, None)
-                await self._keep_finalizer(current, wanted=False)
-            if report.retry:  # written, but something could not be read (the ledger): the loop retries with backoff
-                raise PassIncomplete(report.retry)
+        if not report.accepted:
+            log.warning("AgentIncident %s/%s refused: %s", *key, report.message)
+        current = report.written or body
+        if _is_open(body):
+            # Off the burst: an incident deleted before this lands is released from its DELETED event.
+            after_containment(lambda: self._add_finalizer_later(current))
+        else:
+            await self._keep_finalizer(current, wanted=False)
+        if report.retry:  # written, but something could not be read (the ledger): retried with backoff
+            raise PassIncomplete(report.retry)
+        # Open, or resolved with its compensation Job under way (still read, to report how it ends): again.
+        return self.reassert_seconds if _is_open(body) or report.following else None
 
     async def _release(self, body: dict[str, Any]) -> None:
-        namespace, name = _key(body)
-        async with lock_for("AgentIncident", namespace, name):
-            await self._release_locked(body)
-
-    async def _release_locked(self, body: dict[str, Any]) -> None:
         """Recompute its agents without it (a no-op if it held nothing), then let the deletion finish."""
         namespace, name = _key(body)
-        await agentincident.release_deleted_incident(self.api, body, others=self.views(namespace))
+        await agentincident.release_deleted_incident(self.api, body, self.agents, others=self.views(namespace))
         log.info("Released the levers of deleted AgentIncident %s/%s", namespace, name)
         if body["metadata"].get("deletionTimestamp"):
             await self._keep_finalizer(body, wanted=False)
@@ -219,31 +189,6 @@ class IncidentDriver:
         except ApiError as error:  # e.g. deleted meanwhile (422: no new finalizers on an object being deleted)
             log.info("AgentIncident %s/%s: finalizer not added: %s", *_key(body), error)
 
-    # -- the loop -------------------------------------------------------------------------------------------
-
-    async def run(self, tick: float = 0.5) -> None:
+    async def run(self) -> None:
         """Re-assert open incidents and retry failed passes, until cancelled."""
-        try:
-            while True:
-                await asyncio.sleep(tick)
-                now = self.clock()
-                for key, schedule in list(self._schedule.items()):
-                    if schedule.due <= now and key not in self._running:
-                        schedule.due = now + self.reassert_seconds  # a pass that fails reschedules sooner
-                        self._running.add(key)
-                        task = asyncio.create_task(self._in_slot(key, schedule.retry))
-                        self._tasks.add(task)
-                        task.add_done_callback(self._tasks.discard)
-        finally:
-            for task in list(self._tasks):
-                task.cancel()
-            for task in list(self._tasks):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-
-    async def _in_slot(self, key: Key, retry: Callable[[], Awaitable[None]] | None) -> None:
-        try:
-            async with self._slots:
-                await self._attempt(key, retry or (lambda: self._reconcile(key)))
-        finally:
-            self._running.discard(key)
+        await self.queue.run()

@@ -18,7 +18,7 @@ from tourniquet.domain import names
 from tourniquet.domain.detection import Signal
 from tourniquet.domain.incident import micro_time
 from tourniquet.reconcilers.events import post_events_later
-from tourniquet.reconcilers.locks import lock_for
+from tourniquet.reconcilers.queue import Hold, unshared
 
 log = logging.getLogger(__name__)
 
@@ -39,29 +39,30 @@ class SignalOutcome:
 
 
 async def record_signal(
-    api: KubeApi, signal: Signal, *, now: datetime | None = None, known: str | None = None
+    api: KubeApi, signal: Signal, *, now: datetime | None = None, known: str | None = None, hold: Hold = unshared
 ) -> SignalOutcome:
     """Open an incident for `signal`, or count one more sighting on the open incident with its fingerprint.
 
     `known`: the incident this signal's episode opened before (skips the lookup). A new incident's name
     comes from the fingerprint and the signal's start, so a repeat of the same episode that finds no open
     incident by label (a stale read, a restart) hits 409 AlreadyExists and is recognised. An episode whose
-    incident a human resolved is not reopened: the signal has to clear and start again.
+    incident a human resolved is not reopened: the signal has to clear and start again. `hold`: the incidents'
+    work queue's, so no pass of an incident runs while this writes on it.
     """
     now = now or _now()
     namespace = signal.namespace
     if known is not None:
-        updated = await _count_sighting(api, namespace, known, signal, now)
+        updated = await _count_sighting(api, namespace, known, signal, now, hold)
         if updated is not None:
             return updated
     candidate = decide.oldest_open(await _by_fingerprint(api, namespace, signal.fingerprint))
     if candidate is not None:
-        updated = await _count_sighting(api, namespace, candidate["metadata"]["name"], signal, now)
+        updated = await _count_sighting(api, namespace, candidate["metadata"]["name"], signal, now, hold)
         if updated is not None:
             return updated
     body = decide.build_incident(signal)
     name = body["metadata"]["name"]
-    async with lock_for("AgentIncident", namespace, name):
+    async with hold((namespace, name)):
         body["metadata"].setdefault("annotations", {})[names.ANNOTATION_OPENED_AT] = micro_time(_now())
         try:
             created = await api.create(AGENTINCIDENTS, namespace, body)
@@ -95,12 +96,20 @@ async def record_signal(
 
 
 async def record_cleared(
-    api: KubeApi, namespace: str, agent: str, name: str, source: str, at: datetime, *, known: str | None = None
+    api: KubeApi,
+    namespace: str,
+    agent: str,
+    name: str,
+    source: str,
+    at: datetime,
+    *,
+    known: str | None = None,
+    hold: Hold = unshared,
 ) -> SignalOutcome:
     """The source says the signal is gone: record it on the open incident, which stays open for a human."""
 
     async def clear(incident: str) -> SignalOutcome | None:
-        async with lock_for("AgentIncident", namespace, incident):
+        async with hold((namespace, incident)):
             fresh = await api.get_or_none(AGENTINCIDENTS, namespace, incident)
             if fresh is None or not decide.is_open(fresh):
                 return None
@@ -127,10 +136,10 @@ async def _by_fingerprint(api: KubeApi, namespace: str, fp: str) -> list[dict[st
 
 
 async def _count_sighting(
-    api: KubeApi, namespace: str, name: str, signal: Signal, now: datetime
+    api: KubeApi, namespace: str, name: str, signal: Signal, now: datetime, hold: Hold
 ) -> SignalOutcome | None:
     """One more sighting on incident `name` if it is open (read fresh under its lock); None otherwise."""
-    async with lock_for("AgentIncident", namespace, name):
+    async with hold((namespace, name)):
         fresh = await api.get_or_none(AGENTINCIDENTS, namespace, name)
         labels = (fresh or {}).get("metadata", {}).get("labels") or {}
         if fresh is None or not decide.is_open(fresh) or labels.get(decide.LABEL_FINGERPRINT) != signal.fingerprint:
@@ -175,6 +184,7 @@ async def receive_alerts(
     *,
     now: datetime | None = None,
     served: Sequence[str] | None = None,
+    hold: Hold = unshared,
 ) -> list[AlertOutcome]:
     """Map each alert to its agent and open, count or clear its incident (same fingerprint rules as rules).
 
@@ -230,10 +240,11 @@ async def receive_alerts(
                 refuse(f"AgentDeployment {alert.agent} not found in namespace {namespace}")
                 continue
         if alert.firing:
-            result = await record_signal(api, alert.signal(namespace), now=now)
+            result = await record_signal(api, alert.signal(namespace), now=now, hold=hold)
         else:
+            at = alert.ends_at or now
             result = await record_cleared(
-                api, namespace, alert.agent, alert.alertname, decide.SOURCE_ALERTMANAGER, alert.ends_at or now
+                api, namespace, alert.agent, alert.alertname, decide.SOURCE_ALERTMANAGER, at, hold=hold
             )
         outcomes.append(
             AlertOutcome(alert.index, alert.alertname, alert.agent, result.outcome, result.incident, result.message)
