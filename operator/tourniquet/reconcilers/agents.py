@@ -25,7 +25,7 @@ from tourniquet.reconcilers.agentdeployment import (
     reconcile_agent,
     unseen,
 )
-from tourniquet.reconcilers.lane import after_containment
+from tourniquet.reconcilers.lane import PASS_DEFER_SECONDS, after_containment
 from tourniquet.reconcilers.queue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -111,12 +111,13 @@ class Agents:
             return await contain_agent(self.api, body, incidents, upstream, seen=seen or self.seen)
 
     def reconcile_soon(self, namespace: str, name: str) -> None:
-        """The agent's full pass once containment is quiet (asked again meanwhile: still one pass)."""
+        """The agent's full pass once containment is quiet, at most PASS_DEFER_SECONDS later (asked again meanwhile:
+        still one pass)."""
 
         async def add() -> None:
             self.add(namespace, name)
 
-        after_containment(add)
+        after_containment(add, at_most=PASS_DEFER_SECONDS)
 
     async def run(self) -> None:
         """Resyncs, requeues and retries, until cancelled."""
