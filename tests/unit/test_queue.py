@@ -133,3 +133,32 @@ def test_a_failing_key_does_not_hold_up_the_others():
         return done
 
     assert run(scenario()) == ["good"]
+
+
+def test_a_key_coming_due_while_it_is_held_waits_for_the_holder_without_spinning():
+    async def scenario() -> tuple[list[str], int]:
+        done: list[str] = []
+        reads = 0
+
+        def clock() -> float:
+            nonlocal reads
+            reads += 1
+            return asyncio.get_running_loop().time()
+
+        async def work(key: str) -> None:
+            done.append(key)
+
+        queue: WorkQueue[str] = WorkQueue(work, name="test", clock=clock)
+        loop = asyncio.create_task(queue.run())
+        async with queue.holding("a"):
+            queue.add("a", 0.01)  # a resync coming due while an incident's pass holds the agent
+            await asyncio.sleep(0.3)
+            assert done == []
+            reads_while_held = reads
+        await asyncio.sleep(0.05)
+        loop.cancel()
+        return done, reads_while_held
+
+    done, reads = run(scenario())
+    assert done == ["a"]  # worked on once the holder let go
+    assert reads < 20, f"the queue read its clock {reads} times in 0.3 s waiting for one key"

@@ -117,21 +117,18 @@ class WorkQueue(Generic[K]):
 
     def _start_due(self) -> None:
         now = self.clock()
-        deferred = []
         while self._heap and self._heap[0][0] <= now:
-            due, count, key = heapq.heappop(self._heap)
+            due, _, key = heapq.heappop(self._heap)
             if self._due.get(key) != due:
                 continue  # superseded by an earlier time, or forgotten
-            if key in self._busy:
-                deferred.append((due, count, key))  # started once its worker is done
-                continue
             del self._due[key]
+            if key in self._busy:
+                self._again.add(key)  # due while worked on or held: started as soon as it is free
+                continue
             self._busy[key] = asyncio.Event()
             task = asyncio.get_running_loop().create_task(self._work(key), name=f"{self.name}:{key}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        for entry in deferred:
-            heapq.heappush(self._heap, entry)
 
     async def _work(self, key: K) -> None:
         again: float | None = None
