@@ -88,6 +88,7 @@ async def _reconcile_incident(
     spec, invalid = parse_incident(body)
     if spec is None:
         return await _refuse(api, body, invalid or "invalid spec")
+    read_after = agents.mark()  # an agent whose own pass finishes after this is read again when contained
     agent_bodies = dict(
         zip(
             spec.agents,
@@ -146,7 +147,9 @@ async def _reconcile_incident(
             )
 
         bodies = [b for a in only if (b := agent_bodies.get(a)) and not b["metadata"].get("deletionTimestamp")]
-        results = await asyncio.gather(*(agents.contain(b, current, upstream, children) for b in bodies))
+        results = await asyncio.gather(
+            *(agents.contain(b, current, upstream, children, read_after=read_after) for b in bodies)
+        )
         return {r.agent: r for r in results if r is not None}
 
     start = plan_start(

@@ -57,6 +57,8 @@ class Agents:
         self.resync_seconds = resync_seconds
         self.queue: WorkQueue[Key] = WorkQueue(self._work, name="AgentDeployment", concurrency=concurrency)
         self._refusals: dict[Key, int] = {}  # passes in a row that refused the agent
+        self._passes = 0  # full passes finished, of every agent
+        self._last_pass: dict[Key, int] = {}  # the agent's latest full pass: its number in that count
 
     def add(self, namespace: str, name: str) -> None:
         self.queue.add((namespace, name))
@@ -64,6 +66,16 @@ class Agents:
     def forget(self, namespace: str, name: str) -> None:
         self.queue.forget((namespace, name))
         self._refusals.pop((namespace, name), None)
+        self._last_pass.pop((namespace, name), None)
+
+    def mark(self) -> int:
+        """Taken before reading agents for :meth:`contain`: a full pass of one of them finished after it may have
+        changed what was read (its spec seen, its bundle pinned and rolled out), and the agent is read again."""
+        return self._passes
+
+    def _passed(self, key: Key) -> None:
+        self._passes += 1
+        self._last_pass[key] = self._passes
 
     async def _work(self, key: Key) -> float | None:
         report = await self._reconcile(key)
@@ -79,10 +91,17 @@ class Agents:
         return self.resync_seconds
 
     async def _reconcile(self, key: Key) -> AgentReport | None:
-        body = await self.api.get_or_none(AGENTDEPLOYMENTS, *key)
-        if body is None or body["metadata"].get("deletionTimestamp"):
+        body = await self._read(key)
+        if body is None:
             return None
-        return await reconcile_agent(self.api, body, self.views(key[0]), seen=self.seen)
+        try:
+            return await reconcile_agent(self.api, body, self.views(key[0]), seen=self.seen)
+        finally:
+            self._passed(key)
+
+    async def _read(self, key: Key) -> dict[str, Any] | None:
+        body = await self.api.get_or_none(AGENTDEPLOYMENTS, *key)
+        return None if body is None or body["metadata"].get("deletionTimestamp") else body
 
     async def reconcile(self, namespace: str, name: str) -> AgentReport | None:
         """The agent's full pass now (a drill, an evaluation Job that finished), waiting for it; None when the
@@ -99,14 +118,26 @@ class Agents:
         incidents: list[IncidentView],
         upstream: dict[str, AgentDeploymentSpec],
         seen: ChildrenSeen | None = None,
+        *,
+        read_after: int,
     ) -> AgentReport | None:
-        """The agent's containment (an incident's pass), from `body` as the incident's pass read it. An agent whose
+        """The agent's containment (an incident's pass), from `body` as the incident's pass read it after
+        :meth:`mark` returned `read_after`; read again when a full pass of the agent finished since. An agent whose
         spec its own pass has not seen yet (just created or changed) gets that pass in full, here: its bundle is
         pinned and wired before the evidence records what it runs."""
-        meta = body["metadata"]
-        async with self.queue.holding((meta["namespace"], meta["name"])):
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        async with self.queue.holding(key):
+            if self._last_pass.get(key, 0) > read_after:
+                fresh = await self._read(key)
+                if fresh is None:
+                    return None
+                body = fresh
+            meta = body["metadata"]
             if (body.get("status") or {}).get("observedGeneration") != meta.get("generation"):
-                report = await reconcile_agent(self.api, body, incidents, seen=seen or self.seen)
+                try:
+                    report = await reconcile_agent(self.api, body, incidents, seen=seen or self.seen)
+                finally:
+                    self._passed(key)
                 return report if report.spec is not None else None  # refused: it says why in its status
             return await contain_agent(self.api, body, incidents, upstream, seen=seen or self.seen)
 
