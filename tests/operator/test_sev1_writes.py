@@ -105,3 +105,5 @@ def test_a_sev1_pass_writes_the_floors_writes_and_no_more(cluster: Cluster, oper
     # Containment first: every lever's write, then the incident's status; the paperwork only after it.
     contained_at = writes.index(incident_status)
     assert sorted(writes[:contained_at]) == sorted(containment), writes
+    # The evidence records the running bundle as the operator's watch holds it: its ConfigMap is not read again.
+    assert cluster.requests_to("/configmaps/refund-agent-bundle-1", since=mark) == []

@@ -118,14 +118,14 @@ async def gather(
     api: KubeApi, namespace: str, name: str, spec: AgentDeploymentSpec, *, revisions: str, seen: ChildrenSeen
 ) -> AgentWorld:
     """Read the agent's consumers; its stored bundle revisions `revisions`: "listed" (read now), "seen" (as the
-    watch last delivered them, read when it has not) or "none"; the control ConfigMap and NetworkPolicy are as
-    the watch last delivered them (`seen`)."""
+    watch last delivered them, read when it has not) or "watched" (as the watch delivered them, none when it has
+    not: never a read); the control ConfigMap and NetworkPolicy are as the watch last delivered them (`seen`)."""
     children = seen(namespace, name)
 
     async def stored_revisions() -> tuple[list[bundles.StoredRevision], dict[str, dict[str, str]]]:
-        if revisions == "none":
+        cms = children.bundles if revisions in ("seen", "watched") else None
+        if cms is None and revisions == "watched":
             return [], {}
-        cms = children.bundles if revisions == "seen" else None
         if cms is None:
             cms = await api.list(CONFIGMAPS, namespace, label_selector=names.bundle_selector(name))
         stored = [s for s in (bundles.stored_revision_from_configmap(cm) for cm in cms) if s is not None]
@@ -209,7 +209,9 @@ async def contain_agent(
         return None
     spec, status = parsed.spec, body.get("status") or {}
     containment = plan_containment(name, spec, incidents, upstream)
-    revisions = "seen" if containment.rollbacks else "none"
+    # The revisions decide a rollback; otherwise what the watch holds of them is only what the evidence records
+    # (the running bundle's data), not worth a read on the way to Contained.
+    revisions = "seen" if containment.rollbacks else "watched"
     world = await gather(api, namespace, name, spec, revisions=revisions, seen=seen)
     if await _problems(api, namespace, name, spec, world):
         return None
