@@ -47,8 +47,9 @@ async def incidents_by_namespace(body: kopf.Body, memo: Any, **_: Any) -> dict[s
     return {body["metadata"]["namespace"]: view} if view is not None else None
 
 
-# The agents' control ConfigMaps and NetworkPolicies as the watch last delivered them, by (namespace, agent): a
-# lever plans on them and guards its write with their resourceVersion, instead of reading them first.
+# The agents' control ConfigMaps, bundle ConfigMaps and NetworkPolicies as the watch last delivered them, by
+# (namespace, agent): a lever plans on them and guards its write with their resourceVersion, instead of reading
+# them first; an incident's pass takes the running bundle's data for its evidence from them.
 OWNED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 
 
