@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from click.testing import CliRunner
 
-from tests.conftest import AD, AI, DEPLOY, Cluster, example, wait_for
+from tests.conftest import AD, AI, CM, DEPLOY, Cluster, example, wait_for
 from tests.operator.test_incidents import condition, contained, incident, replicas, start_agent
 from tourniquet.cli import main as cli
 from tourniquet.domain.detection import Signal
@@ -282,3 +283,30 @@ def test_an_agent_taken_out_of_an_open_incident_is_released_by_it(cluster: Clust
     assert replicas(cluster) == 0
     released = [e for e in status["timeline"] if e["event"] == "LeverReleased"]
     assert [(e["agent"], e["message"].split(":")[0]) for e in released] == [("notify-agent", "drain")], released
+
+
+@pytest.mark.emulator  # fault injection: the first pass is slowed to widen the window
+def test_an_incident_edited_during_its_first_pass_keeps_the_times_that_pass_measured(cluster: Cluster, operator):
+    start_agent(cluster)
+    mark = cluster.mark()
+    slow = cluster.fault("create", CM, status=None, delay=1.5, count=1)  # the evidence, inside the first pass
+    cluster.apply([incident("edited", contain=["revokeTools", "drain"])])
+    wait_for(lambda: slow.hits >= 1, what="the first pass capturing evidence")
+    cluster.patch(AI, "edited", {"spec": {"summary": "refunds issued twice for one order"}})  # on-call adds a line
+    final = wait_for(
+        lambda: (
+            cluster.status(AI, "edited").get("observedGeneration") == 2
+            and contained(cluster, "edited")
+            and cluster.status(AI, "edited")
+        ),
+        what="the edit observed, Contained",
+    )
+    first = next(
+        w.body["status"] for w in cluster.writes(AI, since=mark) if w.path.endswith("/edited/status")
+    )  # the first pass's: Contained, before the edit was seen
+    assert first["observedGeneration"] == 1 and first["timings"]["containedSeconds"] > 0, first
+    # What the first pass observed stays as it was measured: when it started, how long containment took, when
+    # the incident was opened.
+    assert final["timings"] == first["timings"], (first["timings"], final["timings"])
+    assert final["timeline"][0] == first["timeline"][0], (first["timeline"], final["timeline"])
+    assert [e["event"] for e in final["timeline"]].count("Contained") == 1, final["timeline"]

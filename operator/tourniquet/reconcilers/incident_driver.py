@@ -147,6 +147,8 @@ class IncidentDriver:
         except BaseException:
             self._notes.setdefault(key, [])[:0] = notes  # said on the retry
             raise
+        # An event delivered meanwhile without a status came before this pass's write: the next pass reads fresh.
+        self._delivered.pop(key, None)
         if not report.accepted:
             log.warning("AgentIncident %s/%s refused: %s", *key, report.message)
         current = report.written or body
