@@ -36,6 +36,7 @@ from aiohttp import web
 from tourniquet import observability
 from tourniquet.adapters.kube import ApiError, KubeApi
 from tourniquet.domain.detection import PayloadError, parse_notification
+from tourniquet.reconcilers.lane import Lane
 from tourniquet.reconcilers.queue import Hold, unshared
 from tourniquet.reconcilers.signals import receive_alerts
 
@@ -85,11 +86,13 @@ class Receiver:
         token: TokenSource,
         served: Sequence[str] | None = None,
         hold: Callable[[], Hold | None] = lambda: unshared,
+        lane: Lane | None = None,
     ) -> None:
         """`served`: the namespaces the operator watches (its `--namespace` values); None: every one. `hold`: the
-        incidents' work queue's (None while the operator is starting)."""
+        incidents' work queue's (None while the operator is starting). `lane`: the operator's background lane."""
         self._api = api
         self._hold = hold
+        self._lane = lane or Lane()
         self._token = token
         self._served = tuple(served) if served else None
         self._runner: web.AppRunner | None = None
@@ -150,7 +153,7 @@ class Receiver:
         if api is None or hold is None:
             return _json_error(503, "the operator is still starting; retry")
         try:
-            outcomes = await receive_alerts(api, notification, now=now, served=self._served, hold=hold)
+            outcomes = await receive_alerts(api, notification, now=now, served=self._served, hold=hold, lane=self._lane)
         except ApiError as error:
             log.warning("Could not handle an Alertmanager notification: Kubernetes API: %s", error)
             return _json_error(503, f"Kubernetes API: {error}")

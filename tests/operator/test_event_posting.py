@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
-
 from tourniquet.reconcilers import events, lane
 
 
@@ -33,8 +31,9 @@ async def _until(check: Any, timeout: float = 5.0) -> None:
 
 
 async def test_events_wait_for_the_running_containment_pass(kube: Any, cluster: Any) -> None:
-    async with lane.containment_pass():
-        events.post_events_later(kube, incident_in(cluster), [ENTRY])
+    background = lane.Lane()
+    async with background.containment_pass():
+        events.post_events_later(kube, incident_in(cluster), [ENTRY], background)
         await asyncio.sleep(0.5)
         assert _reasons(cluster) == [], "no paperwork while containment is running"
     await _until(lambda: _reasons(cluster) == ["LeverApplied"])
@@ -44,20 +43,19 @@ async def test_events_wait_for_the_running_containment_pass(kube: Any, cluster: 
 
 
 async def test_events_wait_for_a_quiet_moment_not_a_gap_between_passes(kube: Any, cluster: Any) -> None:
-    async with lane.containment_pass():
-        events.post_events_later(kube, incident_in(cluster), [ENTRY])
+    background = lane.Lane()
+    async with background.containment_pass():
+        events.post_events_later(kube, incident_in(cluster), [ENTRY], background)
     for _ in range(4):  # a burst: passes that start a few milliseconds after others end
         await asyncio.sleep(lane.QUIET_SECONDS / 4)
-        async with lane.containment_pass():
+        async with background.containment_pass():
             await asyncio.sleep(0.01)
     assert _reasons(cluster) == [], "no paperwork between the passes of a burst"
     await _until(lambda: _reasons(cluster) == ["LeverApplied"])
 
 
-async def test_events_are_not_held_back_by_a_long_pass(
-    kube: Any, cluster: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(lane, "EVENT_DEFER_SECONDS", 0.2)
-    async with lane.containment_pass():
-        events.post_events_later(kube, incident_in(cluster), [ENTRY, {**ENTRY, "event": "Contained"}])
+async def test_events_are_not_held_back_by_a_long_pass(kube: Any, cluster: Any) -> None:
+    background = lane.Lane(event_defer_seconds=0.2)
+    async with background.containment_pass():
+        events.post_events_later(kube, incident_in(cluster), [ENTRY, {**ENTRY, "event": "Contained"}], background)
         await _until(lambda: sorted(_reasons(cluster)) == ["Contained", "LeverApplied"], timeout=3)

@@ -101,6 +101,7 @@ def start_agents(memo: Any, kwargs: dict[str, Any]) -> Agents:
         seen=children_seen(kwargs["control_configmaps"], kwargs["bundle_configmaps"], kwargs["egress_policies"]),
         after=after,
         resync_seconds=RESYNC_SECONDS,
+        lane=memo.lane,
     )
     return memo.agents
 

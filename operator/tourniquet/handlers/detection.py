@@ -54,6 +54,7 @@ async def start_detection(memo: Any, logger: kopf.Logger, **_: Any) -> None:
         TokenSource.from_env(),
         served,
         hold=lambda: memo.incidents.queue.holding if hasattr(memo, "incidents") else None,
+        lane=memo.lane,
     )
     try:
         host, port = listen_address()
@@ -101,6 +102,7 @@ async def detect(body: kopf.Body, memo: Any, logger: kopf.Logger, stopped: kopf.
         meta["name"],
         off_reason=getattr(memo, "detection_off", None),
         holds=(memo.agents.queue.holding, memo.incidents.queue.holding),
+        lane=memo.lane,
     )
     loop = asyncio.get_running_loop()
     # Spread the first passes over one interval, so a thousand agents do not query at the same instant.

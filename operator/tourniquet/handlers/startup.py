@@ -14,6 +14,7 @@ import kopf
 from tourniquet import heap
 from tourniquet.adapters.kube import KubeApi
 from tourniquet.domain.names import PREFIX
+from tourniquet.reconcilers.lane import Lane
 
 
 class SlimDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
@@ -55,6 +56,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
     settings.watching.server_timeout = 300
     memo.api = await KubeApi.from_config(os.environ.get("KUBECONFIG"), os.environ.get("TOURNIQUET_KUBE_CONTEXT"))
     logger.info("Connected to the Kubernetes API at %s", memo.api.host)
+    memo.lane = Lane()  # containment first, paperwork after: one background lane for the whole operator
 
 
 @kopf.on.startup()
@@ -74,6 +76,15 @@ async def stop_task(task: asyncio.Task[Any] | None) -> None:
 @kopf.on.cleanup()
 async def untune_heap(memo: Any, **_: Any) -> None:
     await stop_task(getattr(memo, "heap_task", None))
+
+
+@kopf.on.cleanup()
+async def close_lane(memo: Any, **_: Any) -> None:
+    """The work still waiting for a quiet moment is dropped: a finalizer is added by the next start's pass, an Event
+    is not posted (the timeline has it)."""
+    lane = getattr(memo, "lane", None)
+    if lane is not None:
+        await lane.close()
 
 
 # No cleanup closes `memo.api`: Kopf runs cleanup while cancelled handlers may still be in a request, and

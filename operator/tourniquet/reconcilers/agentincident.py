@@ -25,7 +25,6 @@ from tourniquet.reconcilers.agentdeployment import AgentReport, Children, list_i
 from tourniquet.reconcilers.agents import Agents
 from tourniquet.reconcilers.events import post_events_later
 from tourniquet.reconcilers.evidence import capture_evidence
-from tourniquet.reconcilers.lane import containment_pass
 from tourniquet.reconcilers.undo import count_compensations, merge_undo, reconcile_undo
 
 log = logging.getLogger(__name__)
@@ -65,8 +64,8 @@ async def reconcile_incident(
     others: list[IncidentView] | None = None,
 ) -> IncidentReport:
     """`others`: the namespace's incidents as the operator's index holds them; read from the API if None.
-    `agents` contains them, and reconciles each in full once containment is quiet."""
-    async with containment_pass():
+    `agents` contains them, and reconciles each in full once containment is quiet (on `agents.lane`)."""
+    async with agents.lane.containment_pass():
         return await _reconcile_incident(api, body, agents, now=now, notes=notes, others=others)
 
 
@@ -218,7 +217,7 @@ async def _reconcile_incident(
         if undo is not None:
             count_compensations(undo)
         already = len((body.get("status") or {}).get("timeline") or [])
-        post_events_later(api, body, new_status["timeline"][already:])
+        post_events_later(api, body, new_status["timeline"][already:], agents.lane)
         observability.observe_incident_timings(body.get("status") or {}, new_status)
     report.status = new_status
     _reconcile_changed(agents, namespace, reports, changed=report.written is not None)

@@ -25,7 +25,7 @@ from tourniquet.reconcilers.agentdeployment import (
     reconcile_agent,
     unseen,
 )
-from tourniquet.reconcilers.lane import PASS_DEFER_SECONDS, after_containment
+from tourniquet.reconcilers.lane import PASS_DEFER_SECONDS, Lane
 from tourniquet.reconcilers.queue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,8 @@ REQUEUE_DELAYS = (1.0, 2.0, 4.0, 8.0, 10.0)  # a refused agent is reconciled aga
 class Agents:
     """`views(namespace)`: the namespace's incidents as the operator's index holds them. `seen`: the agents'
     own objects as the operator's watch holds them. `after(report)`: called after every full pass (the
-    handlers note drift repaired and rollbacks done on the incidents they were done for)."""
+    handlers note drift repaired and rollbacks done on the incidents they were done for). `lane`: the operator's
+    background lane (its incidents' passes run on it too; a fresh one if not given)."""
 
     def __init__(
         self,
@@ -49,8 +50,10 @@ class Agents:
         after: Callable[[AgentReport], Awaitable[None]] | None = None,
         resync_seconds: float = 300.0,
         concurrency: int = 20,
+        lane: Lane | None = None,
     ) -> None:
         self.api = api
+        self.lane = lane or Lane()
         self.views = views
         self.seen = seen
         self.after = after
@@ -148,7 +151,7 @@ class Agents:
         async def add() -> None:
             self.add(namespace, name)
 
-        after_containment(add, at_most=PASS_DEFER_SECONDS)
+        self.lane.after_containment(add, at_most=PASS_DEFER_SECONDS)
 
     async def run(self) -> None:
         """Resyncs, requeues and retries, until cancelled."""

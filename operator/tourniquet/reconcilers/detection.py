@@ -23,6 +23,7 @@ from tourniquet.adapters.prometheus import PrometheusQuerier, PrometheusUnavaila
 from tourniquet.domain import detection as decide
 from tourniquet.domain.conditions import rfc3339
 from tourniquet.domain.detection import CompiledRule, Degraded, RuleState, Sample
+from tourniquet.reconcilers.lane import Lane
 from tourniquet.reconcilers.queue import Hold, unshared
 from tourniquet.reconcilers.signals import SignalOutcome, _now, record_cleared, record_signal
 
@@ -84,9 +85,12 @@ class AgentDetector:
         *,
         off_reason: str | None = None,
         holds: tuple[Hold, Hold] = (unshared, unshared),
+        lane: Lane | None = None,
     ) -> None:
-        """`holds`: the agents' and the incidents' work queues' (no pass on an object while this writes on it)."""
+        """`holds`: the agents' and the incidents' work queues' (no pass on an object while this writes on it).
+        `lane`: the operator's background lane, on which an opened incident's Events wait."""
         self.api = api
+        self.lane = lane or Lane()
         self.hold_agent, self.hold_incident = holds
         self.prometheus = prometheus
         self.namespace = namespace
@@ -283,7 +287,7 @@ class AgentDetector:
         measured = rule.name not in self._unmeasured
         signal = decide.rule_signal(self.namespace, self.name, rule, samples, active_at, measured=measured)
         known = self._incidents.get(rule.name)
-        outcome = await record_signal(self.api, signal, now=now, known=known, hold=self.hold_incident)
+        outcome = await record_signal(self.api, signal, now=now, known=known, hold=self.hold_incident, lane=self.lane)
         if outcome.incident is not None:
             self._incidents[rule.name] = outcome.incident
         if outcome.outcome == "suppressed":

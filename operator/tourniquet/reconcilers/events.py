@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tourniquet.adapters.kube import EVENTS, ApiError, KubeApi
-from tourniquet.reconcilers.lane import after_containment
+from tourniquet.reconcilers.lane import Lane
 
 log = logging.getLogger(__name__)
 WARNING_EVENTS = {"AgentMissing", "DriftRepaired", "Failed", "LedgerUnavailable", "CompensationRefused"}
@@ -54,12 +54,12 @@ async def post_events(api: KubeApi, involved: dict[str, Any], entries: list[dict
             log.warning("Could not post the event %s on %s: %s", entry["event"], meta["name"], error)
 
 
-def post_events_later(api: KubeApi, involved: dict[str, Any], entries: list[dict[str, Any]]) -> None:
-    """Log the timeline entries now; post their Events in the background, once containment is quiet (or
-    after EVENT_DEFER_SECONDS)."""
+def post_events_later(api: KubeApi, involved: dict[str, Any], entries: list[dict[str, Any]], lane: Lane) -> None:
+    """Log the timeline entries now; post their Events in the background, once containment is quiet on `lane`
+    (or after its event_defer_seconds)."""
     if entries:
         log_timeline(involved, entries)
-        after_containment(lambda: post_events(api, involved, entries))
+        lane.after_containment(lambda: post_events(api, involved, entries))
 
 
 def log_timeline(involved: dict[str, Any], entries: list[dict[str, Any]]) -> None:

@@ -30,7 +30,6 @@ from tourniquet.domain.names import PREFIX
 from tourniquet.domain.undo import following
 from tourniquet.reconcilers import agentincident
 from tourniquet.reconcilers.agents import Agents
-from tourniquet.reconcilers.lane import after_containment
 from tourniquet.reconcilers.queue import PassIncomplete, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ def _behind(body: Mapping[str, Any]) -> bool:
 
 class IncidentDriver:
     """One per operator process. `views(namespace)` gives the namespace's incidents as the index holds them;
-    `agents` contains and reconciles the agents."""
+    `agents` contains and reconciles the agents; the driver defers work on their lane (`agents.lane`)."""
 
     def __init__(
         self,
@@ -154,7 +153,7 @@ class IncidentDriver:
         current = report.written or body
         if _is_open(body):
             # Off the burst: an incident deleted before this lands is released from its DELETED event.
-            after_containment(lambda: self._add_finalizer_later(current))
+            self.agents.lane.after_containment(lambda: self._add_finalizer_later(current))
         else:
             await self._keep_finalizer(current, wanted=False)
         if report.retry:  # written, but something could not be read (the ledger): retried with backoff

@@ -18,6 +18,7 @@ from tourniquet.domain import names
 from tourniquet.domain.detection import Signal
 from tourniquet.domain.incident import micro_time
 from tourniquet.reconcilers.events import post_events_later
+from tourniquet.reconcilers.lane import Lane
 from tourniquet.reconcilers.queue import Hold, unshared
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,13 @@ class SignalOutcome:
 
 
 async def record_signal(
-    api: KubeApi, signal: Signal, *, now: datetime | None = None, known: str | None = None, hold: Hold = unshared
+    api: KubeApi,
+    signal: Signal,
+    *,
+    now: datetime | None = None,
+    known: str | None = None,
+    hold: Hold = unshared,
+    lane: Lane | None = None,
 ) -> SignalOutcome:
     """Open an incident for `signal`, or count one more sighting on the open incident with its fingerprint.
 
@@ -47,7 +54,8 @@ async def record_signal(
     comes from the fingerprint and the signal's start, so a repeat of the same episode that finds no open
     incident by label (a stale read, a restart) hits 409 AlreadyExists and is recognised. An episode whose
     incident a human resolved is not reopened: the signal has to clear and start again. `hold`: the incidents'
-    work queue's, so no pass of an incident runs while this writes on it.
+    work queue's, so no pass of an incident runs while this writes on it. `lane`: the operator's, on which the
+    new incident's Events wait for containment to be quiet (a fresh one if not given).
     """
     now = now or _now()
     namespace = signal.namespace
@@ -86,7 +94,7 @@ async def record_signal(
         # incident handler (waiting on this lock) first reads it.
         first = decide.first_detection(signal, now)
         await api.patch(AGENTINCIDENTS, namespace, name, {"status": first}, subresource="status")
-    post_events_later(api, created, first["timeline"])
+    post_events_later(api, created, first["timeline"], lane or Lane())
     if signal.start_measured:
         latency = decide.latency_seconds(signal.started_at, now)
         observability.DETECTION_LATENCY.labels(signal.source).observe(latency)
@@ -185,6 +193,7 @@ async def receive_alerts(
     now: datetime | None = None,
     served: Sequence[str] | None = None,
     hold: Hold = unshared,
+    lane: Lane | None = None,
 ) -> list[AlertOutcome]:
     """Map each alert to its agent and open, count or clear its incident (same fingerprint rules as rules).
 
@@ -240,7 +249,7 @@ async def receive_alerts(
                 refuse(f"AgentDeployment {alert.agent} not found in namespace {namespace}")
                 continue
         if alert.firing:
-            result = await record_signal(api, alert.signal(namespace), now=now, hold=hold)
+            result = await record_signal(api, alert.signal(namespace), now=now, hold=hold, lane=lane)
         else:
             at = alert.ends_at or now
             result = await record_cleared(
