@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 
 from tourniquet import observability
-from tourniquet.adapters import ledger
+from tourniquet.adapters.ledger import Ledgers
 from tourniquet.domain.containment import IncidentView
 from tourniquet.handlers.agentdeployments import incident_views, plain, start_agents
 from tourniquet.handlers.freshness import NOT_CANARY
@@ -33,6 +33,7 @@ async def start_incident_driver(memo: Any, **kwargs: Any) -> None:
         lambda namespace: incident_views(index, namespace),
         start_agents(memo, kwargs),
         reassert_seconds=REASSERT_SECONDS,
+        ledgers=Ledgers(),
     )
     memo.incidents_task = asyncio.create_task(memo.incidents.run(), name="tourniquet-incidents")
     memo.agents_task = asyncio.create_task(memo.agents.run(), name="tourniquet-agents")
@@ -42,7 +43,9 @@ async def start_incident_driver(memo: Any, **kwargs: Any) -> None:
 async def stop_incident_driver(memo: Any, **_: Any) -> None:
     await stop_task(getattr(memo, "incidents_task", None))
     await stop_task(getattr(memo, "agents_task", None))
-    ledger.close_all()  # the agents' ledgers the undo read (their connection pools)
+    incidents = getattr(memo, "incidents", None)
+    if incidents is not None:
+        incidents.ledgers.close()  # the agents' ledgers the undo read (their connection pools)
 
 
 @kopf.on.event(*RESOURCE, labels=NOT_CANARY)

@@ -16,6 +16,7 @@ from typing import Any
 
 from tourniquet import observability
 from tourniquet.adapters.kube import AGENTDEPLOYMENTS, AGENTINCIDENTS, KubeApi
+from tourniquet.adapters.ledger import Ledgers
 from tourniquet.domain.containment import IncidentView, incident_problems, parse_incident
 from tourniquet.domain.incident import LeverSeen, incident_status, invalid_incident_status, micro_time, plan_start
 from tourniquet.domain.names import ANNOTATION_OPENED_AT
@@ -62,11 +63,13 @@ async def reconcile_incident(
     now: datetime | None = None,
     notes: list[tuple[str, str, str | None]] | None = None,
     others: list[IncidentView] | None = None,
+    ledgers: Ledgers | None = None,
 ) -> IncidentReport:
     """`others`: the namespace's incidents as the operator's index holds them; read from the API if None.
+    `ledgers`: the operator's open ledgers, which the undo reads (None: opened for the pass).
     `agents` contains them, and reconciles each in full once containment is quiet (on `agents.lane`)."""
     async with agents.lane.containment_pass():
-        return await _reconcile_incident(api, body, agents, now=now, notes=notes, others=others)
+        return await _reconcile_incident(api, body, agents, now=now, notes=notes, others=others, ledgers=ledgers)
 
 
 async def _reconcile_incident(
@@ -77,6 +80,7 @@ async def _reconcile_incident(
     now: datetime | None,
     notes: list[tuple[str, str, str | None]] | None,
     others: list[IncidentView] | None,
+    ledgers: Ledgers | None,
 ) -> IncidentReport:
     seen = now or _now()
     meta = body["metadata"]
@@ -204,7 +208,9 @@ async def _reconcile_incident(
     # A resolved incident is read on only while its compensation is under way, to report how it ends.
     undo = None
     if not spec.resolved or following(status):
-        undo = await reconcile_undo(api, body, {a: agent_bodies.get(a) for a in named}, now=now or _now())
+        undo = await reconcile_undo(
+            api, body, {a: agent_bodies.get(a) for a in named}, now=now or _now(), ledgers=ledgers
+        )
         if undo is not None:
             extra += undo.notes
             report.retry = undo.retry

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError, KubeApi
+from tourniquet.adapters.ledger import Ledgers
 from tourniquet.domain.containment import IncidentView
 from tourniquet.domain.detection import LABEL_SOURCE
 from tourniquet.domain.names import PREFIX
@@ -67,7 +68,8 @@ def _behind(body: Mapping[str, Any]) -> bool:
 
 class IncidentDriver:
     """One per operator process. `views(namespace)` gives the namespace's incidents as the index holds them;
-    `agents` contains and reconciles the agents; the driver defers work on their lane (`agents.lane`)."""
+    `agents` contains and reconciles the agents; the driver defers work on their lane (`agents.lane`). `ledgers`:
+    the operator's open ledgers, which the incidents' undo reads."""
 
     def __init__(
         self,
@@ -76,10 +78,12 @@ class IncidentDriver:
         agents: Agents,
         *,
         reassert_seconds: float,
+        ledgers: Ledgers,
         concurrency: int = 20,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = api
+        self.ledgers = ledgers
         self.views = views
         self.agents = agents
         self.reassert_seconds = reassert_seconds
@@ -141,7 +145,7 @@ class IncidentDriver:
         notes = self._notes.pop(key, [])
         try:
             report = await agentincident.reconcile_incident(
-                self.api, body, self.agents, notes=notes, others=self.views(key[0])
+                self.api, body, self.agents, notes=notes, others=self.views(key[0]), ledgers=self.ledgers
             )
         except BaseException:
             self._notes.setdefault(key, [])[:0] = notes  # said on the retry

@@ -23,7 +23,7 @@ from typing import Any
 
 from tourniquet import observability
 from tourniquet.adapters.kube import JOBS, SECRETS, WORKLOADS, ApiError, KubeApi
-from tourniquet.adapters.ledger import read_ledger
+from tourniquet.adapters.ledger import Ledgers, read_once
 from tourniquet.domain.blastradius import incident_window
 from tourniquet.domain.compensation import REVERSAL, CompensationPlan, PlanError
 from tourniquet.domain.compensation_job import JobSpecError, compensation_job_name, desired_compensation_job
@@ -104,7 +104,11 @@ def _selection(compensate: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def _read(
-    api: KubeApi, context: IncidentContext, ref: tuple[str, str], compensate: Mapping[str, Any]
+    api: KubeApi,
+    context: IncidentContext,
+    ref: tuple[str, str],
+    compensate: Mapping[str, Any],
+    ledgers: Ledgers | None,
 ) -> tuple[LedgerRead, CompensationRequest | None]:
     try:
         url = await _ledger_url(api, context.namespace, *ref)
@@ -131,7 +135,7 @@ async def _read(
         return LedgerRead(blast=blast, plan=plan, progress=progress)
 
     try:
-        return await read_ledger(url, read), request
+        return await (ledgers.read(url, read) if ledgers is not None else read_once(url, read)), request
     except LedgerError as error:
         log.warning("AgentIncident %s: the ledger %s cannot be read: %s", context.key, redacted_url(url), error)
         return LedgerRead(error=str(error), reason="Unreachable"), None
@@ -197,9 +201,15 @@ async def _create_job(
 
 
 async def reconcile_undo(
-    api: KubeApi, body: dict[str, Any], agents: Mapping[str, dict[str, Any] | None], *, now: datetime
+    api: KubeApi,
+    body: dict[str, Any],
+    agents: Mapping[str, dict[str, Any] | None],
+    *,
+    now: datetime,
+    ledgers: Ledgers | None = None,
 ) -> UndoStatus | None:
-    """The undo part of an open incident's status, acting on an approval; None when no agent has a ledger."""
+    """The undo part of an open incident's status, acting on an approval; None when no agent has a ledger.
+    `ledgers`: the operator's open ledgers (None: the ledger is opened for this pass alone)."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     ledgered = {a: b for a, b in agents.items() if b is not None and _ledger_ref(b) is not None}
@@ -223,7 +233,7 @@ async def reconcile_undo(
             read = LedgerRead(error=str(error), reason="NoWindow")
         else:
             context = IncidentContext(namespace, name, body, dict(ledgered), window)
-            read, request = await _read(api, context, ref, compensate)
+            read, request = await _read(api, context, ref, compensate, ledgers)
     job_name = compensation_job_name(name, approved_hash) if approved_hash else None
     job: JobSeen | None = None
     try:
