@@ -31,19 +31,20 @@ name                                            type       labels and meaning
                                                            come back within the stale threshold
 ==============================================  =========  ===================================================
 
-The watch gauges are computed when /metrics is scraped (:func:`before_scrape`), by
-:mod:`tourniquet.freshness`.
-
-One registry per operator process. Imports nothing of Tourniquet, so any layer may record into it.
+Counters and histograms are recorded into one registry per process (:data:`REGISTRY`), from any layer. The
+gauges are derived from the operator's own state when /metrics is read (:class:`OperatorMetrics`, one per operator,
+made at start-up): the open incidents from what its watch delivered (:class:`OpenIncidents`), the watch gauges
+by :mod:`tourniquet.freshness` (:meth:`OperatorMetrics.before_scrape`). Imports nothing of Tourniquet.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Mapping
+import collections
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 REGISTRY = CollectorRegistry()
@@ -72,12 +73,6 @@ SIGNALS = Counter(
     "tourniquet_detection_signals",
     "Signals handled, by source and outcome (opened, updated, suppressed, cleared).",
     ["source", "outcome"],
-    registry=REGISTRY,
-)
-OPEN_INCIDENTS = Gauge(
-    "tourniquet_incidents_open",
-    "Open AgentIncidents by severity and class.",
-    ["severity", "class"],
     registry=REGISTRY,
 )
 CONTAINMENT_LATENCY = Histogram(
@@ -125,53 +120,60 @@ WATCH_STALE = Gauge(
     registry=REGISTRY,
 )
 
-_scrape_hooks: list[Callable[[], None]] = []
-
-_incidents: dict[tuple[str, str], tuple[str, str] | None] = {}  # (namespace, name) -> (severity, class) if open
-_incidents_lock = threading.Lock()
 
 
-def exposition() -> bytes:
-    for hook in list(_scrape_hooks):
-        hook()
-    return generate_latest(REGISTRY)
+class OpenIncidents:
+    """The AgentIncidents one operator has seen open, by severity and class: ``tourniquet_incidents_open``, counted
+    when /metrics is read (a prometheus_client collector). A severity and class once counted stays, at 0."""
 
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, str], tuple[str, str]] = {}  # (namespace, name) -> (severity, class)
+        self._seen: set[tuple[str, str]] = set()
 
-def before_scrape(hook: Callable[[], None]) -> Callable[[], None]:
-    """Run `hook` before every scrape (to set gauges that are ages); returns the function that removes it."""
-    _scrape_hooks.append(hook)
-
-    def remove() -> None:
-        if hook in _scrape_hooks:
-            _scrape_hooks.remove(hook)
-
-    return remove
-
-
-def track_incident(namespace: str, name: str, body: Mapping[str, Any] | None) -> None:
-    """Count an incident as open (by severity and class) or not; `body` None: it is gone."""
-    spec = (body or {}).get("spec") or {}
-    meta = (body or {}).get("metadata") or {}
-    open_ = body is not None and not spec.get("resolved") and not meta.get("deletionTimestamp")
-    key = (str(spec.get("severity") or "unknown"), str(spec.get("class") or "other")) if open_ else None
-    with _incidents_lock:
-        previous = _incidents.pop((namespace, name), None)
-        if key is not None:
-            _incidents[(namespace, name)] = key
-        if previous == key:
+    def track(self, namespace: str, name: str, body: Mapping[str, Any] | None) -> None:
+        """Count an incident as open (by severity and class) or not; `body` None: it is gone."""
+        spec = (body or {}).get("spec") or {}
+        meta = (body or {}).get("metadata") or {}
+        if body is None or spec.get("resolved") or meta.get("deletionTimestamp"):
+            self._open.pop((namespace, name), None)
             return
-        if previous is not None:
-            OPEN_INCIDENTS.labels(*previous).dec()
-        if key is not None:
-            OPEN_INCIDENTS.labels(*key).inc()
+        key = (str(spec.get("severity") or "unknown"), str(spec.get("class") or "other"))
+        self._open[(namespace, name)] = key
+        self._seen.add(key)
+
+    def collect(self) -> Iterator[Metric]:
+        counts = collections.Counter(list(self._open.values()))
+        family = GaugeMetricFamily(
+            "tourniquet_incidents_open", "Open AgentIncidents by severity and class.", labels=["severity", "class"]
+        )
+        for key in sorted(set(self._seen)):
+            family.add_metric(list(key), float(counts[key]))
+        yield family
 
 
-def forget_incidents() -> None:
-    """The operator is stopping: it no longer knows what is open."""
-    with _incidents_lock:
-        for key in {k for k in _incidents.values() if k is not None}:
-            OPEN_INCIDENTS.labels(*key).set(0)
-        _incidents.clear()
+class OperatorMetrics:
+    """What one operator serves on /metrics: the process's registry, then the gauges derived from its own state."""
+
+    def __init__(self) -> None:
+        self.open_incidents = OpenIncidents()
+        self.registry = CollectorRegistry()
+        self.registry.register(self.open_incidents)
+        self._hooks: list[Callable[[], None]] = []
+
+    def before_scrape(self, hook: Callable[[], None]) -> Callable[[], None]:
+        """Run `hook` before every scrape (to set gauges that are ages); returns the function that removes it."""
+        self._hooks.append(hook)
+
+        def remove() -> None:
+            if hook in self._hooks:
+                self._hooks.remove(hook)
+
+        return remove
+
+    def exposition(self) -> bytes:
+        for hook in list(self._hooks):
+            hook()
+        return generate_latest(REGISTRY) + generate_latest(self.registry)
 
 
 def observe_incident_timings(before: dict[str, Any], after: dict[str, Any]) -> None:

@@ -87,12 +87,15 @@ class Receiver:
         served: Sequence[str] | None = None,
         hold: Callable[[], Hold | None] = lambda: unshared,
         lane: Lane | None = None,
+        metrics: observability.OperatorMetrics | None = None,
     ) -> None:
         """`served`: the namespaces the operator watches (its `--namespace` values); None: every one. `hold`: the
-        incidents' work queue's (None while the operator is starting). `lane`: the operator's background lane."""
+        incidents' work queue's (None while the operator is starting). `lane`: the operator's background lane.
+        `metrics`: what /metrics serves (the operator's)."""
         self._api = api
         self._hold = hold
         self._lane = lane or Lane()
+        self._metrics = metrics or observability.OperatorMetrics()
         self._token = token
         self._served = tuple(served) if served else None
         self._runner: web.AppRunner | None = None
@@ -126,7 +129,7 @@ class Receiver:
         return web.Response(text="ok")
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=observability.exposition(), headers={"Content-Type": observability.CONTENT_TYPE})
+        return web.Response(body=self._metrics.exposition(), headers={"Content-Type": observability.CONTENT_TYPE})
 
     async def alertmanager(self, request: web.Request) -> web.Response:
         expected = self._token.current()

@@ -22,7 +22,6 @@ Imports nothing of Tourniquet but the registry, so any layer may record into it.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from typing import Any
 
@@ -68,26 +67,27 @@ DRILL_LAST_SUCCESS = Gauge(
     registry=REGISTRY,
 )
 
-_lock = threading.Lock()
-_items: dict[tuple[str, str], set[str]] = {}
-
 
 def observe_readiness(namespace: str, agent: str, readiness: dict[str, Any]) -> None:
     items = {str(i["name"]): bool(i.get("ready")) for i in readiness.get("items") or []}
-    with _lock:
-        for item, ready in items.items():
-            READINESS.labels(namespace, agent, item).set(1 if ready else 0)
-        READINESS_SCORE.labels(namespace, agent).set(sum(items.values()))
-        _items[(namespace, agent)] = set(items)
+    for item, ready in items.items():
+        READINESS.labels(namespace, agent, item).set(1 if ready else 0)
+    READINESS_SCORE.labels(namespace, agent).set(sum(items.values()))
 
 
 def forget_agent(namespace: str, agent: str) -> None:
-    """The agent is gone: its series go too."""
-    with _lock:
-        for item in _items.pop((namespace, agent), set()):
-            READINESS.remove(namespace, agent, item)
+    """The agent is gone: its series go too (its items: those the gauge has for it)."""
+    items = {
+        sample.labels["item"]
+        for family in READINESS.collect()
+        for sample in family.samples
+        if (sample.labels["agent_namespace"], sample.labels["agent"]) == (namespace, agent)
+    }
+    for item in items:
         with contextlib.suppress(KeyError):
-            READINESS_SCORE.remove(namespace, agent)
+            READINESS.remove(namespace, agent, item)
+    with contextlib.suppress(KeyError):
+        READINESS_SCORE.remove(namespace, agent)
 
 
 def observe_drill(namespace: str, agent: str, run: dict[str, Any]) -> None:

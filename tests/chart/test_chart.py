@@ -398,13 +398,13 @@ def operator_metrics() -> dict[str, set[str]]:
     for node in (n for tree in trees for n in ast.walk(tree)):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
             continue
-        if node.func.id not in ("Counter", "Gauge", "Histogram", "Summary") or not node.args:
+        if node.func.id not in ("Counter", "Gauge", "Histogram", "Summary", "GaugeMetricFamily") or not node.args:
             continue
         name = ast.literal_eval(node.args[0])
         labels_node = (
             node.args[2]
             if len(node.args) > 2
-            else next((k.value for k in node.keywords if k.arg == "labelnames"), None)
+            else next((k.value for k in node.keywords if k.arg in ("labelnames", "labels")), None)
         )
         labels = set(ast.literal_eval(labels_node)) if labels_node is not None else set()
         if node.func.id == "Counter":

@@ -12,7 +12,6 @@ from typing import Any
 
 import kopf
 
-from tourniquet import observability
 from tourniquet.adapters.ledger import Ledgers
 from tourniquet.domain.containment import IncidentView
 from tourniquet.handlers.agentdeployments import incident_views, plain, start_agents
@@ -55,5 +54,5 @@ async def incident_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: 
     if not meta.get("name"):
         return
     kind = event.get("type")
-    observability.track_incident(meta.get("namespace", ""), meta["name"], None if kind == "DELETED" else body)
+    memo.metrics.open_incidents.track(meta.get("namespace", ""), meta["name"], None if kind == "DELETED" else body)
     memo.incidents.on_event(kind, body, copy=lambda: plain(body))

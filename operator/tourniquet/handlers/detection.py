@@ -20,7 +20,6 @@ from typing import Any
 
 import kopf
 
-from tourniquet import observability
 from tourniquet.adapters.kube import ApiError
 from tourniquet.adapters.prometheus import PrometheusQuerier, PrometheusSettings
 from tourniquet.handlers.agentdeployments import RESOURCE
@@ -55,6 +54,7 @@ async def start_detection(memo: Any, logger: kopf.Logger, **_: Any) -> None:
         served,
         hold=lambda: memo.incidents.queue.holding if hasattr(memo, "incidents") else None,
         lane=memo.lane,
+        metrics=memo.metrics,
     )
     try:
         host, port = listen_address()
@@ -74,7 +74,6 @@ async def stop_detection(memo: Any, **_: Any) -> None:
     prometheus = getattr(memo, "prometheus", None)
     if prometheus is not None:
         prometheus.close()
-    observability.forget_incidents()
 
 
 def _detection_snapshot(body: kopf.Body) -> dict[str, Any]:

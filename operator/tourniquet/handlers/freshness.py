@@ -19,7 +19,7 @@ from typing import Any
 
 import kopf
 
-from tourniquet import freshness, observability
+from tourniquet import freshness
 from tourniquet.adapters.kube import AGENTINCIDENTS, ApiError, KubeApi
 from tourniquet.domain import names
 from tourniquet.handlers.startup import stop_task
@@ -38,7 +38,7 @@ async def start_freshness(memo: Any, logger: kopf.Logger, **_: Any) -> None:
         settings = freshness.FreshnessSettings(namespaces=(), off_reason=str(error))
     state = freshness.WatchFreshness(settings, started_at=time.monotonic())
     memo.freshness = state
-    memo.freshness_unhook = observability.before_scrape(lambda: state.publish(time.monotonic()))
+    memo.freshness_unhook = memo.metrics.before_scrape(lambda: state.publish(time.monotonic()))
     memo.canary_task = None
     if settings.namespaces:
         memo.canary_task = asyncio.create_task(_write_canaries(memo, state, logger), name="tourniquet-canary")

@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import kopf
 
-from tourniquet import heap
+from tourniquet import heap, observability
 from tourniquet.adapters.kube import KubeApi
 from tourniquet.domain.names import PREFIX
 from tourniquet.reconcilers.lane import Lane
@@ -57,6 +57,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
     memo.api = await KubeApi.from_config(os.environ.get("KUBECONFIG"), os.environ.get("TOURNIQUET_KUBE_CONTEXT"))
     logger.info("Connected to the Kubernetes API at %s", memo.api.host)
     memo.lane = Lane()  # containment first, paperwork after: one background lane for the whole operator
+    memo.metrics = observability.OperatorMetrics()  # served on /metrics by the receiver
 
 
 @kopf.on.startup()
