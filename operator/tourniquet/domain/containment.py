@@ -15,7 +15,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from tourniquet.domain.errors import describe_validation_error
-from tourniquet.domain.generations import PerGeneration
 from tourniquet.models import AgentDeploymentSpec, AgentIncidentSpec, Lever, RollbackTarget, SideEffects
 
 
@@ -57,13 +56,9 @@ def parse_incident_spec(raw: Mapping[str, Any] | None) -> tuple[AgentIncidentSpe
         return None, describe_validation_error(error)
 
 
-# Each of an incident's watch events (a status write's echo too) is looked at: its spec is parsed once.
-_parsed: PerGeneration[tuple[AgentIncidentSpec | None, str | None]] = PerGeneration()
-
-
 def parse_incident(body: Mapping[str, Any]) -> tuple[AgentIncidentSpec | None, str | None]:
     """The incident's parsed spec, or None and why it is invalid."""
-    return _parsed.get(body, lambda: parse_incident_spec(body.get("spec")))
+    return parse_incident_spec(body.get("spec"))
 
 
 def write_tools(spec: AgentDeploymentSpec) -> list[str]:

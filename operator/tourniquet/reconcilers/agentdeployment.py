@@ -26,7 +26,6 @@ from tourniquet.domain import bundles, names, wiring
 from tourniquet.domain.conditions import rfc3339
 from tourniquet.domain.containment import Containment, IncidentView, incident_view, plan_containment
 from tourniquet.domain.gate import with_gate_status
-from tourniquet.domain.generations import PerGeneration
 from tourniquet.domain.readiness import with_readiness
 from tourniquet.levers import registry
 from tourniquet.levers.common import LeverContext, LeverObservation
@@ -102,16 +101,9 @@ class _ParsedSpec:
     identity: tuple[dict[str, str], str] | None  # the bundle's data and sha256
 
 
-# A pass does not re-validate an agent's spec and re-hash its bundle while its generation is the same.
-_parsed_specs: PerGeneration[_ParsedSpec] = PerGeneration()
-
-
 def parse_agent(body: dict[str, Any]) -> _ParsedSpec:
-    def derive() -> _ParsedSpec:
-        spec, invalid = decide.parse_spec(body.get("spec"))
-        return _ParsedSpec(spec, invalid, decide.bundle_identity(spec) if spec is not None else None)
-
-    return _parsed_specs.get(body, derive)
+    spec, invalid = decide.parse_spec(body.get("spec"))
+    return _ParsedSpec(spec, invalid, decide.bundle_identity(spec) if spec is not None else None)
 
 
 async def gather(
