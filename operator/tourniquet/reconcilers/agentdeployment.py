@@ -98,12 +98,12 @@ def _now() -> datetime:
 class _ParsedSpec:
     spec: AgentDeploymentSpec | None
     invalid: str | None
-    identity: tuple[dict[str, str], str] | None  # the bundle's data and sha256
 
 
 def parse_agent(body: dict[str, Any]) -> _ParsedSpec:
-    spec, invalid = decide.parse_spec(body.get("spec"))
-    return _ParsedSpec(spec, invalid, decide.bundle_identity(spec) if spec is not None else None)
+    """The agent's spec validated; its bundle is hashed only when a pass plans on it (`_plan`), not on the way to
+    containing it."""
+    return _ParsedSpec(*decide.parse_spec(body.get("spec")))
 
 
 async def gather(
@@ -178,7 +178,6 @@ def _plan(
         _highest_seen(status),
         current=_current_revision(status, world),
         containment=containment,
-        identity=parsed.identity,
     )
 
 
