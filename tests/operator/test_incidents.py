@@ -308,6 +308,9 @@ def test_on_the_way_to_contained_the_only_write_to_the_incident_is_its_status(cl
 
 def test_the_agents_status_follows_the_incidents_and_says_contained(cluster: Cluster, operator):
     start_agent(cluster)
+    # A real API server logs a request (its audit entry) just after answering it: the agent's first status write is
+    # in the log before the requests this test counts start.
+    wait_for(lambda: cluster.requests_to("/agentdeployments/refund-agent/status"), what="the first status write logged")
     mark = cluster.mark()
     cluster.apply([incident("quick", contain=["drain"])])
     wait_for(lambda: condition(cluster, AD, "refund-agent", "Contained").get("status") == "True", what="agent")
