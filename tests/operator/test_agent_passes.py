@@ -8,6 +8,7 @@ from typing import Any
 from tests.conftest import AD, Cluster, example
 from tests.operator.test_agentdeployment import wired_revision
 from tourniquet.adapters.kube import ApiError
+from tourniquet.reconcilers.agentdeployment import parse_agent
 from tourniquet.reconcilers.agents import Agents
 
 
@@ -47,7 +48,7 @@ async def test_an_agent_read_before_its_own_passes_is_not_reconciled_back_to_wha
     await _pass(agents, cluster.namespace)
     assert wired_revision(cluster) == "3"
 
-    await agents.contain(read_by_the_incident, [], {}, read_after=mark)
+    await agents.contain(read_by_the_incident, parse_agent(read_by_the_incident), [], {}, read_after=mark)
 
     # The consumers still run the fix, not the prompt the incident's pass read.
     assert wired_revision(cluster) == "3"

@@ -78,10 +78,12 @@ def plan_bundle(
     *,
     current: int | None = None,
     containment: Containment | None = None,
+    identity: tuple[dict[str, str], str] | None = None,
 ) -> BundlePlan:
-    """Decide the revisions. Never raises: a refused bundle keeps the agent on what it runs now."""
+    """Decide the revisions. Never raises: a refused bundle keeps the agent on what it runs now. `identity`: the
+    spec's :func:`bundle_identity` when the caller has it already (computed here if not)."""
     containment = containment or Containment()
-    data, sha = bundle_identity(spec)
+    data, sha = identity if identity is not None else bundle_identity(spec)
     by_revision = {r.revision: r for r in stored}
     if current not in by_revision:
         current = None

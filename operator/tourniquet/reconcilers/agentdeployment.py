@@ -14,6 +14,7 @@ the union of its open incidents, recomputed on every pass.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,15 +96,24 @@ def _now() -> datetime:
 
 
 @dataclass(frozen=True)
-class _ParsedSpec:
+class ParsedAgent:
+    """An agent's spec as one read of it validated (None, and why, when invalid). An incident's pass parses each
+    agent it read once and hands this to both of its containment rounds."""
+
     spec: AgentDeploymentSpec | None
     invalid: str | None
 
+    @functools.cached_property
+    def identity(self) -> tuple[dict[str, str], str]:
+        """The bundle's ConfigMap data and sha256: computed when a pass first plans on the revisions (`_plan`), not
+        on the way to containing the agent, and once however many rounds plan on it."""
+        assert self.spec is not None
+        return decide.bundle_identity(self.spec)
 
-def parse_agent(body: dict[str, Any]) -> _ParsedSpec:
-    """The agent's spec validated; its bundle is hashed only when a pass plans on it (`_plan`), not on the way to
-    containing it."""
-    return _ParsedSpec(*decide.parse_spec(body.get("spec")))
+
+def parse_agent(body: dict[str, Any]) -> ParsedAgent:
+    """The agent's spec validated; its bundle is hashed only when a pass plans on it (`_plan`)."""
+    return ParsedAgent(*decide.parse_spec(body.get("spec")))
 
 
 async def gather(
@@ -169,7 +179,7 @@ async def _problems(
 
 
 def _plan(
-    parsed: _ParsedSpec, status: dict[str, Any], world: AgentWorld, containment: Containment
+    parsed: ParsedAgent, status: dict[str, Any], world: AgentWorld, containment: Containment
 ) -> decide.BundlePlan:
     assert parsed.spec is not None
     return decide.plan_bundle(
@@ -178,12 +188,14 @@ def _plan(
         _highest_seen(status),
         current=_current_revision(status, world),
         containment=containment,
+        identity=parsed.identity,
     )
 
 
 async def contain_agent(
     api: KubeApi,
     body: dict[str, Any],
+    parsed: ParsedAgent,
     incidents: list[IncidentView],
     upstream: dict[str, AgentDeploymentSpec],
     *,
@@ -192,10 +204,9 @@ async def contain_agent(
     """Apply what the agent's open incidents ask of it (the union of their levers, and a rollback one of them asks
     for) and observe it; nothing else: no pinning, promotion, pruning, readiness or status (reconcile_agent's).
     None when the agent cannot be acted on (an invalid spec, a consumer missing or another agent's): its own
-    reconcile refuses it and says why."""
+    reconcile refuses it and says why. `parsed`: `body` parsed (:func:`parse_agent`)."""
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
-    parsed = parse_agent(body)
     if parsed.spec is None:
         return None
     spec, status = parsed.spec, body.get("status") or {}
@@ -415,4 +426,8 @@ def _contained_condition(report: AgentReport, containment: Containment) -> tuple
     return True, "LeversApplied", "; ".join(f"{s.lever.value}: {s.detail}" for s in held)
 
 
-__all__ = ["AgentReport", "LeverObservation", "contain_agent", "list_incidents", "reconcile_agent", "rfc3339"]
+__all__ = [
+    "AgentReport",
+    "LeverObservation",
+    "ParsedAgent",
+    "contain_agent", "list_incidents", "reconcile_agent", "rfc3339"]

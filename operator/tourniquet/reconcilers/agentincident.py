@@ -22,7 +22,7 @@ from tourniquet.domain.incident import LeverSeen, incident_status, invalid_incid
 from tourniquet.domain.names import ANNOTATION_OPENED_AT
 from tourniquet.domain.undo import following
 from tourniquet.models import AgentIncidentSpec
-from tourniquet.reconcilers.agentdeployment import AgentReport, Children, list_incidents, parse_agent
+from tourniquet.reconcilers.agentdeployment import AgentReport, Children, ParsedAgent, list_incidents, parse_agent
 from tourniquet.reconcilers.agents import Agents
 from tourniquet.reconcilers.events import post_events_later
 from tourniquet.reconcilers.evidence import capture_evidence
@@ -102,7 +102,9 @@ async def _reconcile_incident(
     # Fail toward containment: an agent that does not exist (a typo, not created yet, being deleted) does not
     # keep the others from being contained; it is reported (AgentsMissing) and retried at every pass.
     missing = {n: why for n, b in agent_bodies.items() if (why := _missing(n, b, namespace)) is not None}
-    agent_specs = {n: (parse_agent(b).spec if b and n not in missing else None) for n, b in agent_bodies.items()}
+    # Each agent read is parsed once for the whole pass (both containment rounds plan on it).
+    parsed: dict[str, ParsedAgent] = {n: parse_agent(b) for n, b in agent_bodies.items() if b and n not in missing}
+    agent_specs = {n: (parsed[n].spec if n in parsed else None) for n in agent_bodies}
     problems = incident_problems(spec, agent_specs, namespace)
     problems += [
         f"AgentDeployment {n} has an invalid spec; see its Ready condition"
@@ -149,9 +151,15 @@ async def _reconcile_incident(
                 watched, control=first.control, policy=first.policy, consumers=first.consumers
             )
 
-        bodies = [b for a in only if (b := agent_bodies.get(a)) and not b["metadata"].get("deletionTimestamp")]
+        bodies = {a: b for a in only if (b := agent_bodies.get(a)) and not b["metadata"].get("deletionTimestamp")}
+        for agent, body in bodies.items():
+            if agent not in parsed:  # cascaded to, or no longer named
+                parsed[agent] = parse_agent(body)
         results = await asyncio.gather(
-            *(agents.contain(b, current, upstream, children, read_after=read_after) for b in bodies)
+            *(
+                agents.contain(body, parsed[agent], current, upstream, children, read_after=read_after)
+                for agent, body in bodies.items()
+            )
         )
         return {r.agent: r for r in results if r is not None}
 

@@ -21,7 +21,9 @@ from tourniquet.models import AgentDeploymentSpec
 from tourniquet.reconcilers.agentdeployment import (
     AgentReport,
     ChildrenSeen,
+    ParsedAgent,
     contain_agent,
+    parse_agent,
     reconcile_agent,
     unseen,
 )
@@ -118,6 +120,7 @@ class Agents:
     async def contain(
         self,
         body: dict[str, Any],
+        parsed: ParsedAgent,
         incidents: list[IncidentView],
         upstream: dict[str, AgentDeploymentSpec],
         seen: ChildrenSeen | None = None,
@@ -125,7 +128,8 @@ class Agents:
         read_after: int,
     ) -> AgentReport | None:
         """The agent's containment (an incident's pass), from `body` as the incident's pass read it after
-        :meth:`mark` returned `read_after`; read again when a full pass of the agent finished since. An agent whose
+        :meth:`mark` returned `read_after` (`parsed`: its spec, :func:`parse_agent`); read and parsed again when a
+        full pass of the agent finished since. An agent whose
         spec its own pass has not seen yet (just created or changed) gets that pass in full, here: its bundle is
         pinned and wired before the evidence records what it runs."""
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
@@ -134,7 +138,7 @@ class Agents:
                 fresh = await self._read(key)
                 if fresh is None:
                     return None
-                body = fresh
+                body, parsed = fresh, parse_agent(fresh)
             meta = body["metadata"]
             if (body.get("status") or {}).get("observedGeneration") != meta.get("generation"):
                 try:
@@ -142,7 +146,7 @@ class Agents:
                 finally:
                     self._passed(key)
                 return report if report.spec is not None else None  # refused: it says why in its status
-            return await contain_agent(self.api, body, incidents, upstream, seen=seen or self.seen)
+            return await contain_agent(self.api, body, parsed, incidents, upstream, seen=seen or self.seen)
 
     def reconcile_soon(self, namespace: str, name: str) -> None:
         """The agent's full pass once containment is quiet, at most PASS_DEFER_SECONDS later (asked again meanwhile:
