@@ -91,3 +91,26 @@ async def test_simultaneous_callers_ask_a_missing_api_once(kube: KubeApi, cluste
     assert len(cluster.requests_to("/keda.sh/", since=mark)) == 1
     await kube.list_if_served(SCALEDOBJECTS, cluster.namespace)  # remembered as absent
     assert len(cluster.requests_to("/keda.sh/", since=mark)) == 1
+
+
+@pytest.mark.emulator  # fault injection
+async def test_a_throttled_request_is_sent_again_after_the_wait_the_server_asks_for(
+    kube: KubeApi, cluster: Any
+) -> None:
+    # Seen on the real server: "429 TooManyRequests: storage is (re)initializing", Retry-After: 1, just after a
+    # CRD was applied again. The request was not acted on; the client waits and sends it again.
+    cluster.fault("list", "configmaps", status=429, count=2)
+    mark = cluster.mark()
+    assert isinstance(await kube.list(CONFIGMAPS, cluster.namespace), list)
+    assert len(cluster.requests_to("/configmaps", since=mark)) == 3
+
+
+@pytest.mark.emulator  # fault injection
+async def test_a_request_throttled_every_time_fails_with_the_servers_answer(kube: KubeApi, cluster: Any) -> None:
+    from tourniquet.adapters.kube import THROTTLED_ATTEMPTS
+
+    cluster.fault("list", "configmaps", status=429, count=None)
+    with pytest.raises(ApiError) as caught:
+        await kube.list(CONFIGMAPS, cluster.namespace)
+    assert caught.value.status == 429 and caught.value.transient
+    assert kube.requests >= THROTTLED_ATTEMPTS

@@ -24,6 +24,10 @@ from kubernetes.aio import client as aio_client
 from kubernetes.aio import config as aio_config
 
 FIELD_MANAGER = "tourniquet"
+# A 429 with Retry-After (the API server's priority and fairness, or a resource whose storage is (re)initializing
+# after its CRD changed) was not acted on: the request is sent again after the wait asked for, as client-go does.
+THROTTLED_ATTEMPTS = 5
+THROTTLED_WAIT_MAX = 5.0  # seconds, whatever Retry-After asks
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -151,6 +155,16 @@ def _settle_proxy(configuration: aio_client.Configuration) -> None:
         configuration.proxy = proxy
 
 
+def _retry_after(status: int, headers: Any) -> float | None:
+    """Seconds to wait before sending a throttled request again (a 429 with Retry-After), else None."""
+    if status != 429:
+        return None
+    try:
+        return min(max(float(headers.get("Retry-After", "")), 0.0), THROTTLED_WAIT_MAX)
+    except ValueError:
+        return None
+
+
 class KubeApi:
     """A small async client over `kubernetes.aio`'s transport. Create once per event loop."""
 
@@ -224,15 +238,20 @@ class KubeApi:
         url = self._client.configuration.host + path + (f"?{urlencode(params)}" if params else "")
         headers = {**self._client.default_headers, "Content-Type": content_type, "Accept": "application/json"}
         await self._client.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)
-        self.requests += 1
-        try:
-            response = await self._client.rest_client.request(
-                method, url, headers=headers, body=body, _request_timeout=self._timeout
-            )
-            raw = await response.read()
-        except (TimeoutError, aiohttp.ClientError, OSError, AssertionError) as error:
-            # AssertionError: aiohttp asserts on a connection closed under an in-flight request (shutdown).
-            raise ApiError(0, "Unreachable", f"{method} {path}: {error!r}") from error
+        for attempt in range(1, THROTTLED_ATTEMPTS + 1):
+            self.requests += 1
+            try:
+                response = await self._client.rest_client.request(
+                    method, url, headers=headers, body=body, _request_timeout=self._timeout
+                )
+                raw = await response.read()
+            except (TimeoutError, aiohttp.ClientError, OSError, AssertionError) as error:
+                # AssertionError: aiohttp asserts on a connection closed under an in-flight request (shutdown).
+                raise ApiError(0, "Unreachable", f"{method} {path}: {error!r}") from error
+            wait = _retry_after(response.status, response.headers)
+            if wait is None or attempt == THROTTLED_ATTEMPTS or self._closed:
+                break
+            await asyncio.sleep(wait)
         status = response.status
         try:
             data = json.loads(raw) if raw else {}
