@@ -205,15 +205,7 @@ class KubeApi:
         url = self._client.configuration.host + path + (f"?{urlencode(params)}" if params else "")
         headers = {**self._client.default_headers, "Accept": "text/plain, */*"}
         await self._client.update_params_for_auth(headers, [], ["BearerToken"], path, "GET", None)
-        self.requests += 1
-        try:
-            response = await self._client.rest_client.request(
-                "GET", url, headers=headers, _request_timeout=self._timeout
-            )
-            raw = await response.read()
-        except (TimeoutError, aiohttp.ClientError, OSError, AssertionError) as error:
-            # AssertionError: aiohttp asserts on a connection closed under an in-flight request (shutdown).
-            raise ApiError(0, "Unreachable", f"GET {path}: {error!r}") from error
+        response, raw = await self._send("GET", path, url, headers)
         if response.status >= 400:
             try:
                 data = json.loads(raw)
@@ -222,6 +214,27 @@ class KubeApi:
             data = data if isinstance(data, dict) else {}
             raise ApiError(response.status, str(data.get("reason") or response.status), str(data.get("message") or ""))
         return raw.decode(errors="replace")
+
+    async def _send(
+        self, method: str, path: str, url: str, headers: dict[str, str], body: Any = None
+    ) -> tuple[Any, bytes]:
+        """The response and its bytes; a throttled request (429 with Retry-After) sent again after the wait asked
+        for, up to THROTTLED_ATTEMPTS in all."""
+        for attempt in range(1, THROTTLED_ATTEMPTS + 1):
+            self.requests += 1
+            try:
+                response = await self._client.rest_client.request(
+                    method, url, headers=headers, body=body, _request_timeout=self._timeout
+                )
+                raw = await response.read()
+            except (TimeoutError, aiohttp.ClientError, OSError, AssertionError) as error:
+                # AssertionError: aiohttp asserts on a connection closed under an in-flight request (shutdown).
+                raise ApiError(0, "Unreachable", f"{method} {path}: {error!r}") from error
+            wait = _retry_after(response.status, response.headers)
+            if wait is None or attempt == THROTTLED_ATTEMPTS or self._closed:
+                break
+            await asyncio.sleep(wait)
+        return response, raw
 
     async def request(
         self,
@@ -238,20 +251,7 @@ class KubeApi:
         url = self._client.configuration.host + path + (f"?{urlencode(params)}" if params else "")
         headers = {**self._client.default_headers, "Content-Type": content_type, "Accept": "application/json"}
         await self._client.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)
-        for attempt in range(1, THROTTLED_ATTEMPTS + 1):
-            self.requests += 1
-            try:
-                response = await self._client.rest_client.request(
-                    method, url, headers=headers, body=body, _request_timeout=self._timeout
-                )
-                raw = await response.read()
-            except (TimeoutError, aiohttp.ClientError, OSError, AssertionError) as error:
-                # AssertionError: aiohttp asserts on a connection closed under an in-flight request (shutdown).
-                raise ApiError(0, "Unreachable", f"{method} {path}: {error!r}") from error
-            wait = _retry_after(response.status, response.headers)
-            if wait is None or attempt == THROTTLED_ATTEMPTS or self._closed:
-                break
-            await asyncio.sleep(wait)
+        response, raw = await self._send(method, path, url, headers, body)
         status = response.status
         try:
             data = json.loads(raw) if raw else {}

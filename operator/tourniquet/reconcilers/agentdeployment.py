@@ -430,4 +430,8 @@ __all__ = [
     "AgentReport",
     "LeverObservation",
     "ParsedAgent",
-    "contain_agent", "list_incidents", "reconcile_agent", "rfc3339"]
+    "contain_agent",
+    "list_incidents",
+    "reconcile_agent",
+    "rfc3339",
+]
