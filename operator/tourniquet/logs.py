@@ -56,7 +56,6 @@ class JsonFormatter(logging.Formatter):
 # The same for the review features' watch-event handlers (an agent's every event, every evaluation Job's).
 _QUIET_HANDLERS = (
     "incident_event",
-    "postmortem_event",
     "agent_added_or_deleted",
     "case_event",
     "evaluation_job_event",

@@ -70,9 +70,9 @@ async def watch_only_owned(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.watching.label_selectors[resource] = selector
 
 
-def _owned_by_agent(body: kopf.Body) -> dict[tuple[str, str], dict[str, Any]] | None:
+def _owned_by_agent(body: kopf.Body, *key_extra: str) -> dict[tuple[str, ...], dict[str, Any]] | None:
     agent = (body["metadata"].get("labels") or {}).get(names.LABEL_AGENT)
-    return {(body["metadata"]["namespace"], agent): watched_copy(body)} if agent else None
+    return {(body["metadata"]["namespace"], agent, *key_extra): watched_copy(body)} if agent else None
 
 
 def watched_copy(body: kopf.Body) -> dict[str, Any]:
@@ -84,31 +84,31 @@ def watched_copy(body: kopf.Body) -> dict[str, Any]:
     return {"metadata": meta, **{part: body[part] for part in ("data", "spec") if part in body}}
 
 
-@kopf.index("configmaps", labels={**OWNED, names.LABEL_COMPONENT: names.COMPONENT_CONTROL})
-async def control_configmaps(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
-    return _owned_by_agent(body)
-
-
-@kopf.index("configmaps", labels={**OWNED, names.LABEL_COMPONENT: names.COMPONENT_BUNDLE})
-async def bundle_configmaps(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
-    return _owned_by_agent(body)
+# One indexer per kind, not one per component: Kopf runs its whole handler machinery once per indexer and event.
+@kopf.index("configmaps", labels=OWNED)
+async def owned_configmaps(body: kopf.Body, **_: Any) -> dict[tuple[str, ...], dict[str, Any]] | None:
+    """The control and bundle ConfigMaps, by (namespace, agent, component)."""
+    component = (body["metadata"].get("labels") or {}).get(names.LABEL_COMPONENT)
+    if component not in (names.COMPONENT_CONTROL, names.COMPONENT_BUNDLE):
+        return None
+    return _owned_by_agent(body, component)
 
 
 @kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=OWNED)
-async def egress_policies(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
+async def egress_policies(body: kopf.Body, **_: Any) -> dict[tuple[str, ...], dict[str, Any]] | None:
     return _owned_by_agent(body)
 
 
-Owned = kopf.Index[tuple[str, str], dict[str, Any]]
+Owned = kopf.Index[tuple[str, ...], dict[str, Any]]
 
 
-def children_seen(controls: Owned, bundles: Owned, policies: Owned) -> ChildrenSeen:
+def children_seen(configmaps: Owned, policies: Owned) -> ChildrenSeen:
     def seen(namespace: str, name: str) -> Children:
-        key = (namespace, name)
+        bundles = (namespace, name, names.COMPONENT_BUNDLE)
         return Children(
-            control=next(iter(controls.get(key, [])), None),
-            policy=next(iter(policies.get(key, [])), None),
-            bundles=list(bundles[key]) if key in bundles else None,
+            control=next(iter(configmaps.get((namespace, name, names.COMPONENT_CONTROL), [])), None),
+            policy=next(iter(policies.get((namespace, name), [])), None),
+            bundles=list(configmaps[bundles]) if bundles in configmaps else None,
         )
 
     return seen
@@ -124,7 +124,7 @@ def start_agents(memo: Any, kwargs: dict[str, Any]) -> Agents:
     memo.agents = Agents(
         memo.api,
         lambda namespace: incident_views(index, namespace),
-        seen=children_seen(kwargs["control_configmaps"], kwargs["bundle_configmaps"], kwargs["egress_policies"]),
+        seen=children_seen(kwargs["owned_configmaps"], kwargs["egress_policies"]),
         after=after,
         resync_seconds=RESYNC_SECONDS,
         lane=memo.lane,

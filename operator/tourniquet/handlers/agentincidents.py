@@ -1,4 +1,5 @@
-"""AgentIncident handlers: every watch event goes to the incident driver, which decides what to do.
+"""AgentIncident handlers: every watch event goes to the incident driver, which decides what to do, and to the
+postmortem writer (:mod:`tourniquet.handlers.postmortem`).
 
 Incidents are level-triggered (see :mod:`tourniquet.reconcilers.incident_driver`): no Kopf change handler,
 so Kopf adds no finalizer, no progress annotation and no round trip before containment starts.
@@ -7,6 +8,7 @@ so Kopf adds no finalizer, no progress annotation and no round trip before conta
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from typing import Any
 
@@ -49,10 +51,14 @@ async def stop_incident_driver(memo: Any, **_: Any) -> None:
 
 @kopf.on.event(*RESOURCE, labels=NOT_CANARY)
 async def incident_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
-    """Keep the open-incidents gauge in step, then let the driver reconcile, release or schedule it."""
+    """Keep the open-incidents gauge in step, let the driver reconcile, release or schedule it, and the postmortems
+    see it (one handler for all three: Kopf's machinery runs once per handler and event, and every incident's every
+    event comes through here)."""
     meta = body.get("metadata") or {}
     if not meta.get("name"):
         return
     kind = event.get("type")
     memo.metrics.open_incidents.track(meta.get("namespace", ""), meta["name"], None if kind == "DELETED" else body)
-    memo.incidents.on_event(kind, body, copy=lambda: plain(body))
+    copy = functools.cache(lambda: plain(body))  # at most one deep copy for both
+    memo.incidents.on_event(kind, body, copy=copy)
+    memo.postmortems.on_event(kind, body, copy)

@@ -1,5 +1,6 @@
 """Postmortems: written off the incidents' watch events, when an incident's resolution is observed, when it is
-edited later, and on demand (see :mod:`tourniquet.reconcilers.postmortem`)."""
+edited later, and on demand (see :mod:`tourniquet.reconcilers.postmortem`). The events come from
+:func:`tourniquet.handlers.agentincidents.incident_event`; this module starts and stops the writer."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ from typing import Any
 
 import kopf
 
-from tourniquet.handlers.agentdeployments import plain
-from tourniquet.handlers.freshness import NOT_CANARY
 from tourniquet.reconcilers.postmortem import PostmortemWriter
 
 
@@ -23,7 +22,3 @@ async def stop_postmortems(memo: Any, **_: Any) -> None:
     if writer is not None:
         await writer.stop()
 
-
-@kopf.on.event("tourniquet.dev", "v1alpha1", "agentincidents", labels=NOT_CANARY)
-async def postmortem_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
-    memo.postmortems.on_event(event.get("type"), body, lambda: plain(body))
