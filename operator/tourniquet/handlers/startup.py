@@ -16,20 +16,42 @@ from tourniquet.adapters.kube import KubeApi
 from tourniquet.domain.names import PREFIX
 from tourniquet.reconcilers.lane import Lane
 
+# The kinds the operator watches only with indexers and event handlers (no change handler, no daemon): nothing
+# compares their essence, so none is built for them. By (apiVersion, kind) as the watch delivers the object; an
+# object without them (a listed item, on some servers) gets Kopf's essence.
+UNCOMPARED_KINDS = frozenset(
+    {
+        ("v1", "ConfigMap"),
+        ("networking.k8s.io/v1", "NetworkPolicy"),
+        ("batch/v1", "Job"),
+        ("tourniquet.dev/v1alpha1", "AgentIncident"),
+        ("tourniquet.dev/v1alpha1", "AgentRegressionCase"),
+    }
+)
+
 
 class SlimDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """Kopf's annotation storage, building the same essence without deep-copying the status first.
+    """Kopf's annotation storage, building the same essence without deep-copying the status first, and none at all
+    for the kinds no handler compares (UNCOMPARED_KINDS).
 
-    Kopf builds an object's essence (what its change handlers compare) on every watch event of every
-    watched object: it deep-copies the whole body, then drops the status. An incident's status holds its
-    timeline, which every status write lengthens, and incidents have no change handler at all."""
+    Kopf builds an object's essence (what its change handlers compare) on every watch event of every watched
+    object: it deep-copies the whole body, then drops the status. An incident's status holds its timeline, which
+    every status write lengthens, incidents have no change handler at all, and in a burst of SEV1s every lever
+    write's echo (a control ConfigMap, a NetworkPolicy) is an event too."""
 
     def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
+        if (body.get("apiVersion"), body.get("kind")) in UNCOMPARED_KINDS:
+            return cast(kopf.BodyEssence, {})
         fields = list(extra_fields or [])
         if any(_in_status(field) for field in fields):  # a handler for a status field: Kopf's own way
             return super().build(body=body, extra_fields=fields)
         slim = kopf.Body(cast(kopf.RawBody, {key: value for key, value in body.items() if key != "status"}))
         return super().build(body=slim, extra_fields=fields)
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        if (body.get("apiVersion"), body.get("kind")) in UNCOMPARED_KINDS:
+            return None
+        return super().fetch(body=body)
 
 
 def _in_status(field: Any) -> bool:
