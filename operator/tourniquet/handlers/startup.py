@@ -40,7 +40,7 @@ class SlimDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
     write's echo (a control ConfigMap, a NetworkPolicy) is an event too."""
 
     def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
-        if (body.get("apiVersion"), body.get("kind")) in UNCOMPARED_KINDS:
+        if _uncompared(body):
             return cast(kopf.BodyEssence, {})
         fields = list(extra_fields or [])
         if any(_in_status(field) for field in fields):  # a handler for a status field: Kopf's own way
@@ -49,9 +49,13 @@ class SlimDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         return super().build(body=slim, extra_fields=fields)
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
-        if (body.get("apiVersion"), body.get("kind")) in UNCOMPARED_KINDS:
+        if _uncompared(body):
             return None
         return super().fetch(body=body)
+
+
+def _uncompared(body: kopf.Body) -> bool:
+    return (body.get("apiVersion"), body.get("kind")) in UNCOMPARED_KINDS
 
 
 def _in_status(field: Any) -> bool:

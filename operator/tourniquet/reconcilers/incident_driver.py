@@ -64,6 +64,8 @@ def _watched(body: Mapping[str, Any]) -> bool:
 # incidents' passes: with 20, a burst of 100 incidents was contained in waves on the real API server (p99 2.7-3.1 s
 # against 1.9-2.5 s with 100, the code before the work queue 1.5-3.8 s; bench_incidents.py, README "Performance").
 PASSES_AT_ONCE = 100
+
+
 def _behind(body: Mapping[str, Any]) -> bool:
     """Its spec changed since its status was written (or it has none yet)."""
     status = body.get("status") or {}
