@@ -102,3 +102,21 @@ def test_an_incident_rollback_marks_the_running_revision_bad_but_never_a_good_on
         spec(), stored(G, G), 2, current=2, containment=Containment(incidents=["i"], rollbacks=rollback)
     )
     assert plan.mark_bad == [] and plan.active_revision == 2
+
+
+def test_a_new_bundle_over_a_configmaps_limit_is_refused_and_the_agent_stays_where_it_is():
+    huge = spec(bundle={**SPEC["bundle"], "prompt": {"template": "x" * (1024 * 1024)}})
+    plan = decide.plan_bundle(huge, stored(G), 1, current=1)
+    assert (plan.reason, plan.pinned, plan.create, plan.active_revision) == ("BundleTooLarge", False, False, 1)
+    assert "but a ConfigMap holds at most 1 MiB; shorten the prompt template" in plan.message
+
+
+def test_a_bundle_already_pinned_is_planned_on_its_hash_alone():
+    """An incident's pass plans on the revisions: the ConfigMap data (an indented dump of the whole bundle) is
+    built only for a revision to create."""
+    agent = spec()
+    pinned = [StoredRevision(1, bundle_sha256(agent.bundle), "a-bundle-1", None, G)]
+    plan = decide.plan_bundle(agent, pinned, 1, current=1)
+    assert (plan.create, plan.spec_revision, plan.data) == (False, 1, {})
+    new = decide.plan_bundle(agent, stored(G), 1, current=1)
+    assert new.create and '"template": "t"' in new.data["bundle.json"] and new.data["prompt.txt"] == "t"

@@ -29,11 +29,6 @@ def parse_spec(raw: dict[str, Any] | None) -> tuple[AgentDeploymentSpec | None, 
         return None, describe_validation_error(error)
 
 
-def bundle_identity(spec: AgentDeploymentSpec) -> tuple[dict[str, str], str]:
-    """The bundle's ConfigMap data and its sha256."""
-    return bundles.bundle_data(spec.bundle), bundles.bundle_sha256(spec.bundle)
-
-
 def spec_problems(spec: AgentDeploymentSpec, missing_consumers: list[str], namespace: str) -> list[str]:
     """What is wrong with a spec that its schema alone cannot tell."""
     problems = [f"consumer {c} not found in namespace {namespace}" for c in missing_consumers]
@@ -59,7 +54,7 @@ def spec_problems(spec: AgentDeploymentSpec, missing_consumers: list[str], names
 class BundlePlan:
     """The bundle decision: what to pin, what runs, what is marked bad, and why."""
 
-    data: dict[str, str]
+    data: dict[str, str]  # the new revision's ConfigMap data: built only when `create`
     sha256: str
     spec_revision: int
     create: bool  # pin spec.bundle as a new revision
@@ -78,19 +73,26 @@ def plan_bundle(
     *,
     current: int | None = None,
     containment: Containment | None = None,
-    identity: tuple[dict[str, str], str] | None = None,
+    sha256: str | None = None,
 ) -> BundlePlan:
-    """Decide the revisions. Never raises: a refused bundle keeps the agent on what it runs now. `identity`: the
-    spec's :func:`bundle_identity` when the caller has it already (computed here if not)."""
+    """Decide the revisions. Never raises: a refused bundle keeps the agent on what it runs now. `sha256`: the
+    spec's bundle hash (:func:`bundles.bundle_sha256`) when the caller has it already (computed here if not).
+
+    The ConfigMap data is built, and its size checked, only when the bundle is pinned as a new revision: a stored
+    revision with the same hash holds the same bytes, and an incident's pass plans on the revisions without
+    building them (an indented dump of the whole bundle)."""
     containment = containment or Containment()
-    data, sha = identity if identity is not None else bundle_identity(spec)
+    sha = sha256 or bundles.bundle_sha256(spec.bundle)
     by_revision = {r.revision: r for r in stored}
     if current not in by_revision:
         current = None
-    too_large = bundles.size_problem(data)
-    if too_large:
-        return BundlePlan(data, sha, 0, False, current, "BundleTooLarge", too_large, pinned=False)
     planned = bundles.plan_revision(sha, stored, highest_seen)
+    data: dict[str, str] = {}
+    if planned.create:
+        data = bundles.bundle_data(spec.bundle)
+        too_large = bundles.size_problem(data)
+        if too_large:
+            return BundlePlan(data, sha, 0, False, current, "BundleTooLarge", too_large, pinned=False)
     spec_rev = planned.revision
     plan = BundlePlan(data, sha, spec_rev, planned.create, spec_rev, "Pinned", f"revision {spec_rev} pinned")
     known = dict(by_revision)

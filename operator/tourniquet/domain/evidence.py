@@ -90,9 +90,8 @@ def build_evidence(
         truncated = True
     data["events.json"] = one_per_line(redact(events))
     data["logs.txt"] = "".join(f"==> {pod} <==\n" + "\n".join(lines) + "\n" for pod, lines in logs.items())
-    data["manifest.json"] = json.dumps(
-        {"capturedAt": captured_at, "truncated": truncated, "errors": parts.errors, "logLines": LOG_LINES},
-        indent=1,
+    data["manifest.json"] = one_per_line(
+        {"capturedAt": captured_at, "truncated": truncated, "errors": parts.errors, "logLines": LOG_LINES}
     )
 
     def final_size() -> int:

@@ -104,11 +104,11 @@ class ParsedAgent:
     invalid: str | None
 
     @functools.cached_property
-    def identity(self) -> tuple[dict[str, str], str]:
-        """The bundle's ConfigMap data and sha256: computed when a pass first plans on the revisions (`_plan`), not
-        on the way to containing the agent, and once however many rounds plan on it."""
+    def sha256(self) -> str:
+        """The bundle's hash: computed when a pass first plans on the revisions (`_plan`), not on the way to
+        containing the agent, and once however many rounds plan on it."""
         assert self.spec is not None
-        return decide.bundle_identity(self.spec)
+        return bundles.bundle_sha256(self.spec.bundle)
 
 
 def parse_agent(body: dict[str, Any]) -> ParsedAgent:
@@ -188,7 +188,7 @@ def _plan(
         _highest_seen(status),
         current=_current_revision(status, world),
         containment=containment,
-        identity=parsed.identity,
+        sha256=parsed.sha256,
     )
 
 
