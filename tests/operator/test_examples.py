@@ -77,7 +77,11 @@ def start(cluster: Cluster) -> None:
 def test_refund_agent(cluster: Cluster, operator) -> None:
     start(cluster)
     assert cluster.get(CM, "refund-agent-bundle-1") is not None
-    assert cluster.status(AD, "refund-agent")["bundle"]["revision"] == 1
+    # The status is written at the end of the pass that wired the worker: a moment after the wiring is seen.
+    wait_for(
+        lambda: (cluster.status(AD, "refund-agent").get("bundle") or {}).get("revision") == 1,
+        what="the agent's status naming revision 1",
+    )
     worker = cluster.get(DEPLOY, "refund-agent-worker")["spec"]["template"]
     assert {"tourniquet-bundle", "tourniquet-control"} <= {v["name"] for v in worker["spec"]["volumes"]}
     assert control(cluster) == ("active", [])
