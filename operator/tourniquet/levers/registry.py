@@ -65,10 +65,20 @@ LEVERS: dict[Lever, LeverRow] = {
 NAMES = tuple(lever.value for lever in LEVERS)  # as written in specs, the CLI and the status
 
 
+# Each phase's applies, each once, in the rows' order.
+APPLIES: dict[Phase, tuple[Apply, ...]] = {
+    phase: tuple(dict.fromkeys(a for row in LEVERS.values() if row.phase == phase for a in row.apply))
+    for phase in Phase
+}
+
+
 async def apply_phase(ctx: LeverContext, phase: Phase) -> None:
     """Apply every lever of `phase` (held or released) at once, each apply once."""
-    applies = list(dict.fromkeys(a for row in LEVERS.values() if row.phase == phase for a in row.apply))
-    await asyncio.gather(*(apply(ctx) for apply in applies))
+    applies = APPLIES[phase]
+    if len(applies) == 1:  # no task to gather
+        await applies[0](ctx)
+    else:
+        await asyncio.gather(*(apply(ctx) for apply in applies))
 
 
 def observe(ctx: LeverContext) -> dict[Lever, LeverObservation]:
