@@ -118,7 +118,6 @@ async def _reconcile_incident(
     me = IncidentView(name, spec, evidence_captured=evidence is not None, deleting=deleting, valid=True)
     if others is None:
         others = await list_incidents(api, namespace)
-    views = [v for v in others if v.name != name] + [me]
     upstream = {n: s for n, s in agent_specs.items() if s is not None}
     named = [a for a in spec.agents if a not in missing]
     cascaded = await _cascade_targets(api, namespace, spec) if spec.cascade else {}
@@ -126,6 +125,11 @@ async def _reconcile_incident(
     # Agents it acted on and no longer names: contained without it now (not at their next resync), so what it
     # held there is released, and shown Released once.
     dropped = [a for a in status.get("agents") or [] if a not in targets and a not in missing]
+    # The others that can claim one of these agents (naming one, or cascading), this one last: each agent's
+    # containment plans on those (plan_containment), and a burst's passes do not each scan all of the namespace's.
+    acting_on = {*targets, *dropped}
+    views = [v for v in others if v.name != name and (v.spec.cascade or not acting_on.isdisjoint(v.spec.agents))]
+    views.append(me)
     agent_bodies.update(cascaded)
     agent_bodies.update(
         zip(
