@@ -192,3 +192,28 @@ def test_the_schema_is_versioned_and_a_newer_one_is_refused(tmp_path: Path) -> N
 def test_the_ledger_uses_wal_so_readers_do_not_block_the_agent(tmp_path: Path) -> None:
     with SqliteLedger(tmp_path / "ledger.db") as ledger, sqlite3.connect(ledger.path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_closing_the_ledger_during_a_read_in_another_thread_lets_the_read_finish(tmp_path: Path) -> None:
+    """An operator stopping while an undo's ledger read still runs in a worker thread: the read is not cut under
+    its statement (that can crash the process), its connection is closed when it ends, and no read starts after."""
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    ledger.record(action("k1"))
+    inside, closed = threading.Event(), threading.Event()
+    seen: list[object] = []
+
+    def read() -> None:
+        with ledger._transaction(write=False) as cur:
+            inside.set()
+            closed.wait(10)
+            seen.append(cur.execute("SELECT count(*) FROM tourniquet_actions").fetchone()[0])
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert inside.wait(10)
+    ledger.close()
+    closed.set()
+    reader.join(10)
+    assert seen == [1]
+    with pytest.raises(LedgerError, match="closed"):
+        ledger.get("k1")

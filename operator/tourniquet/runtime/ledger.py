@@ -158,6 +158,7 @@ class SqliteLedger(SqlLedger):
         self._local = threading.local()
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._connections_lock = threading.Lock()
+        self._busy: set[_Connection] = set()  # in a transaction now: close() leaves them to their threads
         self._closed = False
         self._connection().execute("PRAGMA journal_mode=WAL")
         self._migrate()
@@ -184,26 +185,39 @@ class SqliteLedger(SqlLedger):
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Cursor]:
         conn = self._connection()
-        cur = conn.cursor()
-        # IMMEDIATE takes the write lock up front, so check-then-write sequences cannot interleave.
-        cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        with self._connections_lock:
+            if self._closed:
+                raise LedgerError(f"the ledger {self.path} is closed")
+            self._busy.add(conn)
         try:
-            yield cur
-        except BaseException:
-            conn.rollback()
-            raise
-        else:
-            conn.commit()
+            cur = conn.cursor()
+            # IMMEDIATE takes the write lock up front, so check-then-write sequences cannot interleave.
+            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield cur
+            except BaseException:
+                conn.rollback()
+                raise
+            else:
+                conn.commit()
+            finally:
+                cur.close()
         finally:
-            cur.close()
+            with self._connections_lock:
+                self._busy.discard(conn)
+                closed = self._closed
+            if closed:  # close() came during the transaction and left the connection to this thread
+                conn.close()
 
     def close(self) -> None:
-        """Close every connection this ledger opened (from any thread)."""
-        self._closed = True
+        """Close every connection this ledger opened (from any thread). One in a transaction in another thread (an
+        operator's read still running when it stops) is closed by that thread when the transaction ends: closing a
+        connection under a statement running in another thread can crash the process."""
         with self._connections_lock:
-            connections = list(self._connections)
+            self._closed = True
+            idle = [conn for conn in self._connections if conn not in self._busy]
             self._connections.clear()
-        for conn in connections:
+        for conn in idle:
             conn.close()
 
     def __repr__(self) -> str:
